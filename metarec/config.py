@@ -125,8 +125,14 @@ class TasksConfig:
 class ModelConfig:
     """The MeLU-style estimator (metarec.models)."""
 
+    # Size of every categorical and attribute-bag embedding (MeLU: 32).
     embedding_dim: int = 32
+    # Hidden widths of the decision MLP; its output layer has width 1 (MeLU: 64-64-1).
     hidden: tuple[int, ...] = (64, 64)
+    # Width of the Linear projection of the language-model item text embedding.
+    text_proj_dim: int = 32
+    # false: ignore the item text embedding even when the features carry one.
+    use_text: bool = True
 
 
 @dataclass(frozen=True)
@@ -134,18 +140,46 @@ class MetaConfig:
     """The meta-learner and its inner loop (metarec.meta)."""
 
     learner: Literal["maml", "fomaml", "melu", "metasgd", "reptile"] = "melu"
+    # Gradient steps on the support set (training, validation, test and serving alike).
     inner_steps: int = 1
+    # Inner-loop learning rate (Meta-SGD: the initial value of its learned per-parameter rates).
     inner_lr: float = 5e-3
+    # Parameters adapted in the inner loop: "decision" (the MLP, MeLU) or "all" (MAML).
+    # The "melu" learner always adapts "decision".
+    adapted: Literal["decision", "all"] = "decision"
+    # Drop second-order terms for maml/metasgd ("fomaml" and "reptile" are first-order anyway).
+    first_order: bool = False
+    # Baseline "global + fine-tune": plain gradient steps on the support set at test time.
+    finetune_steps: int = 5
+    finetune_lr: float = 1e-2
+    # Baseline "item mean": item means shrunk toward the global mean by this many pseudo-ratings.
+    item_mean_shrinkage: float = 5.0
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The one training loop (metarec.train)."""
 
+    # AdamW on the meta-parameters (model, plus Meta-SGD's learning rates).
     lr: float = 5e-4
+    weight_decay: float = 0.0
     tasks_per_batch: int = 32
     max_steps: int = 2000
+    # Validate every eval_every steps; stop after `patience` validations without improvement.
+    eval_every: int = 100
+    patience: int = 5
+    # Tasks per forward pass when validating/predicting (memory, not results).
+    eval_batch: int = 512
+    # Gradient-norm clipping (0 disables).
+    clip_norm: float = 5.0
+    # Write a resumable checkpoint every this many steps (0 disables).
+    checkpoint_every: int = 500
+    # "auto": cuda when a GPU is present, else cpu.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16 autocast (only ever on cuda; ignored on cpu).
+    amp: bool = True
+    # Show a progress bar (only on a terminal).
+    progress: bool = True
     out_dir: str = "artifacts/train"
 
 

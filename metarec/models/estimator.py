@@ -1,0 +1,176 @@
+"""The MeLU-style rating estimator (Lee et al., "MeLU: Meta-Learned User Preference Estimator
+for Cold-Start Recommendation", KDD 2019).
+
+Two towers turn indices into embeddings and a small decision MLP turns the concatenated
+embeddings into a rating:
+
+- user tower: one embedding per categorical user field (gender, age, occupation, ...);
+- item tower: one embedding per categorical item field, one mean-pooled embedding per attribute
+  bag (genres, actors, ...) and the pretrained language-model text embedding projected by a Linear;
+- decision MLP: ``Linear -> ReLU -> ... -> Linear(1)`` on ``concat(item, user)``.
+
+The model holds the item feature tables (and the user table) as buffers, so a batch of tasks is
+only item rows, ratings, masks and user rows. The split :meth:`Estimator.embed` (towers) /
+:meth:`Estimator.decide` (decision MLP from an explicit parameter dict) lets MeLU mode compute
+embeddings once per batch and adapt only the decision layers.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from metarec.config import ModelConfig
+from metarec.data.arrays import FeatureArrays
+
+DECISION_PREFIX = "decision."
+
+
+class Estimator(nn.Module):
+    """Rating estimator over dense feature indices (see metarec.data.arrays for conventions).
+
+    Args:
+        user_cat: (U, Fu) int64 user table; ``user_cardinality`` its vocabulary sizes.
+        item_cat: (I, Fi) int64 item table; ``item_cardinality`` its vocabulary sizes.
+        item_multi: name -> (I, L) int64 attribute bags (0 = padding); cardinalities by name.
+        item_text: (I, D) float32 language-model embeddings, or None for no text feature.
+        embedding_dim: size of every categorical/bag embedding; text_proj_dim: text projection.
+        hidden: widths of the decision MLP's hidden layers (its output layer has width 1).
+    """
+
+    def __init__(
+        self,
+        user_cat: Tensor,
+        user_cardinality: tuple[int, ...],
+        item_cat: Tensor,
+        item_cardinality: tuple[int, ...],
+        item_multi: Mapping[str, Tensor],
+        item_multi_cardinality: Mapping[str, int],
+        item_text: Tensor | None,
+        embedding_dim: int,
+        text_proj_dim: int,
+        hidden: tuple[int, ...],
+    ) -> None:
+        super().__init__()
+        _check_table("user_cat", user_cat, user_cardinality)
+        _check_table("item_cat", item_cat, item_cardinality)
+        self.multi_names = tuple(sorted(item_multi))
+        self.register_buffer("user_table", user_cat.long())
+        self.register_buffer("item_table", item_cat.long())
+        for name in self.multi_names:
+            card = int(item_multi_cardinality[name])
+            _check_table(f"item_multi[{name!r}]", item_multi[name], (card,) * item_multi[name].shape[1])
+            self.register_buffer(f"item_bag_{name}", item_multi[name].long())
+        self.register_buffer("item_text", None if item_text is None else item_text.float())
+        self.user_emb = nn.ModuleList(nn.Embedding(c, embedding_dim) for c in user_cardinality)
+        self.item_emb = nn.ModuleList(nn.Embedding(c, embedding_dim) for c in item_cardinality)
+        # Bags: an Embedding with padding row 0, mean-pooled over the non-padding entries. This
+        # is EmbeddingBag(mode="mean", padding_idx=0) written with plain ops so that it works
+        # under vmap (MAML adapting all parameters) and exports to ONNX.
+        self.bag_emb = nn.ModuleDict(
+            {n: nn.Embedding(int(item_multi_cardinality[n]), embedding_dim, padding_idx=0)
+             for n in self.multi_names})
+        self.text_proj = (None if item_text is None
+                          else nn.Linear(item_text.shape[1], text_proj_dim))
+        width = embedding_dim * (len(user_cardinality) + len(item_cardinality) + len(self.multi_names))
+        width += 0 if item_text is None else text_proj_dim
+        if width == 0:
+            raise ValueError("the estimator needs at least one user or item feature")
+        self.feature_dim = width
+        sizes = (width, *hidden, 1)
+        self.decision = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    # ------------------------------------------------------------------ towers
+    def embed(self, user_cat: Tensor, item_rows: Tensor) -> Tensor:
+        """Tower features of (user, item) pairs.
+
+        Args:
+            user_cat: (..., Fu) int64 categorical user row(s) (``user_table[row]`` for known
+                users; a new user's encoded attributes otherwise).
+            item_rows: (..., K) int64 rows of the item tables.
+        Returns:
+            (..., K, feature_dim) float: ``concat(item tower, user tower)`` per pair.
+        """
+        items = self.item_embed(item_rows)  # (..., K, Ei)
+        users = self.user_embed(user_cat)  # (..., Eu)
+        users = users.unsqueeze(-2).expand(*items.shape[:-1], users.shape[-1])
+        return torch.cat([items, users], dim=-1)
+
+    def user_embed(self, user_cat: Tensor) -> Tensor:
+        """(..., Fu) int64 categorical row(s) -> (..., Fu * E) user tower output."""
+        parts = [emb(user_cat[..., f]) for f, emb in enumerate(self.user_emb)]
+        return torch.cat(parts, dim=-1) if parts else user_cat.new_zeros(*user_cat.shape[:-1], 0).float()
+
+    def item_embed(self, item_rows: Tensor) -> Tensor:
+        """(..., K) int64 item rows -> (..., K, Ei) item tower output."""
+        cat = self.item_table[item_rows]  # (..., K, Fi)
+        parts = [emb(cat[..., f]) for f, emb in enumerate(self.item_emb)]
+        for name in self.multi_names:
+            bag = getattr(self, f"item_bag_{name}")[item_rows]  # (..., K, L)
+            vecs = self.bag_emb[name](bag)  # (..., K, L, E); padding rows are zero
+            count = (bag != 0).sum(-1, keepdim=True).clamp(min=1).to(vecs.dtype)
+            parts.append(vecs.sum(-2) / count)
+        if self.text_proj is not None:
+            parts.append(self.text_proj(self.item_text[item_rows]))
+        return torch.cat(parts, dim=-1)
+
+    # ------------------------------------------------------------------ decision MLP
+    def decision_params(self) -> dict[str, Tensor]:
+        """The decision MLP's parameters by their state_dict names (``decision.0.weight``...)."""
+        return {f"{DECISION_PREFIX}{i}.{k}": getattr(layer, k)
+                for i, layer in enumerate(self.decision) for k in ("weight", "bias")}
+
+    def decide(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """Decision MLP from explicit parameters: (..., K, feature_dim) -> (..., K) scores.
+
+        Written out layer by layer (x @ W.T + b, ReLU between layers, none after the last) so
+        that its gradient can be written analytically for the ONNX export.
+        """
+        n = len(self.decision)
+        h = x
+        for i in range(n):
+            h = h @ params[f"{DECISION_PREFIX}{i}.weight"].T + params[f"{DECISION_PREFIX}{i}.bias"]
+            if i < n - 1:
+                h = torch.relu(h)
+        return h.squeeze(-1)
+
+    def forward(self, user_cat: Tensor, item_rows: Tensor, feats: Tensor | None = None) -> Tensor:
+        """Scores of (user, item) pairs: (..., Fu) users, (..., K) items -> (..., K) ratings.
+
+        ``feats`` (..., K, feature_dim), when given, replaces the towers (precomputed by
+        :meth:`embed`, as MeLU mode does once per batch).
+        """
+        x = self.embed(user_cat, item_rows) if feats is None else feats
+        return self.decide(self.decision_params(), x)
+
+
+def _check_table(name: str, table: Tensor, cardinality: tuple[int, ...]) -> None:
+    if table.ndim != 2 or table.shape[1] != len(cardinality):
+        raise ValueError(f"{name}: expected shape (rows, {len(cardinality)}), got {tuple(table.shape)}")
+    if table.numel() and int(table.min()) < 0:
+        raise ValueError(f"{name}: negative index {int(table.min())}")
+    for f, card in enumerate(cardinality):
+        if table.shape[0] and int(table[:, f].max()) >= card:
+            raise ValueError(f"{name}: column {f} has index {int(table[:, f].max())} "
+                             f">= its cardinality {card}")
+
+
+def build_model(features: FeatureArrays, cfg: ModelConfig) -> Estimator:
+    """An :class:`Estimator` sized from the features' cardinalities and ``cfg``."""
+    text = None
+    if cfg.use_text and features.item_text is not None:
+        text = torch.as_tensor(features.item_text, dtype=torch.float32)
+    return Estimator(
+        user_cat=torch.as_tensor(features.user_cat, dtype=torch.long),
+        user_cardinality=tuple(int(c) for c in features.user_cardinality),
+        item_cat=torch.as_tensor(features.item_cat, dtype=torch.long),
+        item_cardinality=tuple(int(c) for c in features.item_cardinality),
+        item_multi={k: torch.as_tensor(v, dtype=torch.long) for k, v in features.item_multi.items()},
+        item_multi_cardinality=dict(features.item_multi_cardinality),
+        item_text=text,
+        embedding_dim=cfg.embedding_dim,
+        text_proj_dim=cfg.text_proj_dim,
+        hidden=tuple(cfg.hidden),
+    )
