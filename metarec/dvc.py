@@ -1,0 +1,101 @@
+"""DVC glue: the dataset's content hash, data.dvc, and recording new dataset versions.
+
+The raw data directory is tracked by ``data.dvc``. Its md5 is DVC's directory hash: the md5 of
+the JSON list of ``{"md5", "relpath"}`` entries of every file, sorted by path, plus ``.dir``.
+We compute it ourselves (fast, no repo needed) and let DVC itself write data.dvc and the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from metarec.io import file_md5
+
+log = logging.getLogger(__name__)
+
+
+class DatasetVersionError(RuntimeError):
+    """The data on disk is not the version data.dvc records."""
+
+
+@dataclass(frozen=True)
+class DvcOut:
+    """The tracked output recorded in a .dvc file."""
+
+    path: str
+    md5: str
+    nfiles: int | None
+    size: int | None
+
+
+def dir_md5(folder: str | Path) -> str:
+    """DVC 3's md5 of a directory (``<hex>.dir``), as written into a .dvc file."""
+    folder = Path(folder)
+    entries = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        entries.append({"md5": file_md5(path), "relpath": path.relative_to(folder).as_posix()})
+    entries.sort(key=lambda e: e["relpath"])
+    payload = json.dumps(entries, sort_keys=True).encode("utf-8")
+    return hashlib.md5(payload).hexdigest() + ".dir"
+
+
+def read_dvc_file(dvc_file: str | Path) -> DvcOut:
+    """The single output recorded in a .dvc file such as data.dvc."""
+    dvc_file = Path(dvc_file)
+    if not dvc_file.exists():
+        raise FileNotFoundError(f"{dvc_file}: not found")
+    raw = yaml.safe_load(dvc_file.read_text()) or {}
+    outs = raw.get("outs") or []
+    if len(outs) != 1 or "md5" not in outs[0]:
+        raise DatasetVersionError(f"{dvc_file}: expected one output with an md5, got {outs!r}")
+    out = outs[0]
+    return DvcOut(path=out["path"], md5=out["md5"], nfiles=out.get("nfiles"),
+                  size=out.get("size"))
+
+
+def dvc_env() -> dict[str, str]:
+    """Environment for DVC subprocesses: analytics off."""
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "true"}
+
+
+def run_dvc(*args: str, cwd: str | Path = ".") -> str:
+    """Run the DVC CLI of this interpreter's environment; raise with its stderr on failure."""
+    cmd = [sys.executable, "-m", "dvc", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=dvc_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed ({proc.returncode}):\n"
+                           f"{proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def ensure_dvc_repo(root: str | Path) -> None:
+    """``dvc init`` where no .dvc/ exists (inside a git repo when there is one)."""
+    root = Path(root)
+    if (root / ".dvc").is_dir():
+        return
+    args = ["init", "-q"] if (root / ".git").exists() else ["init", "-q", "--no-scm"]
+    run_dvc(*args, cwd=root)
+    run_dvc("config", "core.analytics", "false", cwd=root)
+
+
+def record_version(data_dir: str | Path, root: str | Path = ".") -> DvcOut:
+    """``dvc add`` the data directory: caches it and rewrites its .dvc file; returns the record."""
+    root = Path(root)
+    ensure_dvc_repo(root)
+    rel = Path(data_dir).resolve().relative_to(root.resolve())
+    run_dvc("add", "-q", str(rel), cwd=root)
+    return read_dvc_file(root / f"{rel}.dvc")
+
+
+def dataset_hash(dvc_file: str | Path = "data.dvc") -> str:
+    """The dataset version recorded in data.dvc (the lineage key for every model)."""
+    return read_dvc_file(dvc_file).md5
