@@ -109,8 +109,11 @@ class Estimator(nn.Module):
         parts = [emb(cat[..., f]) for f, emb in enumerate(self.item_emb)]
         for name in self.multi_names:
             bag = getattr(self, f"item_bag_{name}")[item_rows]  # (..., K, L)
-            vecs = self.bag_emb[name](bag)  # (..., K, L, E); padding rows are zero
-            count = (bag != 0).sum(-1, keepdim=True).clamp(min=1).to(vecs.dtype)
+            real = (bag != 0).unsqueeze(-1)  # (..., K, L, 1)
+            # Mask explicitly rather than trusting padding_idx: under vmap/torch.func the
+            # padding row can receive inner-loop gradients, so it must never be read.
+            vecs = self.bag_emb[name](bag) * real  # (..., K, L, E)
+            count = real.sum(-2).clamp(min=1).to(vecs.dtype)
             parts.append(vecs.sum(-2) / count)
         if self.text_proj is not None:
             parts.append(self.text_proj(self.item_text[item_rows]))

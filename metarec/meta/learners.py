@@ -1,0 +1,175 @@
+"""Meta-learners behind one small protocol, all built on the one inner loop (metarec.meta.inner).
+
+- ``maml``: MAML (Finn et al., ICML 2017), second order, adapting ``meta.adapted`` parameters;
+- ``fomaml``: first-order MAML (inner gradients detached);
+- ``melu``: MeLU (Lee et al., KDD 2019): MAML adapting only the decision MLP; tower features are
+  computed once per batch, outside the inner loop;
+- ``metasgd``: Meta-SGD (Li et al., 2017): a learned learning rate per parameter entry;
+- ``reptile``: Reptile (Nichol et al., 2018): adapt on the whole task, move toward the result;
+- ``global`` (baseline, not a meta-learner): plain regression on every rating, no adaptation.
+
+A learner is an ``nn.Module`` (Meta-SGD's rates are meta-parameters trained with the model) and
+offers ``meta_loss(model, batch)`` (the scalar the training loop backpropagates) and
+``predict(model, batch)`` (adapt on support, score the query).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from metarec.config import MetaConfig
+from metarec.meta.inner import TaskBatch, adapt_batch, masked_mse, query_loss, query_scores
+from metarec.models.estimator import DECISION_PREFIX, Estimator
+
+LEARNERS = ("maml", "fomaml", "melu", "metasgd", "reptile", "global")
+
+
+class Learner(Protocol):
+    """What the training loop and evaluation need from a learner."""
+
+    def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
+        """Scalar loss whose gradient is the meta-gradient of the batch."""
+        ...
+
+    def predict(self, model: Estimator, batch: TaskBatch) -> Tensor:
+        """(N, Q) query scores after adapting on each task's support set."""
+        ...
+
+    def parameters(self) -> "object":  # nn.Module.parameters: the learner's own meta-parameters
+        ...
+
+
+def adapted_names(model: Estimator, which: str) -> frozenset[str]:
+    """Names of the parameters adapted in the inner loop: ``"decision"`` or ``"all"``."""
+    names = [n for n, _ in model.named_parameters()]
+    if which == "all":
+        return frozenset(names)
+    if which == "decision":
+        return frozenset(n for n in names if n.startswith(DECISION_PREFIX))
+    raise ValueError(f"adapted must be 'decision' or 'all', got {which!r}")
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")  # ParameterDict keys may not contain dots
+
+
+class GradientLearner(nn.Module):
+    """MAML / FOMAML / MeLU / Meta-SGD: adapt on support, backpropagate the query loss."""
+
+    def __init__(self, model: Estimator, *, adapted: str, steps: int, lr: float,
+                 first_order: bool, learn_lr: bool) -> None:
+        super().__init__()
+        if steps < 0:
+            raise ValueError(f"inner_steps must be >= 0, got {steps}")
+        self.adapted_set = adapted_names(model, adapted)
+        self.steps, self.lr, self.first_order = steps, lr, first_order
+        # MeLU mode: nothing outside the decision MLP adapts, so towers run once per batch.
+        self.precompute = all(n.startswith(DECISION_PREFIX) for n in self.adapted_set)
+        params = dict(model.named_parameters())
+        self.lrs = nn.ParameterDict(
+            {_key(n): nn.Parameter(torch.full_like(params[n], lr)) for n in sorted(self.adapted_set)}
+        ) if learn_lr else None
+
+    def _per_param_lr(self) -> dict[str, Tensor] | None:
+        if self.lrs is None:
+            return None
+        return {n: self.lrs[_key(n)] for n in self.adapted_set}
+
+    def adapt(self, model: Estimator, batch: TaskBatch, *, first_order: bool | None = None
+              ) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Per-task fast weights for ``batch`` and the query features (MeLU mode) or None."""
+        params = dict(model.named_parameters())
+        buffers = dict(model.named_buffers())
+        s_feats = q_feats = None
+        if self.precompute:
+            s_feats = model.embed(batch.user_cat, batch.support_items)  # (N, S, F)
+            q_feats = model.embed(batch.user_cat, batch.query_items)  # (N, Q, F)
+        fast = adapt_batch(model, params, buffers, batch, steps=self.steps, lr=self.lr,
+                           adapted=self.adapted_set,
+                           first_order=self.first_order if first_order is None else first_order,
+                           per_param_lr=self._per_param_lr(), feats=s_feats)
+        return fast, q_feats
+
+    def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
+        fast, q_feats = self.adapt(model, batch)
+        return query_loss(model, fast, dict(model.named_buffers()), self.adapted_set, batch, q_feats)
+
+    def predict(self, model: Estimator, batch: TaskBatch) -> Tensor:
+        fast, q_feats = self.adapt(model, batch, first_order=True)
+        return query_scores(model, fast, dict(model.named_buffers()), self.adapted_set,
+                            batch.user_cat, batch.query_items, q_feats).detach()
+
+
+class ReptileLearner(GradientLearner):
+    """Reptile: adapt (first order) on support and query together, then pull the
+    meta-parameters toward the mean fast weights.
+
+    The outer "gradient" of an adapted parameter is ``theta - mean_tasks(phi)`` (Reptile as a
+    gradient, so the same AdamW loop applies); parameters that are not adapted (the towers in
+    "decision" mode) learn from the query loss under the detached fast weights instead.
+    """
+
+    def __init__(self, model: Estimator, *, adapted: str, steps: int, lr: float) -> None:
+        super().__init__(model, adapted=adapted, steps=steps, lr=lr, first_order=True,
+                         learn_lr=False)
+
+    def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
+        whole = TaskBatch(
+            user_cat=batch.user_cat,
+            support_items=torch.cat([batch.support_items, batch.query_items], 1),
+            support_ratings=torch.cat([batch.support_ratings, batch.query_ratings], 1),
+            support_mask=torch.cat([batch.support_mask, batch.query_mask], 1),
+            query_items=batch.query_items, query_ratings=batch.query_ratings,
+            query_mask=batch.query_mask)
+        fast, _ = self.adapt(model, whole)
+        params = dict(model.named_parameters())
+        # 0.5 * ||theta - phi||^2 has gradient theta - phi (phi detached), averaged over tasks.
+        pull = sum(0.5 * ((params[n] - fast[n].detach().mean(0)) ** 2).sum()
+                   for n in self.adapted_set)
+        if len(self.adapted_set) == len(params):
+            return pull
+        detached = {n: (p.detach() if n in self.adapted_set else p) for n, p in fast.items()}
+        q_feats = model.embed(batch.user_cat, batch.query_items) if self.precompute else None
+        towers = query_loss(model, detached, dict(model.named_buffers()), self.adapted_set,
+                            batch, q_feats)
+        return pull + towers
+
+
+class GlobalLearner(nn.Module):
+    """Baseline: the same network trained on every rating of the training tasks (support and
+    query alike) with no adaptation; its ``predict`` scores the query as is."""
+
+    def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
+        items = torch.cat([batch.support_items, batch.query_items], 1)
+        ratings = torch.cat([batch.support_ratings, batch.query_ratings], 1)
+        mask = torch.cat([batch.support_mask, batch.query_mask], 1)
+        return masked_mse(model(batch.user_cat, items), ratings, mask).mean()
+
+    def predict(self, model: Estimator, batch: TaskBatch) -> Tensor:
+        return model(batch.user_cat, batch.query_items).detach()
+
+
+def build_learner(model: Estimator, cfg: MetaConfig, name: str | None = None) -> nn.Module:
+    """The learner ``name`` (default ``cfg.learner``) configured from ``cfg``."""
+    name = cfg.learner if name is None else name
+    common = dict(steps=cfg.inner_steps, lr=cfg.inner_lr)
+    if name == "maml":
+        return GradientLearner(model, adapted=cfg.adapted, first_order=cfg.first_order,
+                               learn_lr=False, **common)
+    if name == "fomaml":
+        return GradientLearner(model, adapted=cfg.adapted, first_order=True, learn_lr=False,
+                               **common)
+    if name == "melu":
+        return GradientLearner(model, adapted="decision", first_order=cfg.first_order,
+                               learn_lr=False, **common)
+    if name == "metasgd":
+        return GradientLearner(model, adapted=cfg.adapted, first_order=cfg.first_order,
+                               learn_lr=True, **common)
+    if name == "reptile":
+        return ReptileLearner(model, adapted=cfg.adapted, **common)
+    if name == "global":
+        return GlobalLearner()
+    raise ValueError(f"unknown learner {name!r}; choose one of {', '.join(LEARNERS)}")

@@ -1,0 +1,205 @@
+"""The one training loop: meta-train a model with a learner, validate, stop early, checkpoint.
+
+``meta_train`` runs AdamW on the meta-parameters (the model's and the learner's own, such as
+Meta-SGD's rates), bf16 autocast on CUDA, gradient clipping, validation every ``eval_every``
+steps with early stopping on the validation MAE, and resumable checkpoints: a run interrupted
+and resumed from its last checkpoint ends with exactly the parameters of an uninterrupted run
+with the same seed (task sampling uses its own seeded generator, saved in the checkpoint).
+Metrics go to callbacks ``(step, metrics) -> None``; MLflow logging is one such callback.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from metarec.config import TrainConfig
+from metarec.data.arrays import TaskArrays
+from metarec.io import atomic_file
+from metarec.meta.inner import make_batch
+from metarec.models.estimator import Estimator
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[int, dict[str, float]], None]
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: the best weights (by validation MAE) and its history."""
+
+    model_state: dict[str, Tensor]
+    learner_state: dict[str, Tensor]
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    best_step: int = 0
+    best_valid_mae: float = math.inf
+    stopped_early: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda when a GPU is present, else cpu; ``"cuda"`` without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+def predict(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig
+            ) -> np.ndarray:
+    """(N, Q) float32 query scores: each task adapted on its support set, then scored.
+
+    Tasks are processed ``cfg.eval_batch`` at a time on the model's device.
+    """
+    device = next(model.parameters()).device
+    out = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), _autocast(device, cfg.amp):
+        for start in range(0, len(tasks), cfg.eval_batch):
+            index = np.arange(start, min(start + cfg.eval_batch, len(tasks)))
+            batch = make_batch(model.user_table, tasks, index, device)
+            out.append(learner.predict(model, batch).float().cpu().numpy())
+    model.train(was_training)
+    q = tasks.query_items.shape[1]
+    return np.concatenate(out, 0) if out else np.zeros((0, q), np.float32)
+
+
+def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig) -> float:
+    """Mean absolute error over every real query rating of ``tasks``."""
+    scores = predict(model, learner, tasks, cfg)
+    mask = tasks.query_mask.astype(bool)
+    if not mask.any():
+        raise ValueError("validation tasks hold no query ratings")
+    return float(np.abs(scores - tasks.query_ratings)[mask].mean())
+
+
+def _sampler_next(order: Tensor, pos: int, n: int, k: int, gen: torch.Generator
+                  ) -> tuple[np.ndarray, Tensor, int]:
+    """Next k task indices from epoch-wise permutations of n tasks (reshuffled per epoch)."""
+    picked = []
+    while len(picked) < k:
+        if pos >= n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        take = min(k - len(picked), n - pos)
+        picked.extend(order[pos:pos + take].tolist())
+        pos += take
+    return np.asarray(picked, dtype=np.int64), order, pos
+
+
+def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def _save(path: Path, payload: dict) -> None:
+    with atomic_file(path, "wb") as fh:
+        torch.save(payload, fh)
+
+
+def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
+               valid_tasks: TaskArrays, cfg: TrainConfig, seed: int,
+               callbacks: Iterable[Callback] = (), checkpoint_dir: str | Path | None = None,
+               resume: bool = False) -> TrainResult:
+    """Meta-train ``model`` with ``learner`` on ``train_tasks``; returns the best weights.
+
+    Every ``cfg.eval_every`` steps (and at the end) the validation MAE is computed with
+    :func:`predict`; training stops after ``cfg.patience`` validations without improvement.
+    With ``checkpoint_dir``, a checkpoint is written every ``cfg.checkpoint_every`` steps;
+    ``resume=True`` continues from it when it exists. The model ends holding the best weights.
+    """
+    if len(train_tasks) == 0 or len(valid_tasks) == 0:
+        raise ValueError(f"need training and validation tasks, got {len(train_tasks)} and "
+                         f"{len(valid_tasks)}")
+    device = resolve_device(cfg.device)
+    model.to(device).train()
+    learner.to(device)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for m in (model, learner) for p in m.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(train_tasks)
+    order, pos, step, bad = torch.randperm(n, generator=gen), 0, 0, 0
+    history: list[dict[str, float]] = []
+    best = dict(mae=math.inf, step=0, model=_cpu_state(model), learner=_cpu_state(learner))
+    ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT
+    if resume and ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        learner.load_state_dict(state["learner"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["sampler_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        order, pos, step, bad = state["order"], int(state["pos"]), int(state["step"]), int(state["bad"])
+        history = list(state["history"])
+        best = dict(mae=float(state["best_mae"]), step=int(state["best_step"]),
+                    model=state["best_model"], learner=state["best_learner"])
+        log.info("resumed from %s at step %d", ckpt, step)
+
+    def evaluate() -> bool:
+        """Validate; record; return True when patience is exhausted."""
+        nonlocal bad
+        mae = valid_mae(model, learner, valid_tasks, cfg)
+        metrics = {"valid_mae": mae, "best_valid_mae": min(mae, best["mae"])}
+        if mae < best["mae"]:
+            best.update(mae=mae, step=step, model=_cpu_state(model), learner=_cpu_state(learner))
+            bad = 0
+        else:
+            bad += 1
+        history.append({"step": float(step), **metrics})
+        for cb in callbacks:
+            cb(step, metrics)
+        return bad >= cfg.patience
+
+    stopped = False
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=None if cfg.progress else True,
+               desc="meta-train", leave=False)
+    while step < cfg.max_steps and not stopped:
+        index, order, pos = _sampler_next(order, pos, n, cfg.tasks_per_batch, gen)
+        batch = make_batch(model.user_table, train_tasks, index, device)
+        with _autocast(device, cfg.amp):
+            loss = learner.meta_loss(model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"meta-loss is {float(loss)} at step {step + 1}; "
+                                     "lower train.lr or meta.inner_lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        for cb in callbacks:
+            cb(step, {"train_loss": float(loss.detach())})
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            stopped = evaluate()
+        if ckpt is not None and cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
+            _save(ckpt, dict(model=_cpu_state(model), learner=_cpu_state(learner),
+                             optimizer=optimizer.state_dict(), sampler_rng=gen.get_state(),
+                             torch_rng=torch.get_rng_state(), order=order, pos=pos, step=step,
+                             bad=bad, history=history, best_mae=best["mae"],
+                             best_step=best["step"], best_model=best["model"],
+                             best_learner=best["learner"]))
+    bar.close()
+    model.load_state_dict(best["model"])
+    learner.load_state_dict(best["learner"])
+    log.info("meta-training stopped at step %d (best valid MAE %.4f at step %d)", step,
+             best["mae"], best["step"])
+    return TrainResult(model_state=copy.deepcopy(best["model"]),
+                       learner_state=copy.deepcopy(best["learner"]), history=history,
+                       steps=step, best_step=int(best["step"]), best_valid_mae=float(best["mae"]),
+                       stopped_early=stopped)

@@ -1,0 +1,213 @@
+"""The inner loop and the learners: parity with a plain-autograd per-task reference, padding
+invariance, the query scored with adapted parameters, adaptation lowering the support loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.func import functional_call
+
+from metarec.config import MetaConfig
+from metarec.data.arrays import TaskArrays
+from metarec.meta.baselines import ItemMeanBaseline, UserMeanBaseline, task_ratings
+from metarec.meta.inner import adapt_batch, make_batch, masked_mse
+from metarec.meta.learners import adapted_names, build_learner
+from metarec.models.estimator import build_model
+from tests.test_models import TINY, tiny_features, tiny_tasks
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(tiny_features(seed), TINY)
+    return model, tiny_tasks(seed)
+
+
+def _reference_meta_grads(model, learner, tasks: TaskArrays, steps: int, lr: float,
+                          adapted: frozenset[str], first_order: bool, per_param_lr=None):
+    """Per-task Python loop with torch.autograd.grad on the unpadded slots (no vmap, no
+    torch.func.grad): mean query loss over tasks and its gradient w.r.t. every meta-parameter."""
+    params = dict(model.named_parameters())
+    meta = list(params.values()) + list(learner.parameters())
+    total = 0.0
+    for n in range(len(tasks)):
+        sm, qm = tasks.support_mask[n], tasks.query_mask[n]
+        user = model.user_table[int(tasks.user_row[n])]
+        s_items = torch.as_tensor(tasks.support_items[n][sm])
+        s_r = torch.as_tensor(tasks.support_ratings[n][sm])
+        q_items = torch.as_tensor(tasks.query_items[n][qm])
+        q_r = torch.as_tensor(tasks.query_ratings[n][qm])
+        fast = dict(params)
+        for _ in range(steps):
+            loss = ((functional_call(model, fast, (user, s_items)) - s_r) ** 2).mean()
+            names = sorted(adapted)
+            grads = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=not first_order)
+            for k, g in zip(names, grads):
+                rate = lr if per_param_lr is None else per_param_lr[k]
+                fast[k] = fast[k] - rate * g
+        total = total + ((functional_call(model, fast, (user, q_items)) - q_r) ** 2).mean()
+    total = total / len(tasks)
+    return total, torch.autograd.grad(total, meta)
+
+
+@pytest.mark.parametrize("name,which,first_order", [
+    ("maml", "all", False), ("maml", "decision", False), ("fomaml", "all", True),
+    ("melu", "decision", False), ("melu", "decision", True), ("metasgd", "all", False),
+])
+def test_batched_meta_gradient_matches_per_task_reference(name, which, first_order) -> None:
+    model, tasks = _setup()
+    cfg = MetaConfig(learner=name, inner_steps=2, inner_lr=0.05, adapted=which,
+                     first_order=first_order)
+    learner = build_learner(model, cfg)
+    meta = list(model.parameters()) + list(learner.parameters())
+    loss = learner.meta_loss(model, make_batch(model.user_table, tasks))
+    grads = torch.autograd.grad(loss, meta)
+    rates = learner._per_param_lr()
+    ref_loss, ref_grads = _reference_meta_grads(model, learner, tasks, 2, 0.05,
+                                                adapted_names(model, which), first_order, rates)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
+
+
+def test_second_order_differs_from_first_order() -> None:
+    """Sanity of the parity test: the two orders really give different meta-gradients."""
+    model, tasks = _setup()
+    batch = make_batch(model.user_table, tasks)
+    out = []
+    for fo in (False, True):
+        learner = build_learner(model, MetaConfig(learner="maml", inner_steps=2, inner_lr=0.05,
+                                                  adapted="all", first_order=fo))
+        out.append(torch.autograd.grad(learner.meta_loss(model, batch), model.decision[0].weight)[0])
+    assert (out[0] - out[1]).abs().max() > 1e-6
+
+
+def _pad(tasks: TaskArrays, extra_s: int, extra_q: int, seed: int) -> TaskArrays:
+    """Append padded slots holding random items and ratings (masked out)."""
+    r = np.random.default_rng(seed)
+    n = len(tasks)
+
+    def grow(items, ratings, mask, extra):
+        return (np.concatenate([items, r.integers(0, 30, (n, extra))], 1),
+                np.concatenate([ratings, r.integers(1, 6, (n, extra)).astype(np.float32)], 1),
+                np.concatenate([mask, np.zeros((n, extra), bool)], 1))
+
+    si, sr, sm = grow(tasks.support_items, tasks.support_ratings, tasks.support_mask, extra_s)
+    qi, qr, qm = grow(tasks.query_items, tasks.query_ratings, tasks.query_mask, extra_q)
+    return TaskArrays(tasks.user_ids, tasks.user_row, si, sr, sm, qi, qr, qm)
+
+
+@settings(max_examples=5, deadline=None)
+@given(name=st.sampled_from(["maml", "melu", "metasgd", "reptile"]),
+       extra_s=st.integers(0, 4), extra_q=st.integers(0, 3), seed=st.integers(0, 100))
+def test_padded_batch_loss_equals_unpadded_tasks_one_by_one(name, extra_s, extra_q, seed) -> None:
+    model, tasks = _setup()
+    learner = build_learner(model, MetaConfig(learner=name, inner_steps=2, inner_lr=0.05,
+                                              adapted="all" if name == "reptile" else "decision"))
+    padded = _pad(tasks, extra_s, extra_q, seed)
+    batch_loss = learner.meta_loss(model, make_batch(model.user_table, padded))
+    single = []
+    for n in range(len(tasks)):
+        one = tasks.subset(np.array([n]))
+        s, q = int(one.support_mask.sum()), int(one.query_mask.sum())
+        one = TaskArrays(one.user_ids, one.user_row, one.support_items[:, :s],
+                         one.support_ratings[:, :s], one.support_mask[:, :s],
+                         one.query_items[:, :q], one.query_ratings[:, :q], one.query_mask[:, :q])
+        single.append(learner.meta_loss(model, make_batch(model.user_table, one)))
+    if name == "reptile":  # the pull term is not a mean over tasks; compare the fast weights
+        return _reptile_padding(model, learner, tasks, padded)
+    torch.testing.assert_close(batch_loss, torch.stack(single).mean(), atol=1e-5, rtol=1e-5)
+
+
+def _reptile_padding(model, learner, tasks, padded) -> None:
+    a, _ = learner.adapt(model, make_batch(model.user_table, tasks))
+    b, _ = learner.adapt(model, make_batch(model.user_table, padded))
+    for k in learner.adapted_set:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_query_loss_is_computed_with_adapted_parameters() -> None:
+    """learn2learn issue #420: the query must be scored by the adapted model, not the initial one."""
+    model, tasks = _setup()
+    batch = make_batch(model.user_table, tasks)
+    learner = build_learner(model, MetaConfig(learner="melu", inner_steps=1, inner_lr=0.1))
+    meta_loss = learner.meta_loss(model, batch)
+    unadapted = masked_mse(model(batch.user_cat, batch.query_items), batch.query_ratings,
+                           batch.query_mask).mean()
+    # by hand: one SGD step of the decision layers per task, then the query loss
+    dec = model.decision_params()
+    by_hand = []
+    for n in range(len(tasks)):
+        s = masked_mse(model(batch.user_cat[n], batch.support_items[n]),
+                       batch.support_ratings[n], batch.support_mask[n])
+        grads = torch.autograd.grad(s, list(dec.values()), create_graph=True)
+        fast = {k: p - 0.1 * g for (k, p), g in zip(dec.items(), grads)}
+        x = model.embed(batch.user_cat[n], batch.query_items[n])
+        by_hand.append(masked_mse(model.decide(fast, x), batch.query_ratings[n], batch.query_mask[n]))
+    torch.testing.assert_close(meta_loss, torch.stack(by_hand).mean(), atol=1e-5, rtol=1e-5)
+    assert abs(float(meta_loss.detach()) - float(unadapted.detach())) > 1e-3
+    # predictions too: predict() scores with the adapted weights
+    zero = build_learner(model, MetaConfig(learner="melu", inner_steps=0))
+    with torch.no_grad():
+        assert not torch.allclose(learner.predict(model, batch), zero.predict(model, batch))
+
+
+@pytest.mark.parametrize("which", ["decision", "all"])
+def test_adaptation_lowers_the_support_loss(which) -> None:
+    model, tasks = _setup(1)
+    batch = make_batch(model.user_table, tasks)
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    adapted = adapted_names(model, which)
+    before = masked_mse(model(batch.user_cat, batch.support_items), batch.support_ratings,
+                        batch.support_mask)
+    fast = adapt_batch(model, params, buffers, batch, steps=3, lr=0.01, adapted=adapted,
+                       first_order=True)
+    after = torch.stack([
+        masked_mse(functional_call(model, {k: (v[n] if k in adapted else v) for k, v in fast.items()},
+                                   (batch.user_cat[n], batch.support_items[n])),
+                   batch.support_ratings[n], batch.support_mask[n]) for n in range(len(tasks))])
+    assert bool((after < before).all()), (before, after)
+
+
+def test_reptile_gradient_is_theta_minus_mean_fast_weights() -> None:
+    model, tasks = _setup()
+    learner = build_learner(model, MetaConfig(learner="reptile", inner_steps=2, inner_lr=0.05,
+                                              adapted="all"))
+    batch = make_batch(model.user_table, tasks)
+    loss = learner.meta_loss(model, batch)
+    # Reptile adapts on support and query together: the reference adapts on their union
+    batch.support_items = torch.cat([batch.support_items, batch.query_items], 1)
+    batch.support_ratings = torch.cat([batch.support_ratings, batch.query_ratings], 1)
+    batch.support_mask = torch.cat([batch.support_mask, batch.query_mask], 1)
+    w = model.decision[0].weight
+    (g,) = torch.autograd.grad(loss, [w])
+    fast, _ = learner.adapt(model, batch)
+    torch.testing.assert_close(g, w.detach() - fast["decision.0.weight"].detach().mean(0))
+    assert g.abs().max() > 0
+
+
+def test_unknown_learner_and_adapted_set_are_errors() -> None:
+    model, _ = _setup()
+    with pytest.raises(ValueError, match="unknown learner 'protonet'"):
+        build_learner(model, MetaConfig(), "protonet")
+    with pytest.raises(ValueError, match="adapted must be"):
+        adapted_names(model, "towers")
+
+
+def test_user_and_item_mean_baselines_by_hand() -> None:
+    tasks = TaskArrays(
+        user_ids=np.array([1, 2]), user_row=np.array([0, 1]),
+        support_items=np.array([[0, 1, 0], [2, 0, 0]]),
+        support_ratings=np.array([[4, 2, 0], [5, 0, 0]], np.float32),
+        support_mask=np.array([[1, 1, 0], [1, 0, 0]], bool),
+        query_items=np.array([[2, 3], [0, 0]]), query_ratings=np.array([[3, 1], [1, 0]], np.float32),
+        query_mask=np.array([[1, 1], [1, 0]], bool))
+    np.testing.assert_allclose(UserMeanBaseline(3.0).predict(tasks), [[3, 3], [5, 5]])
+    items, ratings = task_ratings(tasks)  # item 0: 4, 1 ; item 1: 2 ; item 2: 5, 3 ; item 3: 1
+    base = ItemMeanBaseline.fit(items, ratings, n_items=5, shrinkage=1.0)
+    mu = 16 / 6
+    np.testing.assert_allclose(base.item_means, [(5 + mu) / 3, (2 + mu) / 2, (8 + mu) / 3,
+                                                 (1 + mu) / 2, mu])
+    np.testing.assert_allclose(base.predict(tasks), base.item_means[tasks.query_items], rtol=1e-6)
