@@ -1,0 +1,202 @@
+"""Few-shot tasks: one per (set, user), padded to dense :class:`TaskArrays`.
+
+A task's ratings (those of its user in one split set, see :mod:`metarec.data.splits`) are
+shuffled with a seeded generator; the first ``query_size`` form the query set, the rest the
+support set, padded to ``support_width`` (default ``max_ratings - query_size``). Padded slots
+point at item row 0 with mask False.
+
+Set names: ``train``/``valid``/``test`` (``user-split``); ``warm`` (meta-training),
+``warm_valid`` (early stopping), ``user_cold``, ``item_cold``, ``user_item_cold`` (``melu``).
+K-shot variants of every evaluation set (all but the training set) are named ``<set>@k<k>``:
+the same tasks and queries with the support capped at ``k`` random ratings.
+
+Artifacts in ``cfg.tasks.out_dir``: one ``<name>.npz`` per set and ``manifest.json`` (counts
+per set, seeds, data/encoder/split hashes), byte-identical for the same data and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from metarec.config import Config
+from metarec.data.arrays import FeatureArrays, TaskArrays
+from metarec.data.npz import read_npz, write_npz
+from metarec.data.splits import ColdStartSplit, split_from_config
+from metarec.data.tables import CanonicalTables
+from metarec.io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+TASK_FIELDS = ("user_ids", "user_row", "support_items", "support_ratings", "support_mask",
+               "query_items", "query_ratings", "query_mask")
+
+
+def _salt(name: str) -> int:
+    return zlib.crc32(name.encode("utf-8"))
+
+
+def _rows_of(ids: np.ndarray, table_ids: np.ndarray, what: str) -> np.ndarray:
+    """Row of each id in the sorted ``table_ids``; an id not there is an error."""
+    if len(table_ids) == 0:
+        bad = np.ones(len(ids), dtype=bool)
+        pos = np.zeros(len(ids), dtype=np.int64)
+    else:
+        pos = np.minimum(np.searchsorted(table_ids, ids), len(table_ids) - 1)
+        bad = table_ids[pos] != ids
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} {what} id(s) have no feature row, e.g. "
+                         f"{ids[bad][0]}; rebuild features from the same tables")
+    return pos.astype(np.int64)
+
+
+def build_tasks(interactions: pd.DataFrame, features: FeatureArrays, *, query_size: int,
+                support_width: int, seed: int) -> TaskArrays:
+    """Tasks of every user in ``interactions`` (user_id, item_id, rating[, timestamp]).
+
+    Users are taken in id order; each must have more than ``query_size`` ratings. Support sets
+    longer than ``support_width`` keep ``support_width`` random ratings (logged).
+    """
+    if query_size < 1 or support_width < 1:
+        raise ValueError(f"query_size and support_width must be >= 1, got {query_size}, "
+                         f"{support_width}")
+    inter = interactions.sort_values(["user_id", "item_id"], kind="mergesort")
+    users, starts, sizes = np.unique(inter["user_id"].to_numpy(np.int64), return_index=True,
+                                     return_counts=True)
+    if len(users) and sizes.min() <= query_size:
+        raise ValueError(f"user {users[sizes.argmin()]} has {sizes.min()} ratings; a task needs "
+                         f"more than query_size={query_size}")
+    item_rows = _rows_of(inter["item_id"].to_numpy(np.int64), features.item_ids, "item")
+    ratings = inter["rating"].to_numpy(np.float32)
+    n = len(users)
+    out = {"support_items": np.zeros((n, support_width), np.int64),
+           "support_ratings": np.zeros((n, support_width), np.float32),
+           "support_mask": np.zeros((n, support_width), bool),
+           "query_items": np.zeros((n, query_size), np.int64),
+           "query_ratings": np.zeros((n, query_size), np.float32),
+           "query_mask": np.zeros((n, query_size), bool)}
+    rng = np.random.default_rng(seed)
+    truncated = 0
+    for t, (start, size) in enumerate(zip(starts, sizes)):
+        order = start + rng.permutation(size)
+        query, support = order[:query_size], order[query_size:query_size + support_width]
+        truncated += size - query_size - len(support)
+        out["query_items"][t] = item_rows[query]
+        out["query_ratings"][t] = ratings[query]
+        out["query_mask"][t] = True
+        out["support_items"][t, :len(support)] = item_rows[support]
+        out["support_ratings"][t, :len(support)] = ratings[support]
+        out["support_mask"][t, :len(support)] = True
+    if truncated:
+        log.warning("support_width=%d dropped %d support ratings", support_width, truncated)
+    return TaskArrays(user_ids=users, user_row=_rows_of(users, features.user_ids, "user"), **out)
+
+
+def kshot(tasks: TaskArrays, k: int, seed: int) -> TaskArrays:
+    """The same tasks with each support set capped at ``k`` random ratings, width ``k``.
+
+    Tasks with fewer than ``k`` support ratings keep them all (padded). Queries are unchanged.
+    """
+    if k < 1:
+        raise ValueError(f"k-shot needs k >= 1, got {k}")
+    n, width = tasks.support_mask.shape
+    keys = np.random.default_rng(seed).random((n, width))
+    keys[~tasks.support_mask] = np.inf  # padding sorts last
+    pick = np.argsort(keys, axis=1, kind="stable")[:, :k]  # (N, min(k, S))
+    mask = np.take_along_axis(tasks.support_mask, pick, axis=1)
+    pad = k - pick.shape[1]
+
+    def take(a: np.ndarray) -> np.ndarray:
+        picked = np.where(mask, np.take_along_axis(a, pick, axis=1), 0).astype(a.dtype)
+        return np.pad(picked, ((0, 0), (0, pad)))
+    return TaskArrays(user_ids=tasks.user_ids, user_row=tasks.user_row,
+                      support_items=take(tasks.support_items),
+                      support_ratings=take(tasks.support_ratings),
+                      support_mask=np.pad(mask, ((0, 0), (0, pad))),
+                      query_items=tasks.query_items, query_ratings=tasks.query_ratings,
+                      query_mask=tasks.query_mask)
+
+
+def build_split_tasks(split: ColdStartSplit, features: FeatureArrays, *, query_size: int,
+                      support_width: int, kshots: tuple[int, ...] = ()) -> dict[str, TaskArrays]:
+    """Tasks of every set of ``split`` plus the k-shot variants of its evaluation sets."""
+    sets: dict[str, TaskArrays] = {}
+    for name in sorted(split.sets):
+        tasks = build_tasks(split.sets[name], features, query_size=query_size,
+                            support_width=support_width, seed=split.seed + _salt(name))
+        sets[name] = tasks
+        if name not in split.training:
+            for k in kshots:
+                sets[f"{name}@k{k}"] = kshot(tasks, k, split.seed + _salt(f"{name}@k{k}"))
+    return sets
+
+
+def task_counts(sets: dict[str, TaskArrays]) -> dict[str, dict[str, int]]:
+    return {name: {"tasks": len(t), "support_ratings": int(t.support_mask.sum()),
+                   "query_ratings": int(t.query_mask.sum()),
+                   "support_width": int(t.support_mask.shape[1]),
+                   "query_size": int(t.query_mask.shape[1])} for name, t in sets.items()}
+
+
+def save_tasks(sets: dict[str, TaskArrays], dest: str | Path,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Write ``<name>.npz`` per set and manifest.json into ``dest``, atomically."""
+    manifest = {"sets": task_counts(sets), **(extra or {})}
+    with atomic_dir(dest) as tmp:
+        for name, tasks in sets.items():
+            write_npz(tmp / f"{name}.npz", {f: getattr(tasks, f) for f in TASK_FIELDS})
+        (tmp / MANIFEST_FILE).write_text(
+            json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+            encoding="utf-8")
+    return Path(dest)
+
+
+def load_tasks(src: str | Path, names: list[str] | None = None) -> dict[str, TaskArrays]:
+    """Read sets written by :func:`save_tasks` (all, or those in ``names``)."""
+    src = Path(src)
+    path = src / MANIFEST_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing; run `metarec tasks build` first")
+    available = json.loads(path.read_text(encoding="utf-8"))["sets"]
+    unknown = sorted(set(names or ()) - set(available))
+    if unknown:
+        raise KeyError(f"no task set(s) {unknown} in {src}; available: {sorted(available)}")
+    return {n: TaskArrays(**read_npz(src / f"{n}.npz")) for n in (names or sorted(available))}
+
+
+def build_task_sets(cfg: Config, tables: CanonicalTables,
+                    features: FeatureArrays | None = None) -> dict[str, TaskArrays]:
+    """The `metarec tasks build` step: split, tasks, k-shot variants -> tasks.out_dir.
+
+    ``features`` defaults to those in features.out_dir, which must come from the same split.
+    """
+    from metarec.features.build import load_features, read_features_manifest, tables_fingerprint
+
+    split = split_from_config(cfg, tables)
+    manifest = read_features_manifest(cfg.features.out_dir)
+    if manifest.get("split_hash") != split.fingerprint():
+        raise ValueError(f"features in {cfg.features.out_dir} were built for another split "
+                         f"(protocol {manifest.get('protocol')!r}, seed {manifest.get('seed')}) "
+                         f"than tasks.protocol={cfg.tasks.protocol!r}, seed {split.seed}; "
+                         "run `metarec features build` again")
+    if features is None:
+        features = load_features(cfg.features.out_dir)
+    width = cfg.tasks.support_width or cfg.tasks.max_ratings - cfg.tasks.query_size
+    sets = build_split_tasks(split, features, query_size=cfg.tasks.query_size,
+                             support_width=width, kshots=cfg.tasks.kshots)
+    extra = {"protocol": split.protocol, "seed": split.seed, "split_hash": split.fingerprint(),
+             "data_hash": tables_fingerprint(tables), "encoder_hash": manifest["encoder_hash"],
+             "training": list(split.training), "validation": list(split.validation),
+             "min_ratings": cfg.tasks.min_ratings, "max_ratings": cfg.tasks.max_ratings,
+             "kshots": list(cfg.tasks.kshots), "dataset": tables.name}
+    save_tasks(sets, cfg.tasks.out_dir, extra)
+    log.info("tasks (%s): %s", split.protocol,
+             {n: len(t) for n, t in sets.items() if "@" not in n})
+    return sets
