@@ -1,0 +1,112 @@
+"""The training loop: exact resume, early stopping, callbacks, predict, baselines, devices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from metarec.config import MetaConfig, TrainConfig
+from metarec.meta.baselines import train_baselines
+from metarec.meta.learners import build_learner
+from metarec.models.estimator import build_model
+from metarec.train import CHECKPOINT, meta_train, predict, resolve_device
+from tests.test_models import TINY, tiny_features, tiny_tasks
+
+CFG = TrainConfig(lr=1e-2, tasks_per_batch=4, max_steps=8, eval_every=2, patience=100,
+                  checkpoint_every=3, device="cpu", progress=False, eval_batch=4)
+META = MetaConfig(learner="metasgd", inner_steps=1, inner_lr=0.05)
+
+
+def _fresh(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(tiny_features(), TINY)
+    return model, build_learner(model, META)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path) -> None:
+    train, valid = tiny_tasks(0, n=10), tiny_tasks(1, n=4)
+    model, learner = _fresh()
+    full = meta_train(model, learner, train, valid, CFG, seed=7)
+
+    def crash(step: int, metrics: dict) -> None:
+        if step == 5 and "train_loss" in metrics:
+            raise Interrupt  # after the step-3 checkpoint, mid-way to the next
+    model, learner = _fresh()
+    with pytest.raises(Interrupt):
+        meta_train(model, learner, train, valid, CFG, seed=7, callbacks=[crash],
+                   checkpoint_dir=tmp_path)
+    assert (tmp_path / CHECKPOINT).exists()
+    model, learner = _fresh(seed=123)  # different init: everything must come from the checkpoint
+    resumed = meta_train(model, learner, train, valid, CFG, seed=7, checkpoint_dir=tmp_path,
+                         resume=True)
+    assert resumed.steps == full.steps == 8
+    assert resumed.history == full.history
+    for k, v in full.model_state.items():
+        torch.testing.assert_close(resumed.model_state[k], v, rtol=0, atol=0)
+    for k, v in full.learner_state.items():
+        torch.testing.assert_close(resumed.learner_state[k], v, rtol=0, atol=0)
+
+
+def test_early_stopping_and_callbacks() -> None:
+    train, valid = tiny_tasks(0, n=10), tiny_tasks(1, n=4)
+    model, learner = _fresh()
+    seen: list[tuple[int, dict]] = []
+    cfg = TrainConfig(lr=0.0, tasks_per_batch=4, max_steps=100, eval_every=2, patience=3,
+                      device="cpu", progress=False, checkpoint_every=0)
+    result = meta_train(model, learner, train, valid, cfg, seed=0,
+                        callbacks=[lambda s, m: seen.append((s, m))])
+    # lr 0: the first validation is the best, the next 3 do not improve -> stop at step 8
+    assert result.stopped_early and result.steps == 8 and result.best_step == 2
+    evals = [(s, m) for s, m in seen if "valid_mae" in m]
+    assert [s for s, _ in evals] == [2, 4, 6, 8]
+    assert sum("train_loss" in m for _, m in seen) == 8
+    assert result.best_valid_mae == pytest.approx(evals[0][1]["valid_mae"])
+
+
+def test_training_lowers_validation_error_and_predict_shape() -> None:
+    train, valid = tiny_tasks(0, n=40), tiny_tasks(1, n=8)
+    model, learner = _fresh()
+    cfg = TrainConfig(lr=1e-2, tasks_per_batch=8, max_steps=40, eval_every=10, patience=10,
+                      device="cpu", progress=False, checkpoint_every=0)
+    result = meta_train(model, learner, train, valid, cfg, seed=0)
+    assert result.history[-1]["best_valid_mae"] < result.history[0]["valid_mae"]
+    scores = predict(model, learner, valid, cfg)
+    assert scores.shape == valid.query_items.shape and np.isfinite(scores).all()
+
+
+def test_baselines_predict_every_query() -> None:
+    train, valid = tiny_tasks(0, n=20), tiny_tasks(1, n=6)
+    cfg = TrainConfig(lr=1e-2, tasks_per_batch=8, max_steps=6, eval_every=3, device="cpu",
+                      progress=False, checkpoint_every=0)
+    baselines, result = train_baselines(tiny_features(), train, valid, TINY,
+                                        MetaConfig(finetune_steps=2), cfg, seed=0)
+    assert set(baselines) == {"user_mean", "item_mean", "global", "finetune"}
+    preds = {k: b.predict(valid) for k, b in baselines.items()}
+    for p in preds.values():
+        assert p.shape == valid.query_items.shape and np.isfinite(p).all()
+    assert not np.allclose(preds["global"], preds["finetune"])  # fine-tuning changed something
+    assert result.steps == 6
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_training_on_gpu() -> None:
+    train, valid = tiny_tasks(0, n=20), tiny_tasks(1, n=6)
+    model, learner = _fresh()
+    cfg = TrainConfig(lr=1e-2, tasks_per_batch=8, max_steps=6, eval_every=3, device="cuda",
+                      amp=True, progress=False, checkpoint_every=0)
+    result = meta_train(model, learner, train, valid, cfg, seed=0)
+    assert next(model.parameters()).is_cuda and np.isfinite(result.best_valid_mae)
