@@ -150,6 +150,59 @@ def data_validate(ctx: click.Context, interactions: Path | None, users: Path | N
 
 
 # --- features/tasks commands ---
+
+
+def _prepared_tables(cfg: Config):
+    from metarec.data.tables import read_tables
+
+    return read_tables(cfg.data.prepared_dir)
+
+
+@main.group()
+def features() -> None:
+    """Encode users and items (encoders + language-model item embeddings)."""
+
+
+@features.command("build")
+@click.pass_context
+def features_build(ctx: click.Context) -> None:
+    """Fit encoders on the training side of the split, embed item texts -> features.out_dir."""
+    from metarec.features.build import prepare_features
+
+    cfg = _config(ctx)
+    start = time.perf_counter()
+    try:
+        feats = prepare_features(cfg, _prepared_tables(cfg))
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from None
+    dim = None if feats.item_text is None else feats.item_text.shape[1]
+    click.echo(f"{len(feats.user_ids)} users x {len(feats.user_fields)} fields, "
+               f"{len(feats.item_ids)} items x {len(feats.item_fields)} fields + "
+               f"{len(feats.item_multi)} bags, text dim {dim} -> {cfg.features.out_dir} "
+               f"({time.perf_counter() - start:.1f}s)")
+
+
+@main.group()
+def tasks() -> None:
+    """Build cold-start few-shot tasks (protocol from tasks.protocol)."""
+
+
+@tasks.command("build")
+@click.pass_context
+def tasks_build(ctx: click.Context) -> None:
+    """Split users/items by tasks.protocol and write padded task sets -> tasks.out_dir."""
+    from metarec.data.tasks import build_task_sets
+
+    cfg = _config(ctx)
+    try:
+        sets = build_task_sets(cfg, _prepared_tables(cfg))
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from None
+    counts = {name: len(t) for name, t in sets.items() if "@" not in name}
+    click.echo(f"{cfg.tasks.protocol}: {json.dumps(counts)} tasks (+ k-shot variants "
+               f"{list(cfg.tasks.kshots)}) -> {cfg.tasks.out_dir}")
+
+
 # --- end features/tasks commands ---
 
 
