@@ -193,7 +193,7 @@ class MetaConfig:
     first_order: bool = False
     # Baseline "global + fine-tune": plain gradient steps on the support set at test time.
     finetune_steps: int = 5
-    finetune_lr: float = 1e-2
+    finetune_lr: float = 1e-3
     # Baseline "item mean": item means shrunk toward the global mean by this many pseudo-ratings.
     item_mean_shrinkage: float = 5.0
 
