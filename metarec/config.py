@@ -226,6 +226,36 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """ONNX export with the inner loop inside the graph, and its parity gate (metarec.export)."""
+
+    # ONNX opset of the exported graphs.
+    opset: int = 18
+    # Largest |ONNX Runtime - PyTorch adapt + score| allowed by the parity check (rating units).
+    parity_tol: float = 1e-4
+    # Random tasks (varied support sizes, zero included) compared by the parity check.
+    parity_tasks: int = 16
+    # Where `metarec` writes model.onnx, scorer.onnx and metadata.json before registering them.
+    out_dir: str = "artifacts/export"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The recommendation API (metarec.serve) and `metarec recommend`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Most ratings accepted in one request (support set size inside the graph).
+    max_ratings: int = 200
+    # Largest k (number of recommendations) accepted in one request.
+    max_k: int = 100
+    # Model loaded at start and on POST /reload: a models:/ URI or a local export directory.
+    model_uri: str = "models:/metarec@champion"
+    # ONNX Runtime intra-op threads per session (0: ONNX Runtime's default).
+    threads: int = 1
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of params.yaml."""
 
@@ -237,6 +267,8 @@ class Config:
     meta: MetaConfig = field(default_factory=MetaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
