@@ -256,6 +256,45 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    """Metrics, adaptation curves and bootstrap intervals (metarec.evaluate)."""
+
+    # Metric families (metarec.evaluate): mae, rmse (rating units); ndcg (MeLU: gain 2^r - 1);
+    # precision and recbole_ndcg (RecBole-MetaRec: relevant = the k best-rated query items).
+    # Ranking families expand over `ks` into names such as ndcg_at_3 and precision_at_5.
+    metrics: tuple[str, ...] = ("mae", "rmse", "ndcg", "precision", "recbole_ndcg")
+    # Cut-offs of the ranking metrics within each task's query set.
+    ks: tuple[int, ...] = (1, 3, 5)
+    # Support sizes of the adaptation curves (metric against 0, 1, 3, 5, 10 and all ratings).
+    curve_shots: tuple[int, ...] = (0, 1, 3, 5, 10)
+    # Bootstrap resamples of the tasks for confidence intervals (0 disables the intervals).
+    bootstrap_samples: int = 1000
+    # Two-sided confidence level of the bootstrap intervals.
+    ci_level: float = 0.95
+    # Metrics drawn in the PNG plots (adaptation curves, per-scenario comparison).
+    plot_metrics: tuple[str, ...] = ("mae", "ndcg_at_3")
+    # Where report.json, report.md and the PNG plots go.
+    out_dir: str = "artifacts/evaluation"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The registration gate (metarec.gate): baselines to beat, champion margin."""
+
+    # The candidate must beat every baseline on each of these (mae/rmse: lower is better,
+    # everything else: higher is better).
+    metrics: tuple[str, ...] = ("mae", "ndcg_at_3")
+    # Allowed regression against the current champion, in the metric's own unit.
+    champion_margin: float = 0.01
+    # Scenarios gated; empty: every scenario of the report.
+    scenarios: tuple[str, ...] = ()
+    # Methods of the report that count as baselines (absent ones are an error naming them).
+    baselines: tuple[str, ...] = ("user_mean", "item_mean", "global", "finetune")
+    # true: a version that passes the gate becomes champion at once, not only challenger.
+    auto_promote: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of params.yaml."""
 
@@ -266,6 +305,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
