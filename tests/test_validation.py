@@ -175,6 +175,29 @@ def test_counts_and_examples_are_exact():
     assert (fail.column, fail.failing_count, fail.examples) == ("rating", 3, ["7"])
 
 
+def test_null_ids_are_reported_by_row():
+    frames = raw()
+    frames["interactions"].loc[[4, 9], "item_id"] = None
+    (fail,) = run(frames).failures
+    assert (fail.expectation, fail.failing_count, fail.examples) == ("not null", 2,
+                                                                     ["row 4", "row 9"])
+
+
+def test_unsigned_ids_beyond_int64_in_parquet(tmp_path):
+    frames = raw()
+    inter = canonical().interactions.assign(item_id=lambda f: f.item_id.astype("uint64"))
+    inter.loc[0, "item_id"] = np.uint64(2**63 + 5)
+    inter.to_parquet(tmp_path / "inter.parquet")
+    frames["interactions"] = load_raw_files(tmp_path / "inter.parquet")[0]
+    names = {f.expectation: f for f in run(frames).failures}
+    assert names["item id int64"].examples == [2**63 + 5]
+
+
+def test_not_a_dataframe_is_a_clear_error():
+    with pytest.raises(TypeError, match="interactions must be a pandas DataFrame, got list"):
+        validate_frames([1, 2, 3])
+
+
 def test_canonical_tables_need_canonical_dtypes():
     t = canonical()
     t.interactions["user_id"] = t.interactions["user_id"].astype(str)
