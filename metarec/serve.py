@@ -1,0 +1,323 @@
+"""Serving: the exported graph in ONNX Runtime behind a small API (no PyTorch at request time).
+
+:class:`Recommender` loads an export directory (``model.onnx`` + ``metadata.json``, see
+:mod:`metarec.export`) or an MLflow URI (``models:/metarec@champion``), encodes a request (user
+attributes through the saved encoders, item ids to rows), runs the adaptation graph once and
+returns the top-k items. :func:`create_app` wraps it in FastAPI: POST /recommend, GET /health,
+POST /reload, OpenAPI docs at /docs.
+"""
+
+# No `from __future__ import annotations`: FastAPI resolves the request models defined
+# inside create_app from real annotations.
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from metarec.config import ServeConfig
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.json"  # same as metarec.export.METADATA_FILE (no torch import here)
+
+
+class RequestError(ValueError):
+    """A request the model cannot serve; the message names the offending values."""
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    item_id: int
+    title: str | None
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "title": self.title, "score": self.score}
+
+
+def gpu_present() -> bool:
+    """A quiet GPU check: an NVIDIA device node or nvidia-smi, never a CUDA session attempt."""
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+
+
+def choose_providers() -> list[str]:
+    """CUDA then CPU when a GPU is present and onnxruntime-gpu has CUDA; else CPU only."""
+    import onnxruntime as ort
+
+    if gpu_present() and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def resolve_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
+    """A local export directory for ``uri``: a path as is, an MLflow URI downloaded.
+
+    MLflow URIs (``models:/name@alias``, ``runs:/id/path``...) are fetched with
+    ``mlflow.artifacts.download_artifacts``; the directory holding ``metadata.json`` is used.
+    """
+    local = Path(uri)
+    if "://" not in uri and ":/" not in uri:
+        if not (local / METADATA_FILE).exists():
+            raise FileNotFoundError(f"{uri}: no {METADATA_FILE}: not an exported model directory")
+        return local
+    import mlflow
+
+    if tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(tracking_uri)
+    dest = Path(tempfile.mkdtemp(prefix="metarec-model-"))
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    found = sorted(root.rglob(METADATA_FILE), key=lambda p: len(p.parts))
+    if not found:
+        raise FileNotFoundError(f"{uri}: the downloaded artifacts hold no {METADATA_FILE}")
+    return found[0].parent
+
+
+class Recommender:
+    """Top-k recommendations for a new user from a handful of ratings, in ONNX Runtime.
+
+    Args:
+        model_dir: an export directory (see :mod:`metarec.export`).
+        threads: intra-op threads of the ONNX Runtime session (0: its default).
+        max_ratings: most ratings accepted in one request.
+    """
+
+    def __init__(self, model_dir: str | Path, *, threads: int = 1, max_ratings: int = 200,
+                 source: str | None = None) -> None:
+        import json
+
+        import onnxruntime as ort
+
+        from metarec.features.encoders import FeatureEncoders
+
+        self.model_dir = Path(model_dir)
+        self.source = source or str(model_dir)
+        self.meta = json.loads((self.model_dir / METADATA_FILE).read_text(encoding="utf-8"))
+        self.max_ratings = max_ratings
+        self.item_ids = np.asarray(self.meta["item_ids"], dtype=np.int64)
+        self.row_of = {int(i): r for r, i in enumerate(self.item_ids)}
+        self.titles = self.meta.get("titles")
+        self.user_fields = tuple(self.meta["user_fields"])
+        encs = self.meta.get("user_encoders")
+        self.encoders = None if encs is None else \
+            FeatureEncoders.from_dict({"user": encs, "item": [], "item_multi": []}).user
+        self.rating_min, self.rating_max = self.meta["rating_range"]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # no warnings about providers on every load
+        self.providers = choose_providers()
+        self.session = ort.InferenceSession(str(self.model_dir / self.meta["model_file"]),
+                                            sess_options=opts, providers=self.providers)
+        self._all_rows = np.arange(len(self.item_ids), dtype=np.int64)
+        log.info("serving %s: %d items, %d inner steps, providers %s", self.source,
+                 len(self.item_ids), self.meta["inner_steps"], self.session.get_providers())
+
+    @classmethod
+    def load(cls, uri: str, *, tracking_uri: str | None = None, threads: int = 1,
+             max_ratings: int = 200) -> "Recommender":
+        """From an export directory or an MLflow URI (``models:/metarec@champion``)."""
+        return cls(resolve_model_dir(uri, tracking_uri), threads=threads,
+                   max_ratings=max_ratings, source=uri)
+
+    # ------------------------------------------------------------------ encoding
+    def encode_user(self, user: Mapping[str, Any] | None) -> np.ndarray:
+        """User attributes -> (Fu,) int64 indices; absent fields are "unknown" (0)."""
+        user = dict(user or {})
+        unknown = sorted(set(user) - set(self.user_fields))
+        if unknown:
+            raise RequestError(f"unknown user feature(s) {unknown}; this model knows "
+                               f"{list(self.user_fields)}")
+        if self.encoders is None:
+            if user:
+                raise RequestError("this model was exported without user encoders; "
+                                   "send no user features")
+            return np.zeros(len(self.user_fields), np.int64)
+        out = np.zeros(len(self.user_fields), np.int64)
+        for f, enc in enumerate(self.encoders):
+            value = user.get(enc.column)
+            if value is not None and not isinstance(value, (str, int, float, bool)):
+                raise RequestError(f"user feature {enc.column!r} must be a string or a number, "
+                                   f"got {value!r}")
+            try:
+                out[f] = int(enc.transform([value])[0])
+            except ValueError as exc:
+                raise RequestError(f"user feature {enc.column!r}: {exc}") from None
+        return out
+
+    def encode_ratings(self, ratings: Mapping[Any, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """{item_id: rating} -> ((S,) item rows, (S,) float32 ratings), checked."""
+        if len(ratings) > self.max_ratings:
+            raise RequestError(f"{len(ratings)} ratings given; at most {self.max_ratings} "
+                               f"are accepted")
+        bad_ids, unknown, bad_values, dupes, rows, values = [], [], [], [], [], []
+        seen: set[int] = set()
+        for key, value in ratings.items():
+            try:
+                item = int(str(key).strip())
+            except ValueError:
+                bad_ids.append(key)
+                continue
+            if item not in self.row_of:
+                unknown.append(item)
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or not self.rating_min <= value <= self.rating_max:
+                bad_values.append(f"{key}: {value!r}")
+                continue
+            if self.row_of[item] in seen:
+                dupes.append(item)
+                continue
+            seen.add(self.row_of[item])
+            rows.append(self.row_of[item])
+            values.append(float(value))
+        if bad_ids:
+            raise RequestError(f"item ids must be integers, got {bad_ids[:10]}")
+        if unknown:
+            raise RequestError(f"unknown item id(s) {sorted(unknown)[:20]}"
+                               f"{' ...' if len(unknown) > 20 else ''}")
+        if dupes:
+            raise RequestError(f"item id(s) rated more than once: {sorted(set(dupes))[:10]}")
+        if bad_values:
+            raise RequestError(f"ratings must be numbers in [{self.rating_min}, "
+                               f"{self.rating_max}]: {bad_values[:10]}")
+        return np.asarray(rows, np.int64), np.asarray(values, np.float32)
+
+    # ------------------------------------------------------------------ scoring
+    def scores(self, user_cat: np.ndarray, rows: np.ndarray, ratings: np.ndarray,
+               candidates: np.ndarray) -> np.ndarray:
+        """Run the adaptation graph: (Fu,), (S,), (S,), (C,) -> (C,) scores."""
+        feed = {"user_cat": user_cat, "support_items": rows, "support_ratings": ratings,
+                "support_mask": np.ones(len(rows), np.float32), "candidate_items": candidates}
+        return self.session.run(["scores"], feed)[0]
+
+    def recommend(self, user: Mapping[str, Any] | None, ratings: Mapping[Any, Any], k: int = 10,
+                  exclude_seen: bool = True) -> list[Recommendation]:
+        """The ``k`` best-scored items after adapting to ``ratings`` ({item_id: rating}).
+
+        Already rated items are left out unless ``exclude_seen`` is false. Raises
+        :class:`RequestError` for unknown items or user features, bad ratings or k.
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise RequestError(f"k must be a positive integer, got {k!r}")
+        user_cat = self.encode_user(user)
+        rows, values = self.encode_ratings(ratings)
+        cands = self._all_rows
+        if exclude_seen and len(rows):
+            cands = np.setdiff1d(self._all_rows, rows, assume_unique=False)
+        if len(cands) == 0:
+            return []
+        scores = self.scores(user_cat, rows, values, cands)
+        if not np.all(np.isfinite(scores)):
+            raise RuntimeError("the model produced non-finite scores")
+        k = min(k, len(cands))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.lexsort((cands[top], -scores[top]))]  # by score, ties by row: stable output
+        return [Recommendation(int(self.item_ids[cands[i]]),
+                               None if self.titles is None else self.titles[cands[i]],
+                               float(scores[i])) for i in top]
+
+    def info(self) -> dict[str, Any]:
+        return {"model": self.source, "items": len(self.item_ids),
+                "user_fields": list(self.user_fields), "inner_steps": self.meta["inner_steps"],
+                "learner": self.meta["learner"], "providers": self.session.get_providers(),
+                "extra": self.meta.get("extra", {})}
+
+
+# --------------------------------------------------------------------------- HTTP API
+
+
+def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
+               tracking_uri: str | None = None) -> Any:
+    """The FastAPI app: the model is loaded from ``model_uri`` at start and on POST /reload."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, ConfigDict, Field
+
+    cfg = cfg or ServeConfig()
+    uri = model_uri or cfg.model_uri
+    state: dict[str, Recommender] = {}
+    lock = threading.Lock()
+
+    def load() -> Recommender:
+        rec = Recommender.load(uri, tracking_uri=tracking_uri, threads=cfg.threads,
+                               max_ratings=cfg.max_ratings)
+        with lock:
+            state["rec"] = rec
+        return rec
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
+        load()
+        yield
+
+    app = FastAPI(title="metarec", version="1",
+                  description="Cold-start recommendations: send a few ratings, get the top k.",
+                  lifespan=lifespan)
+
+    Scalar = str | int | float | bool | None
+
+    class RecommendRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        user: dict[str, Scalar] | None = Field(
+            None, description="User attributes by feature name (absent ones: unknown).",
+            examples=[{"age": 25, "gender": "F", "occupation": "student"}])
+        ratings: dict[str, float] = Field(
+            default_factory=dict, max_length=cfg.max_ratings,
+            description="Ratings by item id.", examples=[{"50": 5, "172": 4}])
+        k: int = Field(10, ge=1, le=cfg.max_k, description="How many items to return.")
+        exclude_seen: bool = Field(True, description="Leave out the items rated in the request.")
+
+    class Item(BaseModel):
+        item_id: int
+        title: str | None
+        score: float
+
+    class RecommendResponse(BaseModel):
+        model: str
+        items: list[Item]
+
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the input, which may hold NaN/inf: not JSON. Keep it plain.
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg")),
+                   "type": str(e.get("type"))} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": errors})
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        rec = state.get("rec")
+        if rec is None:
+            raise HTTPException(503, "no model loaded")
+        return {"status": "ok", **rec.info()}
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    def recommend(req: RecommendRequest) -> dict[str, Any]:
+        rec = state["rec"]
+        items = rec.recommend(req.user, req.ratings, k=req.k, exclude_seen=req.exclude_seen)
+        return {"model": rec.source, "items": [i.to_dict() for i in items]}
+
+    @app.post("/reload")
+    def reload() -> dict[str, Any]:
+        try:
+            rec = load()
+        except Exception as exc:  # keep serving the old model; say why the new one failed
+            log.exception("reload of %s failed", uri)
+            raise HTTPException(503, f"reload failed, still serving the previous model: "
+                                     f"{type(exc).__name__}: {exc}") from None
+        return {"status": "reloaded", **rec.info()}
+
+    return app
