@@ -280,29 +280,23 @@ def serve_cmd(ctx: click.Context, host: str | None, port: int | None, model_uri:
 # --- end serving commands ---
 
 
-# --------------------------------------------------------------------------- pipeline
+# --------------------------------------------------------------------------- plugins
 
 
-@main.group()
-def pipeline() -> None:
-    """Run the whole pipeline."""
+def _load_plugins(group: click.Group) -> None:
+    """Add the commands other packages register under the `metarec.cli` entry point.
+
+    `metarec pipeline` comes from orchestration/ this way, so the library never imports the
+    orchestrator while the CLI still offers everything Dagster does.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="metarec.cli"):
+        if ep.name not in group.commands:
+            group.add_command(ep.load(), ep.name)
 
 
-@pipeline.command("run")
-@click.pass_context
-def pipeline_run(ctx: click.Context) -> None:
-    """Run the pipeline end to end on the configured dataset."""
-    from metarec.pipeline import run_pipeline
-
-    cfg = _config(ctx)
-    start = time.perf_counter()
-    try:
-        summary = run_pipeline(cfg, params_path=ctx.find_root().obj["params"])
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise _fail(exc) from None
-    for step, detail in summary.items():
-        click.echo(f"{step}: {detail}")
-    click.echo(f"pipeline finished in {time.perf_counter() - start:.1f} s")
+_load_plugins(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

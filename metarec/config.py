@@ -226,36 +226,6 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class ExportConfig:
-    """ONNX export with the inner loop inside the graph, and its parity gate (metarec.export)."""
-
-    # ONNX opset of the exported graphs.
-    opset: int = 18
-    # Largest |ONNX Runtime - PyTorch adapt + score| allowed by the parity check (rating units).
-    parity_tol: float = 1e-4
-    # Random tasks (varied support sizes, zero included) compared by the parity check.
-    parity_tasks: int = 16
-    # Where `metarec` writes model.onnx, scorer.onnx and metadata.json before registering them.
-    out_dir: str = "artifacts/export"
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """The recommendation API (metarec.serve) and `metarec recommend`."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    # Most ratings accepted in one request (support set size inside the graph).
-    max_ratings: int = 200
-    # Largest k (number of recommendations) accepted in one request.
-    max_k: int = 100
-    # Model loaded at start and on POST /reload: a models:/ URI or a local export directory.
-    model_uri: str = "models:/metarec@champion"
-    # ONNX Runtime intra-op threads per session (0: ONNX Runtime's default).
-    threads: int = 1
-
-
-@dataclass(frozen=True)
 class EvaluationConfig:
     """Metrics, adaptation curves and bootstrap intervals (metarec.evaluate)."""
 
@@ -295,6 +265,47 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """ONNX export with the inner loop inside the graph, and its parity gate (metarec.export)."""
+
+    # ONNX opset of the exported graphs.
+    opset: int = 18
+    # Largest |ONNX Runtime - PyTorch adapt + score| allowed by the parity check (rating units).
+    parity_tol: float = 1e-4
+    # Random tasks (varied support sizes, zero included) compared by the parity check.
+    parity_tasks: int = 16
+    # Where `metarec` writes model.onnx, scorer.onnx and metadata.json before registering them.
+    out_dir: str = "artifacts/export"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The recommendation API (metarec.serve) and `metarec recommend`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Most ratings accepted in one request (support set size inside the graph).
+    max_ratings: int = 200
+    # Largest k (number of recommendations) accepted in one request.
+    max_k: int = 100
+    # Model loaded at start and on POST /reload: a models:/ URI or a local export directory.
+    model_uri: str = "models:/metarec@champion"
+    # ONNX Runtime intra-op threads per session (0: ONNX Runtime's default).
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Automation of the `retrain` job (Dagster schedule and sensor)."""
+
+    # Cron of the weekly retraining (default Monday 03:00) and its time zone.
+    retrain_cron: str = "0 3 * * 1"
+    timezone: str = "UTC"
+    # Seconds between checks of data.dvc by the new-data sensor.
+    sensor_interval_s: int = 60
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of params.yaml."""
 
@@ -310,6 +321,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:

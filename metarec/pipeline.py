@@ -1,8 +1,5 @@
-"""The pipeline as a sequence of library steps, for `metarec pipeline run`.
-
-Each step is one library call; the same calls back the Dagster assets. A step's failure stops
-the run before anything downstream is built.
-"""
+"""Library steps of the pipeline that are not a single module's concern (the Dagster assets and
+the CLI call them)."""
 
 from __future__ import annotations
 
@@ -27,17 +24,3 @@ def ensure_data(cfg: Config, root: Path) -> str:
             return f"{data_dir} matches {dvc_file} ({md5})"
     res = fetch(cfg.data, root=root)
     return f"fetched {cfg.data.dataset} into {res.data_dir} ({res.md5})"
-
-
-def run_pipeline(cfg: Config, params_path: str | Path = "params.yaml",
-                 root: str | Path = ".") -> dict[str, str]:
-    """Run every step in order; returns a one-line summary per step."""
-    from metarec.data.prepare import prepare_dataset
-
-    root = Path(root)
-    summary: dict[str, str] = {}
-    summary["data"] = ensure_data(cfg, root)
-    log.info("data: %s", summary["data"])
-    tables = prepare_dataset(cfg, root)
-    summary["prepare"] = f"{tables.summary()} -> {cfg.data.prepared_dir}"
-    return summary

@@ -1,0 +1,48 @@
+"""Jobs, the weekly retraining schedule and the new-data sensor.
+
+`retrain` materialises the whole asset graph (blocking checks stop what is downstream of a
+failure); `promote` moves the registry alias `champion` through the library function. The
+schedule's cron and the sensor's interval come from params.yaml (section `schedule`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from metarec.config import ScheduleConfig
+
+retrain_job = dg.define_asset_job(
+    "retrain", selection=dg.AssetSelection.all(),
+    description="Validate data, rebuild features and tasks, meta-train, evaluate, gate, export "
+                "and register a challenger.")
+
+
+def build_schedule(cfg: ScheduleConfig) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="weekly_retrain", job=retrain_job, cron_schedule=cfg.retrain_cron,
+        execution_timezone=cfg.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Retrain on cron '{cfg.retrain_cron}' ({cfg.timezone}).")
+
+
+def build_data_sensor(cfg: ScheduleConfig, dvc_file: str = "data.dvc") -> dg.SensorDefinition:
+    """Start `retrain` whenever data.dvc records a new dataset hash (one run per hash)."""
+
+    @dg.sensor(name="new_data_sensor", job=retrain_job,
+               minimum_interval_seconds=cfg.sensor_interval_s,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"Starts `retrain` when {dvc_file}'s md5 changes.")
+    def new_data_sensor(context: dg.SensorEvaluationContext):
+        from metarec.dvc import dataset_hash
+
+        path = Path(dvc_file)
+        if not path.exists():
+            return dg.SkipReason(f"{dvc_file} not found")
+        md5 = dataset_hash(path)
+        if md5 == context.cursor:
+            return dg.SkipReason(f"dataset unchanged ({md5})")
+        context.update_cursor(md5)
+        return dg.RunRequest(run_key=md5, tags={"metarec/data_hash": md5})
+
+    return new_data_sensor

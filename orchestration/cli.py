@@ -1,0 +1,36 @@
+"""`metarec pipeline ...`: plugged into the metarec CLI through the `metarec.cli` entry point,
+so the library never imports the orchestrator."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def pipeline() -> None:
+    """Run the Dagster asset graph in-process (the same graph `dagster dev` shows)."""
+
+
+@pipeline.command("run")
+@click.option("--job", default="retrain", show_default=True, help="Dagster job to execute.")
+@click.option("--dagster-home", default=None,
+              help="Dagster instance folder (default: $DAGSTER_HOME, else ./.dagster).")
+@click.pass_context
+def pipeline_run(ctx: click.Context, job: str, dagster_home: str | None) -> None:
+    """Materialise the whole pipeline on the configured dataset, in this process."""
+    from orchestration.run import instance_for, run_retrain
+
+    params = str(ctx.find_root().obj["params"])
+    run = run_retrain(params, instance_for(dagster_home), job=job)
+    for asset, meta in run.materialized.items():
+        shown = ", ".join(f"{k}={v}" for k, v in meta.items() if k != "preview")
+        click.echo(f"materialized {asset}: {shown}")
+    for check, passed in run.checks.items():
+        click.echo(f"check {check}: {'passed' if passed else 'FAILED'}")
+    if run.skipped:
+        click.echo(f"skipped (upstream failed or blocked): {', '.join(run.skipped)}")
+    click.echo(f"run {run.run_id}: {'success' if run.success else 'FAILED'} "
+               f"in {run.seconds:.1f} s")
+    if not run.success:
+        raise click.ClickException("pipeline failed; see the messages above and the run in "
+                                   "the Dagster UI (`dagster dev`)")
