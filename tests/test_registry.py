@@ -1,0 +1,206 @@
+"""The registry against a real temporary MLflow SQLite store (one store per module, one
+registered model name per test so the tests stay independent)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from metarec import registry as reg
+from metarec.config import GateConfig, TrackingConfig
+from metarec.evaluate import Report
+from metarec.gate import GateDecision, gate
+
+POLICY = GateConfig(metrics=("mae",), baselines=("item_mean",), champion_margin=0.01)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield TrackingConfig(tracking_uri=f"sqlite:///{root}/mlflow.db",
+                             artifact_root=str(root / "artifacts"), experiment="tests")
+
+
+@pytest.fixture
+def cfg(store, request):
+    return dataclasses.replace(store, registered_model=f"m_{request.node.name}"[:60])
+
+
+def make_report(mae: float) -> Report:
+    return Report(candidate="melu", metrics={"warm": {"melu": {"mae": mae},
+                                                       "item_mean": {"mae": 0.95}}})
+
+
+def model_dir(tmp_path: Path, tag: str) -> Path:
+    d = tmp_path / f"model_{tag}"
+    (d / "encoders").mkdir(parents=True)
+    (d / "model.onnx").write_bytes(b"onnx-" + tag.encode() * 100)
+    (d / "metadata.json").write_text(json.dumps({"tag": tag}))
+    (d / "encoders" / "users.json").write_text("{}")
+    return d
+
+
+def train_and_register(cfg, tmp_path, mae, tag, champion=None):
+    report = make_report(mae)
+    decision = gate(report, champion, POLICY)
+    run_id = reg.log_training_run(cfg, params={"train": {"lr": 0.1, "hidden": [64, 64]}},
+                                  epoch_metrics=[{"loss": 1.0}, {"loss": 0.5}], report=report,
+                                  decision=decision, data_hash="abc.dir", git_sha="deadbeef",
+                                  dagster_run_id="dg-1")
+    version = reg.register_if_passed(cfg, run_id, model_dir(tmp_path, tag), decision,
+                                     report=report, key_metric_names=("mae",),
+                                     data_hash="abc.dir", git_sha="deadbeef")
+    return run_id, version
+
+
+def test_tracking_uri_env_wins(monkeypatch):
+    cfg = TrackingConfig(tracking_uri="sqlite:///x.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    assert reg.tracking_uri(cfg) == "sqlite:///elsewhere.db"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert reg.tracking_uri(cfg) == "sqlite:///x.db"
+    assert reg.artifact_location(cfg, "sqlite:///x.db").endswith("/mlartifacts")
+    assert reg.artifact_location(cfg, "http://mlflow:5000") is None
+
+
+def test_run_records_params_metrics_tags_and_report(cfg, tmp_path):
+    run_id, _ = train_and_register(cfg, tmp_path, 0.8, "a")
+    mlc = reg.client(cfg)
+    run = mlc.get_run(run_id)
+    assert run.data.params["train.lr"] == "0.1"
+    assert run.data.params["train.hidden"] == "[64, 64]"
+    assert run.data.tags["data_hash"] == "abc.dir" and run.data.tags["dagster_run_id"] == "dg-1"
+    assert run.data.tags["gate_verdict"] == "passed"
+    assert [m.value for m in mlc.get_metric_history(run_id, "loss")] == [1.0, 0.5]
+    assert run.data.metrics["warm/mae"] == pytest.approx(0.8)
+    assert run.info.status == "FINISHED"
+    files = {f.path for f in mlc.list_artifacts(run_id, "evaluation")}
+    assert files == {"evaluation/report.json", "evaluation/gate_verdict.json"}
+
+
+def test_register_promote_rollback(cfg, tmp_path):
+    import mlflow
+
+    _, v1 = train_and_register(cfg, tmp_path, 0.80, "one")
+    assert v1 == 1 and reg.aliases(cfg) == {"challenger": 1}
+    first = reg.promote(cfg, actor="alice")
+    assert (first.version, first.previous, first.actor) == (1, None, "alice")
+    assert reg.aliases(cfg) == {"champion": 1}
+
+    champ = reg.champion_report(cfg)
+    assert champ == make_report(0.80)
+    _, v2 = train_and_register(cfg, tmp_path, 0.805, "two", champion=champ)  # within margin
+    assert v2 == 2 and reg.aliases(cfg) == {"champion": 1, "challenger": 2}
+    listed = reg.list_models(cfg)
+    assert [(v.version, v.aliases, v.gate_passed) for v in listed] == [
+        (2, ("challenger",), True), (1, ("champion",), True)]
+    assert listed[0].key_metrics == {"warm": {"mae": 0.805}} and listed[0].data_hash == "abc.dir"
+
+    reg.promote(cfg, version=2, actor="bob")
+    tags = reg.client(cfg).get_model_version(cfg.registered_model, "2").tags
+    assert (tags["promoted_by"], tags["promoted_from"]) == ("bob", "1")
+    # Serving downloads the champion by alias: the files are those registered. (The registry
+    # URI follows MLFLOW_TRACKING_URI; download_artifacts' tracking_uri alone does not set it.)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", reg.tracking_uri(cfg))
+        dest = mlflow.artifacts.download_artifacts(f"models:/{cfg.registered_model}@champion",
+                                                   dst_path=str(tmp_path / "dl"))
+    assert (Path(dest) / "model.onnx").read_bytes() == b"onnx-" + b"two" * 100
+
+    back = reg.rollback(cfg, actor="carol")
+    assert (back.version, back.previous, back.action) == (1, 2, "rollback")
+    assert reg.aliases(cfg) == {"champion": 1}
+    assert [e["action"] for e in reg.history(cfg)] == ["promote", "promote", "rollback"]
+    with pytest.raises(reg.RegistryError, match="first champion"):
+        reg.rollback(cfg)
+    with pytest.raises(reg.RegistryError, match="already champion"):
+        reg.promote(cfg, version=1)
+
+
+def test_failed_gate_registers_nothing(cfg, tmp_path):
+    run_id, version = train_and_register(cfg, tmp_path, 0.99, "bad")  # worse than item_mean
+    assert version is None
+    assert reg.list_models(cfg) == [] and reg.aliases(cfg) == {}
+    assert reg.client(cfg).get_run(run_id).data.tags["gate_verdict"] == "failed"
+    # A verdict edited into "passed" without passing checks is refused too.
+    forged = GateDecision(True, ("trust me",), ())
+    assert reg.register_if_passed(cfg, run_id, model_dir(tmp_path, "f"), forged) is None
+    assert reg.list_models(cfg) == []
+
+
+def test_promote_rechecks_the_stored_verdict(cfg, tmp_path):
+    run_id, v1 = train_and_register(cfg, tmp_path, 0.8, "ok")
+    reg.promote(cfg, actor="alice")
+    mlc = reg.client(cfg)
+    failed = gate(make_report(0.99), None, POLICY)
+    source = f"{mlc.get_run(run_id).info.artifact_uri}/model"
+    outside = mlc.create_model_version(cfg.registered_model, source=source, run_id=run_id,
+                                       tags={"gate_verdict": failed.to_json()})
+    with pytest.raises(reg.RegistryError, match="did not pass"):
+        reg.promote(cfg, version=int(outside.version))
+    assert reg.aliases(cfg) == {"champion": v1}
+
+
+def _local(uri: str) -> Path:
+    return Path(unquote(urlparse(uri).path))
+
+
+def test_upload_failure_midway_leaves_no_alias(cfg, tmp_path):
+    _, v1 = train_and_register(cfg, tmp_path, 0.8, "good")
+    report = make_report(0.7)
+    decision = gate(report, None, POLICY)
+    run_id = reg.log_training_run(cfg, params={}, report=report, decision=decision)
+    # A directory squats where model.onnx must go: the local artifact store's copy "succeeds"
+    # (it drops the file inside that directory) but model/model.onnx is not the model file.
+    # The version gets created, fails verification and is deleted before any alias moves.
+    run_artifacts = _local(reg.client(cfg).get_run(run_id).info.artifact_uri)
+    (run_artifacts / "model" / "model.onnx").mkdir(parents=True)
+    with pytest.raises(reg.RegistryError, match="missing \\['model.onnx'\\]"):
+        reg.register_if_passed(cfg, run_id, model_dir(tmp_path, "half"), decision)
+    assert [v.version for v in reg.list_models(cfg)] == [v1]
+    assert reg.aliases(cfg) == {"challenger": v1}
+
+
+def test_verify_detects_missing_files(cfg, tmp_path):
+    run_id, v1 = train_and_register(cfg, tmp_path, 0.8, "v")
+    mlc = reg.client(cfg)
+    expected = reg.remote_files(mlc, run_id, "model")
+    assert set(expected) == {"model.onnx", "metadata.json", "encoders/users.json"}
+    reg.verify_version_files(mlc, run_id, expected)
+    shutil.rmtree(_local(mlc.get_run(run_id).info.artifact_uri) / "model" / "encoders")
+    with pytest.raises(reg.RegistryError, match="missing \\['encoders/users.json'\\]"):
+        reg.verify_version_files(mlc, run_id, expected)
+
+
+def test_auto_promote_and_empty_model_dir(cfg, tmp_path):
+    report = make_report(0.7)
+    decision = gate(report, None, POLICY)
+    run_id = reg.log_training_run(cfg, params={}, report=report, decision=decision)
+    with pytest.raises(reg.RegistryError, match="no model files"):
+        reg.register_if_passed(cfg, run_id, tmp_path / "missing", decision)
+    v = reg.register_if_passed(cfg, run_id, model_dir(tmp_path, "auto"), decision,
+                               auto_promote=True)
+    assert reg.aliases(cfg) == {"champion": v}
+    assert reg.history(cfg)[0]["actor"] == "auto_promote"
+
+
+def test_upload_error_registers_nothing(cfg, tmp_path):
+    _, v1 = train_and_register(cfg, tmp_path, 0.8, "good")
+    report = make_report(0.7)
+    decision = gate(report, None, POLICY)
+    run_id = reg.log_training_run(cfg, params={}, report=report, decision=decision)
+    # A file squats where the encoders/ folder must go: the upload raises partway through.
+    run_artifacts = _local(reg.client(cfg).get_run(run_id).info.artifact_uri)
+    (run_artifacts / "model").mkdir(parents=True)
+    (run_artifacts / "model" / "encoders").write_text("not a folder")
+    with pytest.raises(OSError):
+        reg.register_if_passed(cfg, run_id, model_dir(tmp_path, "half"), decision)
+    assert [v.version for v in reg.list_models(cfg)] == [v1]
+    assert reg.aliases(cfg) == {"challenger": v1}
