@@ -193,6 +193,18 @@ def test_unsigned_ids_beyond_int64_in_parquet(tmp_path):
     assert names["item id int64"].examples == [2**63 + 5]
 
 
+def test_unreadable_files_are_named(tmp_path):
+    bad = tmp_path / "inter.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(ValueError, match="inter.parquet: cannot be read as parquet"):
+        load_raw_files(bad)
+    (tmp_path / "inter.xlsx").write_text("")
+    with pytest.raises(ValueError, match="unsupported file type '.xlsx'"):
+        load_raw_files(tmp_path / "inter.xlsx")
+    with pytest.raises(FileNotFoundError, match="missing.csv: file not found"):
+        load_raw_files(tmp_path / "missing.csv")
+
+
 def test_not_a_dataframe_is_a_clear_error():
     with pytest.raises(TypeError, match="interactions must be a pandas DataFrame, got list"):
         validate_frames([1, 2, 3])

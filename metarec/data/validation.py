@@ -250,8 +250,8 @@ def validate_frames(interactions: pd.DataFrame, users: pd.DataFrame | None = Non
         numeric = spec.user_numeric if table == "users" else spec.item_numeric
         others = spec.user_categorical if table == "users" else (
             *spec.item_categorical, *spec.item_multi)
-        batch, ids = entity_batch(prep(frame), table, id_col, text, numeric, others, canonical,
-                               sources)
+        batch, ids = entity_batch(prep(frame), table, id_col, text, numeric, others,
+                                  canonical, sources)
         batches.append(batch)
         if ids is not None and id_col in keys:
             add_known(inter, keys[id_col], ids, id_col, table)
@@ -295,15 +295,18 @@ def _read_raw(path: str | Path, src: CsvSource, mapping: dict[str, str]) -> pd.D
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
-    elif suffix in (".csv", ".tsv", ".txt"):
-        # Strings only, no coercion; undecodable bytes become U+FFFD so the encoding check
-        # reports them by row instead of the read failing as a whole.
-        frame = pd.read_csv(path, sep=src.sep, encoding=src.encoding, dtype=object,
-                            keep_default_na=False, na_values=[""], encoding_errors="replace")
-    else:
+    if suffix not in (".parquet", ".pq", ".csv", ".tsv", ".txt"):
         raise ValueError(f"{path}: unsupported file type '{suffix}' (use .csv or .parquet)")
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            # Strings only, no coercion; undecodable bytes become U+FFFD so the encoding check
+            # reports them by row instead of the read failing as a whole.
+            frame = pd.read_csv(path, sep=src.sep, encoding=src.encoding, dtype=object,
+                                keep_default_na=False, na_values=[""], encoding_errors="replace")
+    except (ValueError, OSError) as exc:  # pandas ParserError, pyarrow ArrowInvalid
+        raise ValueError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from None
     return frame.rename(columns={s: d for d, s in mapping.items() if s in frame.columns})
 
 
