@@ -204,3 +204,31 @@ def test_upload_error_registers_nothing(cfg, tmp_path):
         reg.register_if_passed(cfg, run_id, model_dir(tmp_path, "half"), decision)
     assert [v.version for v in reg.list_models(cfg)] == [v1]
     assert reg.aliases(cfg) == {"challenger": v1}
+
+
+def test_cli_models_promote_rollback(cfg, tmp_path):
+    from click.testing import CliRunner
+
+    from metarec.cli import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(f"tracking:\n  tracking_uri: {cfg.tracking_uri}\n"
+                      f"  artifact_root: {cfg.artifact_root}\n  experiment: {cfg.experiment}\n"
+                      f"  registered_model: {cfg.registered_model}\n")
+    runner = CliRunner()
+
+    def cli(*args):
+        return runner.invoke(main, ["--params", str(params), *args], catch_exceptions=False)
+
+    assert "no versions registered" in cli("models").output
+    train_and_register(cfg, tmp_path, 0.8, "c1")
+    train_and_register(cfg, tmp_path, 0.79, "c2")
+    out = cli("models").output
+    assert "v2" in out and "challenger" in out and "gate=passed" in out and "mae=0.7900" in out
+    assert "champion vNone -> v1" in cli("promote", "--version", "1", "--actor", "ci").output
+    assert "champion v1 -> v2" in cli("promote").output
+    assert "rolled back v2 -> v1" in cli("rollback").output
+    listed = json.loads(cli("models", "--json").output)
+    assert [(v["version"], v["aliases"]) for v in listed] == [(2, []), (1, ["champion"])]
+    res = cli("rollback")
+    assert res.exit_code == 1 and "first champion" in res.output
