@@ -265,6 +265,31 @@ def adaptation_curve(predict: Callable[[TaskArrays], np.ndarray], tasks: TaskArr
     return curve
 
 
+def evaluate_all(predictors: Mapping[str, Callable[[TaskArrays], np.ndarray]],
+                 scenarios: Mapping[str, TaskArrays], candidate: str, cfg: EvaluationConfig,
+                 seed: int) -> "Report":
+    """Every method on every scenario, with bootstrap intervals and adaptation curves.
+
+    ``predictors``: ``{method: predict(tasks) -> (N, Q) scores}``, the candidate among them;
+    ``scenarios``: ``{scenario: test tasks}``. The same seed draws every method's resamples
+    and support subsets, so methods are compared on identical tasks.
+    """
+    names = metric_names(cfg.metrics, cfg.ks)
+    results: dict[str, dict[str, MethodResult]] = {}
+    curves: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for scenario, tasks in scenarios.items():
+        if len(tasks) == 0:
+            raise ValueError(f"scenario {scenario!r} has no tasks to evaluate")
+        results[scenario], curves[scenario] = {}, {}
+        for method, predict in predictors.items():
+            log.info("evaluating %s on %s (%d tasks)", method, scenario, len(tasks))
+            results[scenario][method] = evaluate_method(predict, tasks, cfg, seed)
+            if cfg.curve_shots:
+                curves[scenario][method] = adaptation_curve(predict, tasks, cfg.curve_shots,
+                                                            names, seed)
+    return build_report(results, candidate, curves, cfg.ci_level)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -292,6 +317,12 @@ class Report:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=True)
+
+    def flat(self, method: str | None = None) -> dict[str, float]:
+        """``{"scenario/metric": value}`` of one method (default: the candidate), for metadata."""
+        method = method or self.candidate
+        return {f"{s}/{m}": float(v) for s, by in self.metrics.items()
+                for m, v in by.get(method, {}).items()}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "Report":

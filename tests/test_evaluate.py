@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metarec import evaluate as ev
+from metarec.config import EvaluationConfig
 from metarec.data.arrays import TaskArrays
 
 L2_3 = math.log2(3)
@@ -164,3 +165,23 @@ def test_report_roundtrip_markdown_and_files(tmp_path):
     assert paths["scenarios_mae.png"].read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no result for the candidate"):
         ev.build_report(results, "maml")
+
+
+def test_evaluate_all_scores_every_method_and_scenario():
+    tasks = {"warm": _tasks(seed=1), "user_cold": _tasks(seed=2)}
+
+    def oracle(t: TaskArrays) -> np.ndarray:
+        return t.query_ratings.astype(float)
+
+    def constant(t: TaskArrays) -> np.ndarray:
+        return np.full(t.query_ratings.shape, 3.0)
+
+    cfg = EvaluationConfig(metrics=("mae", "ndcg"), ks=(3,), curve_shots=(0, 1),
+                              bootstrap_samples=20)
+    report = ev.evaluate_all({"oracle": oracle, "item_mean": constant}, tasks, "oracle", cfg, 0)
+    assert report.metrics["warm"]["oracle"] == {"mae": 0.0, "ndcg_at_3": 1.0}
+    assert report.metrics["user_cold"]["item_mean"]["mae"] > 0
+    assert list(report.curves["warm"]["oracle"]) == ["0", "1", "all"]
+    assert report.flat() == {"warm/mae": 0.0, "warm/ndcg_at_3": 1.0,
+                             "user_cold/mae": 0.0, "user_cold/ndcg_at_3": 1.0}
+    assert report.counts["warm"]["oracle"] == {"n_tasks": 6, "n_ratings": 18}
