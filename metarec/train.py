@@ -89,6 +89,17 @@ def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: Trai
     return float(np.abs(scores - tasks.query_ratings)[mask].mean())
 
 
+def fit_item_stats(model: Estimator, train_tasks: TaskArrays) -> None:
+    """Fit the model's item statistics (if it has them) on every rating of ``train_tasks``."""
+    if getattr(model, "item_stats", None) is None:
+        return
+    sm, qm = train_tasks.support_mask.astype(bool), train_tasks.query_mask.astype(bool)
+    items = np.concatenate([train_tasks.support_items[sm], train_tasks.query_items[qm]])
+    ratings = np.concatenate([train_tasks.support_ratings[sm], train_tasks.query_ratings[qm]])
+    model.fit_item_stats(torch.as_tensor(items, dtype=torch.long),
+                         torch.as_tensor(ratings, dtype=torch.float64), model.item_stats_shrinkage)
+
+
 def _sampler_next(order: Tensor, pos: int, n: int, k: int, gen: torch.Generator
                   ) -> tuple[np.ndarray, Tensor, int]:
     """Next k task indices from epoch-wise permutations of n tasks (reshuffled per epoch)."""
@@ -126,6 +137,7 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
         raise ValueError(f"need training and validation tasks, got {len(train_tasks)} and "
                          f"{len(valid_tasks)}")
     device = resolve_device(cfg.device)
+    fit_item_stats(model, train_tasks)
     model.to(device).train()
     learner.to(device)
     torch.manual_seed(seed)

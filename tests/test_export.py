@@ -119,3 +119,24 @@ def test_export_rejects_adapting_the_towers(model_and_features, tmp_path: Path) 
     with pytest.raises(ValueError, match="decision MLP only"):
         export_onnx(model, features, MetaConfig(learner="maml", adapted="all"), tmp_path / "e")
     assert not (tmp_path / "e").exists()
+
+
+def test_parity_with_item_stats_and_a_fixed_output_bias_rate(tmp_path: Path) -> None:
+    from metarec.config import ModelConfig
+    from metarec.meta.learners import build_learner
+
+    torch.manual_seed(3)
+    features = tiny_features()
+    model = build_model(features, ModelConfig(embedding_dim=4, hidden=(8, 8), text_proj_dim=4,
+                                              item_stats=True, item_norm=True,
+                                              embedding_std=0.3)).eval()
+    gen = torch.Generator().manual_seed(0)
+    model.fit_item_stats(torch.randint(0, 20, (200,), generator=gen),
+                         torch.randint(1, 6, (200,), generator=gen).float(), 2.0)
+    cfg = MetaConfig(learner="melu", inner_steps=2, inner_lr=0.05, output_bias_lr=0.5)
+    rates = build_learner(model, cfg)._per_param_lr()
+    res = export_onnx(model, features, cfg, tmp_path / "e", per_param_lr=rates)
+    report = parity_check(model, res, cfg, n_tasks=8, per_param_lr=rates)
+    assert report.passed, report
+    # without the rates the export applies inner_lr everywhere: a different model
+    assert not parity_check(model, res, cfg, n_tasks=8).passed

@@ -211,3 +211,26 @@ def test_user_and_item_mean_baselines_by_hand() -> None:
     np.testing.assert_allclose(base.item_means, [(5 + mu) / 3, (2 + mu) / 2, (8 + mu) / 3,
                                                  (1 + mu) / 2, mu])
     np.testing.assert_allclose(base.predict(tasks), base.item_means[tasks.query_items], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["melu", "metasgd"])
+def test_output_bias_rate_moves_the_offset_to_the_mean_residual(name) -> None:
+    model, tasks = _setup(2)
+    cfg = MetaConfig(learner=name, inner_steps=1, inner_lr=0.0, output_bias_lr=0.5)
+    learner = build_learner(model, cfg)
+    rates = learner._per_param_lr()
+    last = f"decision.{len(model.decision) - 1}.bias"
+    assert float(rates[last]) == 0.5 and all(float(r.abs().max()) == 0.0
+                                             for n, r in rates.items() if n != last)
+    assert (len(list(learner.parameters())) > 0) == (name == "metasgd")
+    batch = make_batch(model.user_table, tasks)
+    with torch.no_grad():
+        base_s = model(batch.user_cat, batch.support_items)
+        base_q = model(batch.user_cat, batch.query_items)
+        got = learner.predict(model, batch)
+    # one step of rate 0.5 on the MSE's bias gradient 2 * mean(y - r) adds mean(r - y)
+    m = batch.support_mask
+    shift = ((batch.support_ratings - base_s) * m).sum(1) / m.sum(1)
+    torch.testing.assert_close(got, base_q + shift[:, None], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="output_bias_lr"):
+        build_learner(model, MetaConfig(learner=name, output_bias_lr=-1.0))

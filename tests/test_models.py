@@ -107,3 +107,61 @@ def test_index_beyond_cardinality_is_rejected() -> None:
     features.item_multi["genre"][0, 1] = 9
     with pytest.raises(ValueError, match="genre"):
         build_model(features, TINY)
+
+
+def test_item_stats_fit_by_hand_and_enter_the_item_tower() -> None:
+    cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True,
+                      item_stats_shrinkage=1.0, item_norm=True)
+    torch.manual_seed(0)
+    model = build_model(tiny_features(), cfg)
+    assert model.item_stats.shape == (30, 2) and not model.item_stats.any()
+    before = model.item_embed(torch.arange(30)).detach()
+    rows = torch.tensor([0, 0, 0, 1])
+    ratings = torch.tensor([5.0, 5.0, 2.0, 4.0])  # global mean 4
+    model.fit_item_stats(rows, ratings, shrinkage=1.0)
+    stats = model.item_stats
+    # item 0: (12 + 1 * 4) / (3 + 1) - 4 = 0; item 1: (4 + 4) / 2 - 4 = 0; log counts 3 vs 1
+    assert torch.allclose(stats[0], torch.tensor([1.0, 0.0]))
+    assert torch.allclose(stats[1], torch.tensor([float(np.log(2) / np.log(4)), 0.0]), atol=1e-6)
+    assert not stats[2:].any()  # never rated: unknown
+    model.fit_item_stats(torch.tensor([2, 2]), torch.tensor([5.0, 5.0]), shrinkage=0.0)
+    assert torch.allclose(model.item_stats[2], torch.tensor([1.0, 0.0]))  # mean == global
+    model.fit_item_stats(torch.tensor([2, 3]), torch.tensor([5.0, 1.0]), shrinkage=0.0)
+    assert torch.allclose(model.item_stats[2:4, 1], torch.tensor([2.0, -2.0]))
+    after = model.item_embed(torch.arange(30)).detach()
+    assert not torch.allclose(before[2:4], after[2:4]) and torch.allclose(before[4:], after[4:])
+    # LayerNorm: every item row has zero mean and unit variance (default affine init)
+    assert torch.allclose(after.mean(-1), torch.zeros(30), atol=1e-5)
+    with pytest.raises(ValueError, match="outside"):
+        model.fit_item_stats(torch.tensor([30]), torch.tensor([3.0]), 1.0)
+    with pytest.raises(ValueError, match="no training ratings"):
+        model.fit_item_stats(torch.tensor([], dtype=torch.long), torch.tensor([]), 1.0)
+
+
+def test_item_stats_are_fitted_by_meta_train_and_saved_in_the_state_dict() -> None:
+    from metarec.config import TrainConfig
+    from metarec.meta.learners import GlobalLearner
+    from metarec.train import meta_train
+
+    cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True)
+    model = build_model(tiny_features(), cfg)
+    tasks = tiny_tasks()
+    meta_train(model, GlobalLearner(), tasks, tiny_tasks(1),
+               TrainConfig(max_steps=2, eval_every=1, tasks_per_batch=4, device="cpu",
+                           progress=False, checkpoint_every=0), seed=0)
+    rated = np.unique(np.concatenate([tasks.support_items[tasks.support_mask],
+                                      tasks.query_items[tasks.query_mask]]))
+    counts = model.item_stats[:, 0]
+    assert (counts[rated] > 0).all() and int((counts > 0).sum()) == len(rated)
+    assert "item_stats" in model.state_dict()
+
+
+def test_embedding_std_scales_the_initialisation() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_features(), ModelConfig(embedding_dim=64, hidden=(8,),
+                                                     embedding_std=0.1))
+    std = float(model.user_emb[1].weight.detach().std())
+    assert 0.05 < std < 0.15
+    assert not model.bag_emb["genre"].weight[0].any()  # padding row stays zero
+    with pytest.raises(ValueError, match="embedding_std"):
+        build_model(tiny_features(), ModelConfig(embedding_std=0.0))

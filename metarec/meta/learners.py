@@ -60,23 +60,40 @@ class GradientLearner(nn.Module):
     """MAML / FOMAML / MeLU / Meta-SGD: adapt on support, backpropagate the query loss."""
 
     def __init__(self, model: Estimator, *, adapted: str, steps: int, lr: float,
-                 first_order: bool, learn_lr: bool) -> None:
+                 first_order: bool, learn_lr: bool, output_bias_lr: float | None = None) -> None:
         super().__init__()
         if steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {steps}")
+        if output_bias_lr is not None and output_bias_lr < 0:
+            raise ValueError(f"output_bias_lr must be >= 0, got {output_bias_lr}")
         self.adapted_set = adapted_names(model, adapted)
         self.steps, self.lr, self.first_order = steps, lr, first_order
         # MeLU mode: nothing outside the decision MLP adapts, so towers run once per batch.
         self.precompute = all(n.startswith(DECISION_PREFIX) for n in self.adapted_set)
         params = dict(model.named_parameters())
+        out_bias = f"{DECISION_PREFIX}{len(model.decision) - 1}.bias"
+
+        def init(n: str) -> Tensor:
+            rate = output_bias_lr if n == out_bias and output_bias_lr is not None else lr
+            return torch.full_like(params[n].detach(), rate)
+
         self.lrs = nn.ParameterDict(
-            {_key(n): nn.Parameter(torch.full_like(params[n], lr)) for n in sorted(self.adapted_set)}
+            {_key(n): nn.Parameter(init(n)) for n in sorted(self.adapted_set)}
         ) if learn_lr else None
+        # Fixed per-parameter rates (not learned) when the output bias has its own rate; they
+        # are exposed like Meta-SGD's so that the ONNX export applies the same steps.
+        self.fixed_lrs = None
+        if not learn_lr and output_bias_lr is not None and out_bias in self.adapted_set:
+            self.fixed_lrs = nn.Module()
+            for n in sorted(self.adapted_set):
+                self.fixed_lrs.register_buffer(_key(n), init(n), persistent=False)
 
     def _per_param_lr(self) -> dict[str, Tensor] | None:
-        if self.lrs is None:
-            return None
-        return {n: self.lrs[_key(n)] for n in self.adapted_set}
+        if self.lrs is not None:
+            return {n: self.lrs[_key(n)] for n in self.adapted_set}
+        if self.fixed_lrs is not None:
+            return {n: getattr(self.fixed_lrs, _key(n)) for n in self.adapted_set}
+        return None
 
     def adapt(self, model: Estimator, batch: TaskBatch, *, first_order: bool | None = None
               ) -> tuple[dict[str, Tensor], Tensor | None]:
@@ -156,18 +173,19 @@ def build_learner(model: Estimator, cfg: MetaConfig, name: str | None = None) ->
     """The learner ``name`` (default ``cfg.learner``) configured from ``cfg``."""
     name = cfg.learner if name is None else name
     common = dict(steps=cfg.inner_steps, lr=cfg.inner_lr)
+    bias = dict(output_bias_lr=cfg.output_bias_lr)
     if name == "maml":
         return GradientLearner(model, adapted=cfg.adapted, first_order=cfg.first_order,
-                               learn_lr=False, **common)
+                               learn_lr=False, **common, **bias)
     if name == "fomaml":
         return GradientLearner(model, adapted=cfg.adapted, first_order=True, learn_lr=False,
-                               **common)
+                               **common, **bias)
     if name == "melu":
         return GradientLearner(model, adapted="decision", first_order=cfg.first_order,
-                               learn_lr=False, **common)
+                               learn_lr=False, **common, **bias)
     if name == "metasgd":
         return GradientLearner(model, adapted=cfg.adapted, first_order=cfg.first_order,
-                               learn_lr=True, **common)
+                               learn_lr=True, **common, **bias)
     if name == "reptile":
         return ReptileLearner(model, adapted=cfg.adapted, **common)
     if name == "global":

@@ -9,6 +9,15 @@ embeddings into a rating:
   bag (genres, actors, ...) and the pretrained language-model text embedding projected by a Linear;
 - decision MLP: ``Linear -> ReLU -> ... -> Linear(1)`` on ``concat(item, user)``.
 
+Optional item statistics (``model.item_stats``): each item's log rating count and shrunk mean
+rating (centred on the global mean) over the *training* ratings, held as a buffer
+``item_stats`` (I, 2) and fitted by :meth:`Estimator.fit_item_stats` (the training loop does it
+from the training tasks); items never rated in training keep (0, 0), "unknown". They enter the
+item tower through a Linear, so the ONNX export (which runs the item tower once) carries them.
+``model.item_norm`` LayerNorms the item tower output and ``model.embedding_std`` scales the
+embedding initialisation, so that the decision MLP's input has a controlled scale and inner
+learning rates behave the same whatever the number of fields.
+
 The model holds the item feature tables (and the user table) as buffers, so a batch of tasks is
 only item rows, ratings, masks and user rows. The split :meth:`Estimator.embed` (towers) /
 :meth:`Estimator.decide` (decision MLP from an explicit parameter dict) lets MeLU mode compute
@@ -38,6 +47,10 @@ class Estimator(nn.Module):
         item_text: (I, D) float32 language-model embeddings, or None for no text feature.
         embedding_dim: size of every categorical/bag embedding; text_proj_dim: text projection.
         hidden: widths of the decision MLP's hidden layers (its output layer has width 1).
+        item_stats: add the (I, 2) training statistics buffer and its Linear to the item tower;
+            ``item_stats_shrinkage`` pseudo-ratings shrink its means (see fit_item_stats).
+        item_norm: LayerNorm over the item tower output.
+        embedding_std: standard deviation of the embedding initialisation (PyTorch: 1.0).
     """
 
     def __init__(
@@ -52,6 +65,10 @@ class Estimator(nn.Module):
         embedding_dim: int,
         text_proj_dim: int,
         hidden: tuple[int, ...],
+        item_stats: bool = False,
+        item_stats_shrinkage: float = 5.0,
+        item_norm: bool = False,
+        embedding_std: float = 1.0,
     ) -> None:
         super().__init__()
         _check_table("user_cat", user_cat, user_cardinality)
@@ -74,8 +91,21 @@ class Estimator(nn.Module):
              for n in self.multi_names})
         self.text_proj = (None if item_text is None
                           else nn.Linear(item_text.shape[1], text_proj_dim))
-        width = embedding_dim * (len(user_cardinality) + len(item_cardinality) + len(self.multi_names))
-        width += 0 if item_text is None else text_proj_dim
+        n_items = item_cat.shape[0]
+        self.register_buffer("item_stats", torch.zeros(n_items, 2) if item_stats else None)
+        self.stats_proj = nn.Linear(2, embedding_dim) if item_stats else None
+        self.item_stats_shrinkage = float(item_stats_shrinkage)
+        item_width = embedding_dim * (len(item_cardinality) + len(self.multi_names))
+        item_width += (0 if item_text is None else text_proj_dim) + (embedding_dim if item_stats else 0)
+        self.item_norm = nn.LayerNorm(item_width) if item_norm and item_width else None
+        if embedding_std <= 0:
+            raise ValueError(f"embedding_std must be > 0, got {embedding_std}")
+        with torch.no_grad():
+            for emb in [] if embedding_std == 1.0 else [*self.user_emb, *self.item_emb, *self.bag_emb.values()]:
+                emb.weight.normal_(0.0, embedding_std)
+                if emb.padding_idx is not None:
+                    emb.weight[emb.padding_idx].zero_()
+        width = item_width + embedding_dim * len(user_cardinality)
         if width == 0:
             raise ValueError("the estimator needs at least one user or item feature")
         self.feature_dim = width
@@ -117,7 +147,39 @@ class Estimator(nn.Module):
             parts.append(vecs.sum(-2) / count)
         if self.text_proj is not None:
             parts.append(self.text_proj(self.item_text[item_rows]))
-        return torch.cat(parts, dim=-1)
+        if self.stats_proj is not None:
+            parts.append(self.stats_proj(self.item_stats[item_rows]))
+        out = torch.cat(parts, dim=-1)
+        return out if self.item_norm is None else self.item_norm(out)
+
+    @torch.no_grad()
+    def fit_item_stats(self, item_rows: Tensor, ratings: Tensor, shrinkage: float) -> None:
+        """Fit the ``item_stats`` buffer from training ratings (no-op without item stats).
+
+        Args:
+            item_rows: (R,) int64 item rows of the training ratings; ratings: (R,) float.
+            shrinkage: pseudo-ratings at the global mean added to every item's mean.
+        Column 0 is ``log1p(count) / log1p(max count)`` in [0, 1]; column 1 the shrunk mean
+        minus the global mean (rating units). Items without training ratings get (0, 0).
+        """
+        if self.item_stats is None:
+            return
+        if ratings.numel() == 0:
+            raise ValueError("fit_item_stats: no training ratings")
+        if shrinkage < 0:
+            raise ValueError(f"item_stats_shrinkage must be >= 0, got {shrinkage}")
+        n = self.item_stats.shape[0]
+        rows = item_rows.long().cpu()
+        r = ratings.double().cpu()
+        if int(rows.min()) < 0 or int(rows.max()) >= n:
+            raise ValueError(f"fit_item_stats: item rows outside 0..{n - 1}")
+        mu = r.mean()
+        count = torch.bincount(rows, minlength=n).double()
+        total = torch.bincount(rows, weights=r, minlength=n)
+        mean = (total + shrinkage * mu) / (count + shrinkage).clamp(min=1e-12) - mu
+        mean[count == 0] = 0.0
+        logc = torch.log1p(count) / torch.log1p(count.max())
+        self.item_stats.copy_(torch.stack([logc, mean], 1).to(self.item_stats))
 
     # ------------------------------------------------------------------ decision MLP
     def decision_params(self) -> dict[str, Tensor]:
@@ -176,4 +238,8 @@ def build_model(features: FeatureArrays, cfg: ModelConfig) -> Estimator:
         embedding_dim=cfg.embedding_dim,
         text_proj_dim=cfg.text_proj_dim,
         hidden=tuple(cfg.hidden),
+        item_stats=cfg.item_stats,
+        item_stats_shrinkage=cfg.item_stats_shrinkage,
+        item_norm=cfg.item_norm,
+        embedding_std=cfg.embedding_std,
     )
