@@ -175,6 +175,14 @@ class ModelConfig:
     text_proj_dim: int = 32
     # false: ignore the item text embedding even when the features carry one.
     use_text: bool = True
+    # Item tower input: log count and shrunk mean rating of each item over the training ratings.
+    item_stats: bool = False
+    # Pseudo-ratings at the global mean shrinking the item_stats mean of rarely rated items.
+    item_stats_shrinkage: float = 5.0
+    # LayerNorm over the item tower output (keeps the decision MLP's input at unit scale).
+    item_norm: bool = False
+    # Standard deviation of the embedding initialisation (PyTorch's default: 1.0).
+    embedding_std: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -189,6 +197,10 @@ class MetaConfig:
     # Parameters adapted in the inner loop: "decision" (the MLP, MeLU) or "all" (MAML).
     # The "melu" learner always adapts "decision".
     adapted: Literal["decision", "all"] = "decision"
+    # Inner rate of the decision MLP's output bias (the per-task rating offset): a step of
+    # 0.5 moves it to the support set's mean residual. Meta-SGD: that rate's initial value.
+    # null: inner_lr like every other parameter.
+    output_bias_lr: float | None = None
     # Drop second-order terms for maml/metasgd ("fomaml" and "reptile" are first-order anyway).
     first_order: bool = False
     # Baseline "global + fine-tune": plain gradient steps on the support set at test time.
