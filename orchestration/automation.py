@@ -5,13 +5,14 @@ failure); `promote` moves the registry alias `champion` through the library func
 schedule's cron and the sensor's interval come from params.yaml (section `schedule`).
 """
 
-from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import dagster as dg
 
 from metarec.config import ScheduleConfig
+from orchestration.resources import MetarecConfig, MlflowResource
 
 retrain_job = dg.define_asset_job(
     "retrain", selection=dg.AssetSelection.all(),
@@ -46,3 +47,28 @@ def build_data_sensor(cfg: ScheduleConfig, dvc_file: str = "data.dvc") -> dg.Sen
         return dg.RunRequest(run_key=md5, tags={"metarec/data_hash": md5})
 
     return new_data_sensor
+
+
+class PromoteConfig(dg.Config):
+    """Which version becomes champion (default: the current challenger)."""
+
+    version: int | None = None
+    actor: str = "dagster"
+
+
+@dg.op(description="Move the `champion` alias (re-checking the stored gate verdict).")
+def promote_champion(context: dg.OpExecutionContext, config: PromoteConfig,
+                     metarec: MetarecConfig, mlflow: MlflowResource) -> None:
+    from metarec.registry import promote
+
+    cfg = metarec.load()
+    tracking = cfg.tracking if not mlflow.tracking_uri else dataclasses.replace(
+        cfg.tracking, tracking_uri=mlflow.tracking_uri)
+    result = promote(tracking, version=config.version, actor=config.actor)
+    context.log.info(f"champion is now {result}")
+
+
+@dg.job(description="Promote a registered version to `champion` (the registry's library "
+                    "function; same as `metarec promote`).")
+def promote() -> None:
+    promote_champion()

@@ -21,13 +21,15 @@ from tests.synth import SYNTH_PARAMS, write_synthetic_csv
 
 DATA_ASSETS = {"raw_dataset", "interactions", "users", "items", "item_text_embeddings",
                "features", "cold_start_tasks"}
+MODEL_ASSETS = {"meta_model", "baseline_models", "evaluation_report", "onnx_model",
+                "registered_model"}
 
 
 def test_definitions_load(monkeypatch):
     monkeypatch.chdir(REPO)
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert DATA_ASSETS <= keys
+    assert DATA_ASSETS | MODEL_ASSETS == keys
     assert defs.resolve_job_def("retrain") is not None
     cfg = load_config(REPO / "params.yaml")
     assert defs.get_schedule_def("weekly_retrain").cron_schedule == cfg.schedule.retrain_cron
@@ -90,13 +92,38 @@ def test_failing_data_contract_blocks_downstream(project, fixtures):
     assert not (project / "artifacts" / "features").exists()
 
 
-def test_graph_materializes_on_synthetic_data(project):
+def test_retrain_registers_then_gate_blocks_a_bad_model(project):
+    """Whole graph on synthetic data: a good model is registered as challenger and promoted by
+    the `promote` job; a broken retrain then fails the gate and leaves the registry as it was."""
+    from metarec import registry
+
     cfg = _write_params(project, SYNTH_PARAMS)
     fetch(cfg.data, path=write_synthetic_csv(project / "incoming"), root=project)
     shutil.rmtree(project / "incoming")
-    run = run_retrain("params.yaml", dg.DagsterInstance.ephemeral())
+    instance = dg.DagsterInstance.ephemeral()
+    run = run_retrain("params.yaml", instance)
     assert run.success, run
-    assert DATA_ASSETS <= set(run.materialized)
-    assert all(run.checks.values()) and len(run.checks) == 3
-    assert run.materialized["raw_dataset"]["dvc_md5"].endswith(".dir")
-    assert int(run.materialized["cold_start_tasks"]["train"]) > 0
+    assert DATA_ASSETS | MODEL_ASSETS == set(run.materialized)
+    assert all(run.checks.values()) and len(run.checks) == 5  # 3 contracts, gate, parity
+    reg = run.materialized["registered_model"]
+    assert reg["version"] == "1" and reg["alias"] == "challenger"
+    assert reg["data_hash"] == run.materialized["raw_dataset"]["dvc_md5"]
+    assert float(run.materialized["onnx_model"]["parity_max_abs_err"]) <= 1e-4
+    tracking = load_config("params.yaml").tracking
+    assert registry.aliases(tracking) == {"challenger": 1}
+    (version,) = registry.list_models(tracking)
+    assert version.data_hash == reg["data_hash"]
+
+    defs = build_definitions()
+    promoted = defs.resolve_job_def("promote").execute_in_process(instance=instance)
+    assert promoted.success
+    assert registry.aliases(tracking)["champion"] == 1
+
+    broken = {**SYNTH_PARAMS, "train": {**SYNTH_PARAMS["train"], "max_steps": 1, "lr": 1e-9}}
+    _write_params(project, broken)
+    run = run_retrain("params.yaml", instance)
+    assert not run.success
+    assert run.checks["evaluation_report:gate"] is False
+    assert not {"onnx_model", "registered_model"} & set(run.materialized)
+    assert [v.version for v in registry.list_models(tracking)] == [1]
+    assert registry.aliases(tracking)["champion"] == 1

@@ -1,0 +1,139 @@
+"""Model assets: meta-training, baselines, evaluation with its gate, ONNX export with its parity
+check, and the registered MLflow version. Each asset is one call into metarec.workflow."""
+
+
+import json
+
+import dagster as dg
+
+from orchestration.data_assets import cold_start_tasks
+from orchestration.resources import ComputeResource, DvcResource, MetarecConfig, MlflowResource
+
+MODEL_GROUP = "model"
+
+
+def _config(metarec: MetarecConfig, compute: ComputeResource | None = None):
+    """params.yaml, with the compute resource choosing the training device."""
+    import dataclasses
+
+    cfg = metarec.load()
+    if compute is not None and compute.device != cfg.train.device:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=compute.device))
+    return cfg
+
+
+@dg.asset(group_name=MODEL_GROUP, deps=[cold_start_tasks], code_version="1",
+          kinds={"pytorch"}, description="The meta-learned estimator (state_dicts), trained on the "
+                                         "training tasks with early stopping on validation tasks.")
+def meta_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
+               compute: ComputeResource) -> dg.MaterializeResult:
+    from metarec.train import resolve_device
+    from metarec.workflow import train_meta_model
+
+    cfg = _config(metarec, compute)
+
+    def log_metrics(step: int, metrics: dict[str, float]) -> None:
+        context.log.info(f"step {step}: {metrics}")
+
+    summary = train_meta_model(cfg, callbacks=(log_metrics,))
+    return dg.MaterializeResult(metadata={
+        "learner": summary["learner"], "device": str(resolve_device(cfg.train.device)),
+        "steps": summary["steps"], "best_step": summary["best_step"],
+        "best_valid_mae": float(summary["best_valid_mae"]),
+        "train_tasks": summary["train_tasks"], "valid_tasks": summary["valid_tasks"],
+        "path": cfg.train.out_dir})
+
+
+@dg.asset(group_name=MODEL_GROUP, deps=[cold_start_tasks], code_version="1", kinds={"pytorch"},
+          description="Baselines reported beside the learner: user mean, item mean, the same "
+                      "network trained globally, and global + fine-tuning.")
+def baseline_models(metarec: MetarecConfig, compute: ComputeResource) -> dg.MaterializeResult:
+    from metarec.workflow import train_baseline_models
+
+    result = train_baseline_models(_config(metarec, compute))
+    return dg.MaterializeResult(metadata={**result, "baselines": ", ".join(result["baselines"])})
+
+
+@dg.asset(group_name=MODEL_GROUP, deps=[meta_model, baseline_models], code_version="1",
+          description="Metrics per scenario and method, adaptation curves, bootstrap intervals.")
+def evaluation_report(metarec: MetarecConfig) -> dg.MaterializeResult:
+    from metarec.workflow import evaluate_models
+
+    cfg = metarec.load()
+    report = evaluate_models(cfg)
+    headline = {f"{s}/{m}": round(float(v), 4) for s, by in report.metrics.items()
+                for m, v in by[report.candidate].items() if m in cfg.gate.metrics}
+    return dg.MaterializeResult(metadata={
+        **headline, "report": dg.MetadataValue.md(report.to_markdown()),
+        "path": cfg.evaluation.out_dir})
+
+
+@dg.asset_check(asset=evaluation_report, blocking=True, name="gate",
+                description="The candidate beats every baseline and does not regress the "
+                            "champion beyond the configured margin, per scenario.")
+def gate_check(metarec: MetarecConfig, mlflow: MlflowResource) -> dg.AssetCheckResult:
+    from metarec.workflow import gate_decision
+
+    cfg = metarec.load()
+    decision = gate_decision(_with_tracking(cfg, mlflow))
+    return dg.AssetCheckResult(
+        passed=decision.passed,
+        metadata={"reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons))})
+
+
+@dg.asset(group_name=MODEL_GROUP, deps=[evaluation_report], code_version="1", kinds={"onnx"},
+          description="model.onnx (inner-loop adaptation inside the graph) and scorer.onnx.")
+def onnx_model(metarec: MetarecConfig, dvc: DvcResource) -> dg.MaterializeResult:
+    from metarec.workflow import export_model
+
+    cfg = metarec.load()
+    result, parity = export_model(cfg, lineage={"data_hash": dvc.dataset_hash()})
+    return dg.MaterializeResult(metadata={
+        "path": str(result.out_dir), "parity_max_abs_err": float(parity.max_abs_err),
+        "parity_passed": parity.passed, "model_bytes": result.model_path.stat().st_size})
+
+
+@dg.asset_check(asset=onnx_model, blocking=True, name="parity",
+                description="ONNX Runtime matches PyTorch adapt + score within export.parity_tol.")
+def parity_check(metarec: MetarecConfig) -> dg.AssetCheckResult:
+    from pathlib import Path
+
+    from metarec.workflow import PARITY_FILE
+
+    cfg = metarec.load()
+    parity = json.loads((Path(cfg.export.out_dir) / PARITY_FILE).read_text())
+    return dg.AssetCheckResult(passed=bool(parity["passed"]), metadata=parity)
+
+
+@dg.asset(group_name=MODEL_GROUP, deps=[onnx_model], code_version="1", kinds={"mlflow"},
+          description="The MLflow model version (alias `challenger`) of this run, created only "
+                      "when the gate and the parity check passed.")
+def registered_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
+                     dvc: DvcResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    from pathlib import Path
+
+    from metarec.workflow import PARITY_FILE, gate_decision, register_model
+
+    cfg = _with_tracking(metarec.load(), mlflow)
+    decision = gate_decision(cfg)  # re-checked here: never register on a stale verdict
+    if not decision.passed:
+        raise dg.Failure("gate failed; nothing registered:\n" + "\n".join(decision.reasons))
+    parity = json.loads((Path(cfg.export.out_dir) / PARITY_FILE).read_text())
+    out = register_model(cfg, decision, data_hash=dvc.dataset_hash(),
+                         dagster_run_id=context.run_id, parity_passed=bool(parity["passed"]))
+    uri = mlflow.uri(cfg)
+    return dg.MaterializeResult(metadata={
+        "version": out["version"], "alias": "challenger", "mlflow_run_id": out["run_id"],
+        "tracking_uri": uri, "model_uri": f"models:/{cfg.tracking.registered_model}/"
+                                          f"{out['version']}",
+        "data_hash": dvc.dataset_hash(), "dagster_run_id": context.run_id})
+
+
+def _with_tracking(cfg, mlflow: MlflowResource):
+    """Point cfg.tracking at the resource's URI when one is configured."""
+    import dataclasses
+
+    if not mlflow.tracking_uri:
+        return cfg
+    return dataclasses.replace(cfg, tracking=dataclasses.replace(
+        cfg.tracking, tracking_uri=mlflow.tracking_uri))
