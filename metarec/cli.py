@@ -348,6 +348,93 @@ def rollback_cmd(ctx: click.Context, actor: str | None) -> None:
 # --- end registry commands ---
 
 
+# --- model commands ---
+
+
+@main.command("train")
+@click.option("--no-resume", is_flag=True, help="Start afresh even if a checkpoint exists.")
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="Also train the network baselines (global, finetune).")
+@click.pass_context
+def train_cmd(ctx: click.Context, no_resume: bool, baselines: bool) -> None:
+    """Meta-train the configured learner (meta.learner) and the baselines -> train.out_dir."""
+    from metarec.workflow import train_baseline_models, train_meta_model
+
+    cfg = _config(ctx)
+    try:
+        summary = train_meta_model(cfg, resume=not no_resume)
+        click.echo(f"{summary['learner']}: {summary['steps']} steps, best validation MAE "
+                   f"{summary['best_valid_mae']:.4f} at step {summary['best_step']}")
+        if baselines:
+            base = train_baseline_models(cfg)
+            click.echo(f"baselines {', '.join(base['baselines'])}: global network "
+                       f"validation MAE {base['global_valid_mae']:.4f}")
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _fail(exc) from None
+
+
+@main.command("evaluate")
+@click.pass_context
+def evaluate_cmd(ctx: click.Context) -> None:
+    """Evaluate the learner and baselines per scenario; print the gate verdict."""
+    from metarec.workflow import evaluate_models, gate_decision
+
+    cfg = _config(ctx)
+    try:
+        report = evaluate_models(cfg)
+        decision = gate_decision(cfg, report)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _fail(exc) from None
+    click.echo(report.to_markdown())
+    click.echo(f"gate: {'PASSED' if decision.passed else 'FAILED'}")
+    for reason in decision.reasons:
+        click.echo(f"  - {reason}")
+
+
+@main.command("export")
+@click.pass_context
+def export_cmd(ctx: click.Context) -> None:
+    """Export ONNX graphs (adaptation inside) and check parity with PyTorch."""
+    from metarec.workflow import export_model
+
+    cfg = _config(ctx)
+    try:
+        result, parity = export_model(cfg)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _fail(exc) from None
+    click.echo(f"{result.model_path}, {result.scorer_path}: parity max |err| "
+               f"{parity.max_abs_err:.2e} (tol {parity.tol:g}) -> "
+               f"{'passed' if parity.passed else 'FAILED'}")
+    if not parity.passed:
+        raise click.ClickException("ONNX parity check failed")
+
+
+@main.command("register")
+@click.pass_context
+def register_cmd(ctx: click.Context) -> None:
+    """Log the run to MLflow; register the export as `challenger` if the gate passes."""
+    import json as _json
+
+    from metarec.dvc import dataset_hash
+    from metarec.workflow import PARITY_FILE, gate_decision, register_model
+
+    cfg = _config(ctx)
+    try:
+        decision = gate_decision(cfg)
+        parity = _json.loads((Path(cfg.export.out_dir) / PARITY_FILE).read_text())
+        out = register_model(cfg, decision, data_hash=dataset_hash(f"{cfg.data.raw_dir}.dvc"),
+                             parity_passed=bool(parity["passed"]))
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _fail(exc) from None
+    if out["version"] is None:
+        raise click.ClickException("gate failed; run logged as " + out["run_id"] +
+                                   ", nothing registered:\n" + "\n".join(decision.reasons))
+    click.echo(f"registered version {out['version']} as challenger (run {out['run_id']})")
+
+
+# --- end model commands ---
+
+
 # --------------------------------------------------------------------------- plugins
 
 
