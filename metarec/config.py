@@ -179,6 +179,9 @@ class ModelConfig:
     item_stats: bool = False
     # Pseudo-ratings at the global mean shrinking the item_stats mean of rarely rated items.
     item_stats_shrinkage: float = 5.0
+    # Ratings the item_stats are fitted on: "all" training ratings, or the training tasks'
+    # "support" sets only (no meta-training query rating leaks into its item's statistics).
+    item_stats_from: Literal["all", "support"] = "all"
     # LayerNorm over the item tower output (keeps the decision MLP's input at unit scale).
     item_norm: bool = False
     # Standard deviation of the embedding initialisation (PyTorch's default: 1.0).

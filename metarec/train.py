@@ -90,10 +90,13 @@ def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: Trai
 
 
 def fit_item_stats(model: Estimator, train_tasks: TaskArrays) -> None:
-    """Fit the model's item statistics (if it has them) on every rating of ``train_tasks``."""
+    """Fit the model's item statistics (if it has them) on the ratings of ``train_tasks``:
+    support and query, or support only (``model.item_stats_from``)."""
     if getattr(model, "item_stats", None) is None:
         return
     sm, qm = train_tasks.support_mask.astype(bool), train_tasks.query_mask.astype(bool)
+    if getattr(model, "item_stats_from", "all") == "support":
+        qm = np.zeros_like(qm)
     items = np.concatenate([train_tasks.support_items[sm], train_tasks.query_items[qm]])
     ratings = np.concatenate([train_tasks.support_ratings[sm], train_tasks.query_ratings[qm]])
     model.fit_item_stats(torch.as_tensor(items, dtype=torch.long),

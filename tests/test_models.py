@@ -138,19 +138,22 @@ def test_item_stats_fit_by_hand_and_enter_the_item_tower() -> None:
         model.fit_item_stats(torch.tensor([], dtype=torch.long), torch.tensor([]), 1.0)
 
 
-def test_item_stats_are_fitted_by_meta_train_and_saved_in_the_state_dict() -> None:
+@pytest.mark.parametrize("source", ["all", "support"])
+def test_item_stats_are_fitted_by_meta_train_and_saved_in_the_state_dict(source) -> None:
     from metarec.config import TrainConfig
     from metarec.meta.learners import GlobalLearner
     from metarec.train import meta_train
 
-    cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True)
+    cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True,
+                      item_stats_from=source)
     model = build_model(tiny_features(), cfg)
     tasks = tiny_tasks()
     meta_train(model, GlobalLearner(), tasks, tiny_tasks(1),
                TrainConfig(max_steps=2, eval_every=1, tasks_per_batch=4, device="cpu",
                            progress=False, checkpoint_every=0), seed=0)
-    rated = np.unique(np.concatenate([tasks.support_items[tasks.support_mask],
-                                      tasks.query_items[tasks.query_mask]]))
+    query = tasks.query_items[tasks.query_mask] if source == "all" else np.zeros(0, np.int64)
+    rated = np.unique(np.concatenate([tasks.support_items[tasks.support_mask], query]))
+    assert len(rated) < 30
     counts = model.item_stats[:, 0]
     assert (counts[rated] > 0).all() and int((counts > 0).sum()) == len(rated)
     assert "item_stats" in model.state_dict()

@@ -48,7 +48,9 @@ class Estimator(nn.Module):
         embedding_dim: size of every categorical/bag embedding; text_proj_dim: text projection.
         hidden: widths of the decision MLP's hidden layers (its output layer has width 1).
         item_stats: add the (I, 2) training statistics buffer and its Linear to the item tower;
-            ``item_stats_shrinkage`` pseudo-ratings shrink its means (see fit_item_stats).
+            ``item_stats_shrinkage`` pseudo-ratings shrink its means (see fit_item_stats);
+            ``item_stats_from``: "all" training ratings, or "support" sets only (then no
+            training query rating is ever part of its own item's statistics).
         item_norm: LayerNorm over the item tower output.
         embedding_std: standard deviation of the embedding initialisation (PyTorch: 1.0).
     """
@@ -67,6 +69,7 @@ class Estimator(nn.Module):
         hidden: tuple[int, ...],
         item_stats: bool = False,
         item_stats_shrinkage: float = 5.0,
+        item_stats_from: str = "all",
         item_norm: bool = False,
         embedding_std: float = 1.0,
     ) -> None:
@@ -95,6 +98,9 @@ class Estimator(nn.Module):
         self.register_buffer("item_stats", torch.zeros(n_items, 2) if item_stats else None)
         self.stats_proj = nn.Linear(2, embedding_dim) if item_stats else None
         self.item_stats_shrinkage = float(item_stats_shrinkage)
+        if item_stats_from not in ("all", "support"):
+            raise ValueError(f"item_stats_from must be 'all' or 'support', got {item_stats_from!r}")
+        self.item_stats_from = item_stats_from
         item_width = embedding_dim * (len(item_cardinality) + len(self.multi_names))
         item_width += (0 if item_text is None else text_proj_dim) + (embedding_dim if item_stats else 0)
         self.item_norm = nn.LayerNorm(item_width) if item_norm and item_width else None
@@ -240,6 +246,7 @@ def build_model(features: FeatureArrays, cfg: ModelConfig) -> Estimator:
         hidden=tuple(cfg.hidden),
         item_stats=cfg.item_stats,
         item_stats_shrinkage=cfg.item_stats_shrinkage,
+        item_stats_from=cfg.item_stats_from,
         item_norm=cfg.item_norm,
         embedding_std=cfg.embedding_std,
     )
