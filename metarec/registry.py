@@ -107,8 +107,12 @@ def log_training_run(cfg: TrackingConfig, *, params: Mapping[str, Any],
                      decision: GateDecision | None = None,
                      artifacts: Mapping[str, str | Path] | None = None,
                      data_hash: str | None = None, git_sha: str | None = None,
-                     dagster_run_id: str | None = None, run_name: str | None = None) -> str:
+                     dagster_run_id: str | None = None, run_name: str | None = None,
+                     run_id: str | None = None) -> str:
     """Record one training as an MLflow run; returns its run id.
+
+    With ``run_id``, the run the training step opened is completed instead of a new one
+    created (its params are already logged; ``params`` is then ignored).
 
     ``params``: nested config dict (flattened to dotted keys); ``epoch_metrics``: one mapping per
     step (its index is the step); ``report_dir``: the folder written by
@@ -124,11 +128,14 @@ def log_training_run(cfg: TrackingConfig, *, params: Mapping[str, Any],
         # Run tags hold at most 8000 characters: the full verdict is evaluation/gate_verdict.json.
         tags["gate_verdict"] = "passed" if decision.passed else "failed"
         tags["gate_reasons"] = "\n".join(decision.reasons)[:7000]
-    run = mlc.create_run(experiment_id(cfg, mlc), run_name=run_name,
-                         tags={k: str(v) for k, v in tags.items() if v is not None})
-    run_id = run.info.run_id
+    tags = {k: str(v) for k, v in tags.items() if v is not None}
+    new = run_id is None
+    if new:
+        run_id = mlc.create_run(experiment_id(cfg, mlc), run_name=run_name, tags=tags).info.run_id
+    else:
+        mlc.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     try:
-        flat = [Param(k, v[:6000]) for k, v in _flatten(params).items()]
+        flat = [Param(k, v[:6000]) for k, v in _flatten(params).items()] if new else []
         for i in range(0, len(flat), 100):  # MLflow takes at most 100 params per batch
             mlc.log_batch(run_id, params=flat[i:i + 100])
         stamp = int(datetime.now(timezone.utc).timestamp() * 1000)
@@ -162,6 +169,15 @@ def log_training_run(cfg: TrackingConfig, *, params: Mapping[str, Any],
     mlc.set_terminated(run_id, "FINISHED")
     log.info("logged MLflow run %s", run_id)
     return run_id
+
+
+def run_url(cfg: TrackingConfig, run_id: str) -> str:
+    """Where a person finds the run: the tracking server's page, or the store to open with
+    `mlflow ui --backend-store-uri ...` for a local store."""
+    uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id(cfg)}/runs/{run_id}"
+    return f"{uri} (run {run_id}; browse with `mlflow ui --backend-store-uri {uri}`)"
 
 
 def _all_metrics(report: Report) -> tuple[str, ...]:

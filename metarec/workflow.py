@@ -98,8 +98,13 @@ def _save_state(path: Path, payload: dict[str, Any]) -> None:
 
 def train_meta_model(cfg: Config, inputs: Inputs | None = None,
                      callbacks: tuple[Callable[[int, dict[str, float]], None], ...] = (),
-                     resume: bool = True) -> dict[str, Any]:
-    """Meta-train the configured learner; writes meta_model.pt and summary.json."""
+                     resume: bool = True, track: bool = True,
+                     dagster_run_id: str | None = None) -> dict[str, Any]:
+    """Meta-train the configured learner; writes meta_model.pt and summary.json.
+
+    With ``track``, the training is recorded as an MLflow run (params, per-step metrics, the
+    checkpoint, lineage tags) whose id lands in summary.json; registration completes that run.
+    """
     from metarec.train import meta_train
 
     inputs = inputs or load_inputs(cfg)
@@ -112,8 +117,24 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
                "best_valid_mae": result.best_valid_mae, "stopped_early": result.stopped_early,
                "train_tasks": len(inputs.train), "valid_tasks": len(inputs.valid),
                "history": result.history}
+    if track:
+        from metarec import registry
+
+        summary["mlflow_run_id"] = registry.log_training_run(
+            cfg.tracking, params=cfg.to_dict(), epoch_metrics=result.history,
+            artifacts={"checkpoint": out / META_FILE}, data_hash=dataset_hash_or_none(cfg),
+            git_sha=git_sha(), dagster_run_id=dagster_run_id)
+        summary["mlflow_run_url"] = registry.run_url(cfg.tracking, summary["mlflow_run_id"])
     write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def dataset_hash_or_none(cfg: Config) -> str | None:
+    """data.dvc's md5 when the file exists (lineage tag), else None."""
+    from metarec.dvc import dataset_hash
+
+    path = Path(f"{cfg.data.raw_dir}.dvc")
+    return dataset_hash(path) if path.exists() else None
 
 
 def train_baseline_models(cfg: Config, inputs: Inputs | None = None) -> dict[str, Any]:
@@ -265,12 +286,14 @@ def register_model(cfg: Config, decision, *, data_hash: str | None,
     report = load_report(cfg)
     summary = json.loads((Path(cfg.train.out_dir) / SUMMARY_FILE).read_text())
     sha = git_sha()
+    opened = summary.get("mlflow_run_id")  # the run the training step opened, if any
     run_id = registry.log_training_run(
-        cfg.tracking, params=cfg.to_dict(), epoch_metrics=summary.get("history", []),
+        cfg.tracking, params=cfg.to_dict(),
+        epoch_metrics=[] if opened else summary.get("history", []),
         report=report, report_dir=cfg.evaluation.out_dir, decision=decision,
-        artifacts={"encoders": cfg.features.out_dir + "/encoders.json",
-                   "checkpoint": str(Path(cfg.train.out_dir) / META_FILE)},
-        data_hash=data_hash, git_sha=sha, dagster_run_id=dagster_run_id)
+        artifacts={"encoders": Path(cfg.features.out_dir) / "encoders.json",
+                   **({} if opened else {"checkpoint": Path(cfg.train.out_dir) / META_FILE})},
+        data_hash=data_hash, git_sha=sha, dagster_run_id=dagster_run_id, run_id=opened)
     version = registry.register_if_passed(
         cfg.tracking, run_id, cfg.export.out_dir, decision, report=report,
         key_metric_names=cfg.gate.metrics, data_hash=data_hash, git_sha=sha,

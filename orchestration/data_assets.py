@@ -38,13 +38,14 @@ def raw_dataset(metarec: MetarecConfig, dvc: DvcResource) -> dg.MaterializeResul
 def canonical_tables(metarec: MetarecConfig):
     """Raw files -> canonical Parquet tables (`metarec data prepare`)."""
     from metarec.data.prepare import prepare_dataset
+    from metarec.data.tables import frame_hash
 
     cfg = metarec.load()
     tables = prepare_dataset(cfg)
     for name in TABLES:
         frame = getattr(tables, name)
         yield dg.MaterializeResult(
-            asset_key=name,
+            asset_key=name, data_version=dg.DataVersion(frame_hash(frame)),
             metadata={"rows": len(frame), "columns": list(map(str, frame.columns)),
                       "path": f"{cfg.data.prepared_dir}/{name}.parquet",
                       "preview": dg.MetadataValue.md(frame.head(5).to_markdown(index=False))})
@@ -98,7 +99,8 @@ def features(metarec: MetarecConfig) -> dg.MaterializeResult:
     cfg = metarec.load()
     feats = prepare_features(cfg, read_tables(cfg.data.prepared_dir))
     manifest = read_features_manifest(cfg.features.out_dir)
-    return dg.MaterializeResult(metadata={
+    version = f"{manifest.get('data_hash', '')[:12]}-{manifest.get('encoder_hash', '')[:12]}"
+    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
         "users": len(feats.user_ids), "items": len(feats.item_ids),
         "user_fields": list(feats.user_fields), "item_fields": list(feats.item_fields),
         "text_dim": 0 if feats.item_text is None else int(feats.item_text.shape[1]),
@@ -108,11 +110,16 @@ def features(metarec: MetarecConfig) -> dg.MaterializeResult:
 @dg.asset(group_name=FEATURE_GROUP, deps=[features], code_version="1",
           description="Few-shot tasks per cold-start scenario, padded with masks.")
 def cold_start_tasks(metarec: MetarecConfig) -> dg.MaterializeResult:
+    import hashlib
+    from pathlib import Path
+
     from metarec.data.tables import read_tables
-    from metarec.data.tasks import build_task_sets
+    from metarec.data.tasks import MANIFEST_FILE, build_task_sets
 
     cfg = metarec.load()
     sets = build_task_sets(cfg, read_tables(cfg.data.prepared_dir))
     counts = {name: len(t) for name, t in sets.items() if "@" not in name}
-    return dg.MaterializeResult(metadata={"protocol": cfg.tasks.protocol, **counts,
+    manifest = (Path(cfg.tasks.out_dir) / MANIFEST_FILE).read_bytes()
+    return dg.MaterializeResult(data_version=dg.DataVersion(
+        hashlib.sha256(manifest).hexdigest()[:16]), metadata={"protocol": cfg.tasks.protocol, **counts,
                                           "path": cfg.tasks.out_dir})

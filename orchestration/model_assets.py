@@ -24,9 +24,12 @@ def _config(metarec: MetarecConfig, compute: ComputeResource | None = None):
 
 @dg.asset(group_name=MODEL_GROUP, deps=[cold_start_tasks], code_version="1",
           kinds={"pytorch"}, description="The meta-learned estimator (state_dicts), trained on the "
-                                         "training tasks with early stopping on validation tasks.")
+                                         "training tasks with early stopping on validation tasks.",
+          # Under the k8s_job_executor (orchestration/deploy) this step's pod asks for one GPU.
+          op_tags={"dagster-k8s/config": {"container_config": {
+              "resources": {"limits": {"nvidia.com/gpu": 1}}}}})
 def meta_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
-               compute: ComputeResource) -> dg.MaterializeResult:
+               compute: ComputeResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     from metarec.train import resolve_device
     from metarec.workflow import train_meta_model
 
@@ -35,12 +38,14 @@ def meta_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
     def log_metrics(step: int, metrics: dict[str, float]) -> None:
         context.log.info(f"step {step}: {metrics}")
 
-    summary = train_meta_model(cfg, callbacks=(log_metrics,))
+    summary = train_meta_model(_with_tracking(cfg, mlflow), callbacks=(log_metrics,),
+                               dagster_run_id=context.run_id)
     return dg.MaterializeResult(metadata={
         "learner": summary["learner"], "device": str(resolve_device(cfg.train.device)),
         "steps": summary["steps"], "best_step": summary["best_step"],
         "best_valid_mae": float(summary["best_valid_mae"]),
         "train_tasks": summary["train_tasks"], "valid_tasks": summary["valid_tasks"],
+        "mlflow_run_id": summary["mlflow_run_id"], "mlflow_run_url": summary["mlflow_run_url"],
         "path": cfg.train.out_dir})
 
 

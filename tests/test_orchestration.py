@@ -108,6 +108,8 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     reg = run.materialized["registered_model"]
     assert reg["version"] == "1" and reg["alias"] == "challenger"
     assert reg["data_hash"] == run.materialized["raw_dataset"]["dvc_md5"]
+    # One MLflow run per training: opened by meta_model, completed by registered_model.
+    assert run.materialized["meta_model"]["mlflow_run_id"] == reg["mlflow_run_id"]
     assert float(run.materialized["onnx_model"]["parity_max_abs_err"]) <= 1e-4
     tracking = load_config("params.yaml").tracking
     assert registry.aliases(tracking) == {"challenger": 1}

@@ -94,3 +94,17 @@ def read_tables(src: str | Path) -> CanonicalTables:
     for col in FeatureSpec.from_dict(meta["spec"]).item_multi:
         frames["items"][col] = frames["items"][col].map(list)
     return CanonicalTables(**frames, spec=FeatureSpec.from_dict(meta["spec"]), name=meta["name"])
+
+
+def frame_hash(frame: pd.DataFrame) -> str:
+    """A content hash of a table (columns, dtypes and values): its data version."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([list(map(str, frame.columns)),
+                                        list(map(str, frame.dtypes))]).encode())
+    hashable = frame.copy()
+    for col in hashable.columns[hashable.dtypes == object]:  # list cells are not hashable
+        hashable[col] = hashable[col].map(lambda v: json.dumps(list(v)) if isinstance(
+            v, (list, tuple)) else v)
+    digest.update(pd.util.hash_pandas_object(hashable, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
