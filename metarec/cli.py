@@ -435,6 +435,50 @@ def register_cmd(ctx: click.Context) -> None:
 # --- end model commands ---
 
 
+# --- scale-out commands ---
+
+
+def _dvc_transfer(ctx: click.Context, verb: str, remote: str | None, endpoint: str | None) -> None:
+    """`dvc push`/`pull` of the dataset's .dvc file to or from the remote (flags, else the
+    METAREC_DVC_REMOTE_* environment, else .dvc/config's default remote)."""
+    from metarec.dvc import RemoteSettings, pull_data, push_data, remote_from_env
+
+    cfg = _config(ctx)
+    try:
+        settings = (RemoteSettings(url=remote, endpoint_url=endpoint or "") if remote
+                    else remote_from_env())
+        move = push_data if verb == "push" else pull_data
+        out = move(".", settings, targets=(f"{cfg.data.raw_dir}.dvc",))
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _fail(exc) from None
+    click.echo(out.strip() or f"{verb}: up to date")
+
+
+_REMOTE_HELP = "Remote URL, e.g. s3://bucket/metarec (default: $METAREC_DVC_REMOTE_URL)."
+_ENDPOINT_HELP = "S3-compatible endpoint (default: $METAREC_DVC_REMOTE_ENDPOINT)."
+
+
+@data.command("push")
+@click.option("--remote", default=None, help=_REMOTE_HELP)
+@click.option("--endpoint", default=None, help=_ENDPOINT_HELP)
+@click.pass_context
+def data_push(ctx: click.Context, remote: str | None, endpoint: str | None) -> None:
+    """Upload the dataset version data.dvc records to the DVC remote."""
+    _dvc_transfer(ctx, "push", remote, endpoint)
+
+
+@data.command("pull")
+@click.option("--remote", default=None, help=_REMOTE_HELP)
+@click.option("--endpoint", default=None, help=_ENDPOINT_HELP)
+@click.pass_context
+def data_pull(ctx: click.Context, remote: str | None, endpoint: str | None) -> None:
+    """Download the dataset version data.dvc records from the DVC remote into the workspace."""
+    _dvc_transfer(ctx, "pull", remote, endpoint)
+
+
+# --- end scale-out commands ---
+
+
 # --------------------------------------------------------------------------- plugins
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import yaml
 
@@ -99,3 +100,70 @@ def record_version(data_dir: str | Path, root: str | Path = ".") -> DvcOut:
 def dataset_hash(dvc_file: str | Path = "data.dvc") -> str:
     """The dataset version recorded in data.dvc (the lineage key for every model)."""
     return read_dvc_file(dvc_file).md5
+
+
+# --------------------------------------------------------------------------- remote storage
+
+REMOTE_URL_ENV = "METAREC_DVC_REMOTE_URL"
+REMOTE_ENDPOINT_ENV = "METAREC_DVC_REMOTE_ENDPOINT"
+REMOTE_NAME_ENV = "METAREC_DVC_REMOTE_NAME"
+DEFAULT_REMOTE_NAME = "storage"
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """A DVC remote: ``url`` such as ``s3://bucket/prefix`` (S3 needs the `scale` extra's
+    dvc-s3), ``endpoint_url`` for S3-compatible stores (MinIO, Ceph...), empty for AWS.
+    Credentials are never stored: DVC reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY."""
+
+    url: str
+    endpoint_url: str = ""
+    name: str = DEFAULT_REMOTE_NAME
+
+
+def remote_from_env(env: Mapping[str, str] | None = None) -> RemoteSettings | None:
+    """METAREC_DVC_REMOTE_URL (+ _ENDPOINT, _NAME) as settings; None when the URL is unset
+    (the default: DVC's local cache only)."""
+    env = os.environ if env is None else env
+    url = env.get(REMOTE_URL_ENV, "").strip()
+    if not url:
+        return None
+    if "://" not in url and not url.startswith("/"):
+        raise ValueError(f"{REMOTE_URL_ENV}={url!r}: expected a URL such as s3://bucket/prefix "
+                         "or an absolute path")
+    return RemoteSettings(url=url, endpoint_url=env.get(REMOTE_ENDPOINT_ENV, "").strip(),
+                          name=env.get(REMOTE_NAME_ENV, "").strip() or DEFAULT_REMOTE_NAME)
+
+
+def configure_remote(settings: RemoteSettings, root: str | Path = ".") -> None:
+    """Make ``settings`` the default remote in .dvc/config.local (machine-local, not committed):
+    ``dvc remote add --local -d -f`` and, for S3-compatible stores, ``endpointurl``."""
+    ensure_dvc_repo(root)
+    run_dvc("remote", "add", "--local", "-d", "-f", settings.name, settings.url, cwd=root)
+    if settings.endpoint_url:
+        run_dvc("remote", "modify", "--local", settings.name, "endpointurl",
+                settings.endpoint_url, cwd=root)
+    log.info("DVC remote %r -> %s%s", settings.name, settings.url,
+             f" (endpoint {settings.endpoint_url})" if settings.endpoint_url else "")
+
+
+def _remote_args(root: str | Path, settings: RemoteSettings | None) -> list[str]:
+    settings = settings or remote_from_env()
+    if settings is None:
+        return []  # the remote already in .dvc/config(.local); DVC says so if there is none
+    configure_remote(settings, root)
+    return ["-r", settings.name]
+
+
+def push_data(root: str | Path = ".", settings: RemoteSettings | None = None,
+              targets: tuple[str, ...] = ()) -> str:
+    """``dvc push`` the cached data (all .dvc files, or ``targets``) to the remote given, else
+    the one in the environment, else the configured default. Returns DVC's output."""
+    return run_dvc("push", *_remote_args(root, settings), *targets, cwd=root)
+
+
+def pull_data(root: str | Path = ".", settings: RemoteSettings | None = None,
+              targets: tuple[str, ...] = ()) -> str:
+    """``dvc pull``: fetch the versions the .dvc files record from the remote and check them out
+    into the workspace. Returns DVC's output."""
+    return run_dvc("pull", *_remote_args(root, settings), *targets, cwd=root)

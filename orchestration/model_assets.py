@@ -36,7 +36,8 @@ def meta_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
     cfg = _config(metarec, compute)
 
     def log_metrics(step: int, metrics: dict[str, float]) -> None:
-        context.log.info(f"step {step}: {metrics}")
+        if any(k.startswith("valid") for k in metrics):  # validations only, not every step
+            context.log.info(f"step {step}: {metrics}")
 
     summary = train_meta_model(_with_tracking(cfg, mlflow), callbacks=(log_metrics,),
                                dagster_run_id=context.run_id)
