@@ -204,6 +204,9 @@ class MetaConfig:
     # 0.5 moves it to the support set's mean residual. Meta-SGD: that rate's initial value.
     # null: inner_lr like every other parameter.
     output_bias_lr: float | None = None
+    # Meta-loss += this weight * the support MSE of the unadapted initial weights (0: plain
+    # query loss); gives every training rating a gradient, as the global baseline has.
+    support_loss_weight: float = 0.0
     # Drop second-order terms for maml/metasgd ("fomaml" and "reptile" are first-order anyway).
     first_order: bool = False
     # Baseline "global + fine-tune": plain gradient steps on the support set at test time.

@@ -234,3 +234,17 @@ def test_output_bias_rate_moves_the_offset_to_the_mean_residual(name) -> None:
     torch.testing.assert_close(got, base_q + shift[:, None], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="output_bias_lr"):
         build_learner(model, MetaConfig(learner=name, output_bias_lr=-1.0))
+
+
+def test_support_loss_weight_adds_the_unadapted_support_mse() -> None:
+    model, tasks = _setup(4)
+    batch = make_batch(model.user_table, tasks)
+    plain = build_learner(model, MetaConfig(learner="melu", inner_lr=0.05))
+    aux = build_learner(model, MetaConfig(learner="melu", inner_lr=0.05, support_loss_weight=0.5))
+    with torch.no_grad():
+        support = masked_mse(model(batch.user_cat, batch.support_items), batch.support_ratings,
+                             batch.support_mask).mean()
+        torch.testing.assert_close(aux.meta_loss(model, batch),
+                                   plain.meta_loss(model, batch) + 0.5 * support)
+    with pytest.raises(ValueError, match="support_loss_weight"):
+        build_learner(model, MetaConfig(learner="melu", support_loss_weight=-1.0))

@@ -60,10 +60,14 @@ class GradientLearner(nn.Module):
     """MAML / FOMAML / MeLU / Meta-SGD: adapt on support, backpropagate the query loss."""
 
     def __init__(self, model: Estimator, *, adapted: str, steps: int, lr: float,
-                 first_order: bool, learn_lr: bool, output_bias_lr: float | None = None) -> None:
+                 first_order: bool, learn_lr: bool, output_bias_lr: float | None = None,
+                 support_loss_weight: float = 0.0) -> None:
         super().__init__()
         if steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {steps}")
+        if support_loss_weight < 0:
+            raise ValueError(f"support_loss_weight must be >= 0, got {support_loss_weight}")
+        self.support_loss_weight = float(support_loss_weight)
         if output_bias_lr is not None and output_bias_lr < 0:
             raise ValueError(f"output_bias_lr must be >= 0, got {output_bias_lr}")
         self.adapted_set = adapted_names(model, adapted)
@@ -112,7 +116,14 @@ class GradientLearner(nn.Module):
 
     def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
         fast, q_feats = self.adapt(model, batch)
-        return query_loss(model, fast, dict(model.named_buffers()), self.adapted_set, batch, q_feats)
+        loss = query_loss(model, fast, dict(model.named_buffers()), self.adapted_set, batch, q_feats)
+        if self.support_loss_weight > 0:
+            # Auxiliary: the meta-learned initial weights also fit the support ratings as they
+            # are (the global model's objective), so every training rating gives a gradient.
+            before = model(batch.user_cat, batch.support_items)
+            loss = loss + self.support_loss_weight * masked_mse(
+                before, batch.support_ratings, batch.support_mask).mean()
+        return loss
 
     def predict(self, model: Estimator, batch: TaskBatch) -> Tensor:
         fast, q_feats = self.adapt(model, batch, first_order=True)
@@ -173,7 +184,7 @@ def build_learner(model: Estimator, cfg: MetaConfig, name: str | None = None) ->
     """The learner ``name`` (default ``cfg.learner``) configured from ``cfg``."""
     name = cfg.learner if name is None else name
     common = dict(steps=cfg.inner_steps, lr=cfg.inner_lr)
-    bias = dict(output_bias_lr=cfg.output_bias_lr)
+    bias = dict(output_bias_lr=cfg.output_bias_lr, support_loss_weight=cfg.support_loss_weight)
     if name == "maml":
         return GradientLearner(model, adapted=cfg.adapted, first_order=cfg.first_order,
                                learn_lr=False, **common, **bias)
