@@ -15,8 +15,11 @@ def pipeline() -> None:
 @click.option("--job", default="retrain", show_default=True, help="Dagster job to execute.")
 @click.option("--dagster-home", default=None,
               help="Dagster instance folder (default: $DAGSTER_HOME, else ./.dagster).")
+@click.option("--strict", is_flag=True,
+              help="Exit non-zero also when the gate refuses the new model (by default a "
+                   "refusal is reported and exits 0: nothing was registered, nothing broke).")
 @click.pass_context
-def pipeline_run(ctx: click.Context, job: str, dagster_home: str | None) -> None:
+def pipeline_run(ctx: click.Context, job: str, dagster_home: str | None, strict: bool) -> None:
     """Materialise the whole pipeline on the configured dataset, in this process."""
     from orchestration.run import instance_for, run_retrain
 
@@ -31,6 +34,12 @@ def pipeline_run(ctx: click.Context, job: str, dagster_home: str | None) -> None
         click.echo(f"skipped (upstream failed or blocked): {', '.join(run.skipped)}")
     click.echo(f"run {run.run_id}: {'success' if run.success else 'FAILED'} "
                f"in {run.seconds:.1f} s")
+    if run.gate_blocked:
+        click.echo("gate: the new model did not beat the baselines/champion; nothing was "
+                   "registered (see artifacts/evaluation/report.md)")
+        if strict:
+            raise click.ClickException("gate refused the candidate (--strict)")
+        return
     if not run.success:
         raise click.ClickException("pipeline failed; see the messages above and the run in "
                                    "the Dagster UI (`dagster dev`)")

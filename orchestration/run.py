@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 DEFAULT_HOME = ".dagster"
+GATE_STEP = "evaluation_report_gate"
 
 
 @dataclass
@@ -23,6 +24,14 @@ class PipelineRun:
     materialized: dict[str, dict[str, str]] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def gate_blocked(self) -> bool:
+        """The run failed only because the gate refused the candidate: a normal outcome of a
+        retrain (nothing registered, registry unchanged), not an error of the pipeline."""
+        return (not self.success and self.checks.get("evaluation_report:gate") is False
+                and self.failed == [GATE_STEP])
 
 
 def instance_for(home: str | None = None) -> dg.DagsterInstance:
@@ -58,4 +67,6 @@ def run_retrain(params: str = "params.yaml", instance: dg.DagsterInstance | None
             run.checks[f"{ev.asset_key.to_user_string()}:{ev.check_name}"] = ev.passed
         elif event.event_type_value == "STEP_SKIPPED":
             run.skipped.append(event.step_key)
+        elif event.event_type_value == "STEP_FAILURE":
+            run.failed.append(event.step_key)
     return run

@@ -87,6 +87,7 @@ def test_failing_data_contract_blocks_downstream(project, fixtures):
     run = run_retrain("params.yaml", dg.DagsterInstance.ephemeral())
     assert not run.success
     assert run.checks["interactions:data_contract"] is False
+    assert not run.gate_blocked  # a data failure is an error, not a gate verdict
     assert {"interactions", "users", "items", "raw_dataset"} <= set(run.materialized)
     assert not {"features", "cold_start_tasks", "item_text_embeddings"} & set(run.materialized)
     assert not (project / "artifacts" / "features").exists()
@@ -126,6 +127,7 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     run = run_retrain("params.yaml", instance)
     assert not run.success
     assert run.checks["evaluation_report:gate"] is False
+    assert run.gate_blocked  # `metarec pipeline run` reports it and exits 0 unless --strict
     assert not {"onnx_model", "registered_model"} & set(run.materialized)
     assert [v.version for v in registry.list_models(tracking)] == [1]
     assert registry.aliases(tracking)["champion"] == 1
