@@ -15,7 +15,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from metarec.data.arrays import TaskArrays
 from metarec.io import atomic_file
 from metarec.meta.inner import make_batch
 from metarec.models.estimator import Estimator
+
+if TYPE_CHECKING:
+    from metarec.distributed import World
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +131,15 @@ def _save(path: Path, payload: dict) -> None:
 def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
                valid_tasks: TaskArrays, cfg: TrainConfig, seed: int,
                callbacks: Iterable[Callback] = (), checkpoint_dir: str | Path | None = None,
-               resume: bool = False) -> TrainResult:
+               resume: bool = False, world: "World | None" = None) -> TrainResult:
     """Meta-train ``model`` with ``learner`` on ``train_tasks``; returns the best weights.
 
     Every ``cfg.eval_every`` steps (and at the end) the validation MAE is computed with
     :func:`predict`; training stops after ``cfg.patience`` validations without improvement.
     With ``checkpoint_dir``, a checkpoint is written every ``cfg.checkpoint_every`` steps;
     ``resume=True`` continues from it when it exists. The model ends holding the best weights.
+    With ``world`` (metarec.distributed), each rank trains on its slice of every batch, the
+    gradients are averaged across ranks, and only rank 0 writes checkpoints.
     """
     if len(train_tasks) == 0 or len(valid_tasks) == 0:
         raise ValueError(f"need training and validation tasks, got {len(train_tasks)} and "
@@ -185,6 +190,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
                desc="meta-train", leave=False)
     while step < cfg.max_steps and not stopped:
         index, order, pos = _sampler_next(order, pos, n, cfg.tasks_per_batch, gen)
+        if world is not None:
+            index = world.shard(index)
         batch = make_batch(model.user_table, train_tasks, index, device)
         with _autocast(device, cfg.amp):
             loss = learner.meta_loss(model, batch)
@@ -193,6 +200,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
                                      "lower train.lr or meta.inner_lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if world is not None:
+            world.average_gradients(params)
         if cfg.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
         optimizer.step()
@@ -202,7 +211,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
             cb(step, {"train_loss": float(loss.detach())})
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             stopped = evaluate()
-        if ckpt is not None and cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
+        if (ckpt is not None and cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
+                and (world is None or world.is_main)):
             _save(ckpt, dict(model=_cpu_state(model), learner=_cpu_state(learner),
                              optimizer=optimizer.state_dict(), sampler_rng=gen.get_state(),
                              torch_rng=torch.get_rng_state(), order=order, pos=pos, step=step,

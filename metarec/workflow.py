@@ -99,7 +99,7 @@ def _save_state(path: Path, payload: dict[str, Any]) -> None:
 def train_meta_model(cfg: Config, inputs: Inputs | None = None,
                      callbacks: tuple[Callable[[int, dict[str, float]], None], ...] = (),
                      resume: bool = True, track: bool = True,
-                     dagster_run_id: str | None = None) -> dict[str, Any]:
+                     dagster_run_id: str | None = None, world=None) -> dict[str, Any]:
     """Meta-train the configured learner; writes meta_model.pt and summary.json.
 
     With ``track``, the training is recorded as an MLflow run (params, per-step metrics, the
@@ -111,7 +111,11 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
     out = Path(cfg.train.out_dir)
     model, learner = _build(cfg, inputs.features)
     result = meta_train(model, learner, inputs.train, inputs.valid, cfg.train, cfg.seed,
-                        callbacks=callbacks, checkpoint_dir=out / "checkpoints", resume=resume)
+                        callbacks=callbacks, checkpoint_dir=out / "checkpoints", resume=resume,
+                        world=world)
+    if world is not None and not world.is_main:  # DDP: only rank 0 writes and logs
+        return {"learner": cfg.meta.learner, "steps": result.steps,
+                "best_step": result.best_step, "best_valid_mae": result.best_valid_mae}
     _save_state(out / META_FILE, {"model": result.model_state, "learner": result.learner_state})
     summary = {"learner": cfg.meta.learner, "steps": result.steps, "best_step": result.best_step,
                "best_valid_mae": result.best_valid_mae, "stopped_early": result.stopped_early,
