@@ -110,8 +110,10 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
     inputs = inputs or load_inputs(cfg)
     out = Path(cfg.train.out_dir)
     model, learner = _build(cfg, inputs.features)
+    # Resume only a checkpoint of this very training: same tasks, model, learner and loop.
     result = meta_train(model, learner, inputs.train, inputs.valid, cfg.train, cfg.seed,
-                        callbacks=callbacks, checkpoint_dir=out / "checkpoints", resume=resume,
+                        callbacks=callbacks, resume=resume,
+                        checkpoint_dir=out / "checkpoints" / training_fingerprint(cfg, inputs),
                         world=world)
     if world is not None and not world.is_main:  # DDP: only rank 0 writes and logs
         return {"learner": cfg.meta.learner, "steps": result.steps,
@@ -131,6 +133,18 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
         summary["mlflow_run_url"] = registry.run_url(cfg.tracking, summary["mlflow_run_id"])
     write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def training_fingerprint(cfg: Config, inputs: Inputs) -> str:
+    """Identity of a training run: the task manifest and the model/meta/train settings."""
+    import hashlib
+    from dataclasses import asdict
+
+    payload = {"tasks": inputs.manifest, "model": asdict(cfg.model), "meta": asdict(cfg.meta),
+               "train": {k: v for k, v in asdict(cfg.train).items()
+                         if k not in ("device", "progress", "out_dir")}, "seed": cfg.seed}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:16]
 
 
 def dataset_hash_or_none(cfg: Config) -> str | None:
