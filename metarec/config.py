@@ -186,6 +186,18 @@ class ModelConfig:
     item_norm: bool = False
     # Standard deviation of the embedding initialisation (PyTorch's default: 1.0).
     embedding_std: float = 1.0
+    # Residual scoring: the decision MLP's output is added to the item's shrunk mean deviation
+    # (item_stats column 1), so the network starts from the item-mean ranking and learns the
+    # personal part. Needs item_stats.
+    item_offset: bool = False
+    # Item tower input: a learned embedding per item id (collaborative signal). Items without
+    # training ratings (new items) get a zero vector, so they are scored from features alone.
+    item_id: bool = False
+    # Item tower input: this many collaborative item factors, the top right singular vectors
+    # (scaled by their singular values) of the training users' mean-centred rating matrix
+    # (PureSVD), fitted with the item statistics; items without training ratings get zeros.
+    # 0 disables.
+    item_factors: int = 0
 
 
 @dataclass(frozen=True)
@@ -204,9 +216,15 @@ class MetaConfig:
     # 0.5 moves it to the support set's mean residual. Meta-SGD: that rate's initial value.
     # null: inner_lr like every other parameter.
     output_bias_lr: float | None = None
+    # Inner rate of the output layer's weights (a linear head on the last hidden features:
+    # the per-user part of the score); Meta-SGD: that rate's initial value. null: inner_lr.
+    output_weight_lr: float | None = None
     # Meta-loss += this weight * the support MSE of the unadapted initial weights (0: plain
     # query loss); gives every training rating a gradient, as the global baseline has.
     support_loss_weight: float = 0.0
+    # + weight * ListNet loss on each query set (softmax cross-entropy between the adapted
+    # scores and the true ratings): a within-user ranking objective beside the MSE.
+    rank_loss_weight: float = 0.0
     # Drop second-order terms for maml/metasgd ("fomaml" and "reptile" are first-order anyway).
     first_order: bool = False
     # Baseline "global + fine-tune": plain gradient steps on the support set at test time.
@@ -238,6 +256,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # bf16 autocast (only ever on cuda; ignored on cpu).
     amp: bool = True
+    # Draw a fresh support/query split of every training task each time it is sampled (same
+    # query size), so the outer loss sees all of a training user's ratings, not one fixed query.
+    resplit: bool = False
     # Show a progress bar (only on a terminal).
     progress: bool = True
     out_dir: str = "artifacts/train"

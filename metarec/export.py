@@ -186,9 +186,16 @@ def _forward(g: _Graph, x: str, weights: list[tuple[str, str]]) -> tuple[str, li
 
 
 def _inner_step(g: _Graph, x: str, ratings: str, mask: str, denom: str,
-                weights: list[tuple[str, str]], rates: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """One gradient step on the masked MSE of the support set; returns the new weights."""
+                weights: list[tuple[str, str]], rates: list[tuple[str, str]],
+                offset: str | None = None) -> list[tuple[str, str]]:
+    """One gradient step on the masked MSE of the support set; returns the new weights.
+
+    ``offset``: (S,) per-item score offsets added to the MLP output (Estimator.offset); they
+    change the residual, not the derivative of the score with respect to the weights.
+    """
     y, zs, hs = _forward(g, x, weights)
+    if offset is not None:
+        y = g.op("Add", y, offset)
     dy = g.op("Div", g.op("Mul", g.op("Mul", "two", mask), g.op("Sub", y, ratings)), denom)
     grad = g.op("Unsqueeze", dy, "axis_one")  # (S, 1)
     new: list[tuple[str, str]] = [None] * len(weights)  # type: ignore[list-item]
@@ -225,6 +232,10 @@ def _build(model: Estimator, meta_cfg: MetaConfig, adapt: bool, opset: int,
         rows = g.op("Add", "user_cat", "user_offsets")
         user_vec = g.op("Reshape", g.op("Gather", "user_emb", rows, axis=0),
                         g.const("user_shape", np.array([1, eu], np.int64)))  # (1, Eu)
+    offsets = None
+    if model.item_offset:
+        rows = torch.arange(model.item_table.shape[0], device=model.item_table.device)
+        offsets = g.const("item_offset", model.offset(rows).detach().float().cpu().numpy())
     layers = _decision(model, per_param_lr, meta_cfg.inner_lr)
     weights = [(g.const(f"Wt_{i}", l["Wt"]), g.const(f"b_{i}", l["b"])) for i, l in enumerate(layers)]
     if adapt and meta_cfg.inner_steps > 0:
@@ -232,10 +243,13 @@ def _build(model: Estimator, meta_cfg: MetaConfig, adapt: bool, opset: int,
                  for i, l in enumerate(layers)]
         x_support = _features(g, "support_items", user_vec, eu)  # (S, F), fixed across steps
         denom = g.op("Max", g.op("ReduceSum", "support_mask", keepdims=0), "one")
+        s_off = None if offsets is None else g.op("Gather", offsets, "support_items", axis=0)
         for _ in range(meta_cfg.inner_steps):
             weights = _inner_step(g, x_support, "support_ratings", "support_mask", denom,
-                                  weights, rates)
+                                  weights, rates, s_off)
     scores, _, _ = _forward(g, _features(g, "candidate_items", user_vec, eu), weights)
+    if offsets is not None:
+        scores = g.op("Add", scores, g.op("Gather", offsets, "candidate_items", axis=0))
     g.nodes.append(helper.make_node("Identity", [scores], ["scores"]))
 
     fu = len(model.user_emb)
@@ -356,7 +370,8 @@ def torch_reference(model: Estimator, meta_cfg: MetaConfig, user_cat: torch.Tens
     fast = adapt(model, params, buffers, user_cat, items, ratings, mask,
                  steps=meta_cfg.inner_steps, lr=meta_cfg.inner_lr, adapted=adapted,
                  first_order=True, per_param_lr=per_param_lr, feats=feats)
-    return model.decide(fast, model.embed(user_cat, candidates)).detach()
+    scores = model.decide(fast, model.embed(user_cat, candidates))
+    return (scores + model.offset(candidates)).detach()
 
 
 def parity_check(model: Estimator, export: ExportResult | str | Path, meta_cfg: MetaConfig, *,

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from metarec.config import TrainConfig
 from metarec.data.arrays import TaskArrays
 from metarec.io import atomic_file
-from metarec.meta.inner import make_batch
+from metarec.meta.inner import make_batch, resplit
 from metarec.models.estimator import Estimator
 
 if TYPE_CHECKING:
@@ -95,15 +95,17 @@ def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: Trai
 def fit_item_stats(model: Estimator, train_tasks: TaskArrays) -> None:
     """Fit the model's item statistics (if it has them) on the ratings of ``train_tasks``:
     support and query, or support only (``model.item_stats_from``)."""
-    if getattr(model, "item_stats", None) is None:
+    if not getattr(model, "fits_training_ratings", False):
         return
     sm, qm = train_tasks.support_mask.astype(bool), train_tasks.query_mask.astype(bool)
     if getattr(model, "item_stats_from", "all") == "support":
         qm = np.zeros_like(qm)
     items = np.concatenate([train_tasks.support_items[sm], train_tasks.query_items[qm]])
     ratings = np.concatenate([train_tasks.support_ratings[sm], train_tasks.query_ratings[qm]])
+    users = np.concatenate([np.nonzero(sm)[0], np.nonzero(qm)[0]])  # task index = training user
     model.fit_item_stats(torch.as_tensor(items, dtype=torch.long),
-                         torch.as_tensor(ratings, dtype=torch.float64), model.item_stats_shrinkage)
+                         torch.as_tensor(ratings, dtype=torch.float64), model.item_stats_shrinkage,
+                         user_index=torch.as_tensor(users, dtype=torch.long))
 
 
 def _sampler_next(order: Tensor, pos: int, n: int, k: int, gen: torch.Generator
@@ -153,6 +155,7 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     params = [p for m in (model, learner) for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(train_tasks)
+    width = train_tasks.support_items.shape[1] + train_tasks.query_items.shape[1]
     order, pos, step, bad = torch.randperm(n, generator=gen), 0, 0, 0
     history: list[dict[str, float]] = []
     best = dict(mae=math.inf, step=0, model=_cpu_state(model), learner=_cpu_state(learner))
@@ -186,13 +189,21 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
         return bad >= cfg.patience
 
     stopped = False
+    if step == 0 and not history:
+        # The starting point competes too: a pretrained model that meta-training only makes
+        # worse is kept as it is.
+        stopped = evaluate()
     bar = tqdm(total=cfg.max_steps, initial=step, disable=None if cfg.progress else True,
                desc="meta-train", leave=False)
     while step < cfg.max_steps and not stopped:
         index, order, pos = _sampler_next(order, pos, n, cfg.tasks_per_batch, gen)
+        keys = torch.rand(len(index), width, generator=gen) if cfg.resplit else None
         if world is not None:
             index = world.shard(index)
+            keys = None if keys is None else world.shard(keys)
         batch = make_batch(model.user_table, train_tasks, index, device)
+        if keys is not None:
+            batch = resplit(batch, keys)
         with _autocast(device, cfg.amp):
             loss = learner.meta_loss(model, batch)
         if not torch.isfinite(loss):
@@ -228,3 +239,4 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
                        learner_state=copy.deepcopy(best["learner"]), history=history,
                        steps=step, best_step=int(best["step"]), best_valid_mae=float(best["mae"]),
                        stopped_early=stopped)
+

@@ -140,3 +140,33 @@ def test_parity_with_item_stats_and_a_fixed_output_bias_rate(tmp_path: Path) -> 
     assert report.passed, report
     # without the rates the export applies inner_lr everywhere: a different model
     assert not parity_check(model, res, cfg, n_tasks=8).passed
+
+
+def test_parity_with_item_offset_and_item_ids(tmp_path: Path) -> None:
+    """The residual offset (item's shrunk mean) and per-item id embeddings are in the graph."""
+    from metarec.config import ModelConfig
+    from metarec.meta.learners import build_learner
+
+    torch.manual_seed(4)
+    features = tiny_features()
+    model = build_model(features, ModelConfig(embedding_dim=4, hidden=(8, 8), text_proj_dim=4,
+                                              item_stats=True, item_offset=True, item_id=True,
+                                              item_norm=True, embedding_std=0.3)).eval()
+    gen = torch.Generator().manual_seed(1)
+    rated = torch.randint(0, 15, (200,), generator=gen)  # items 15.. never rated: "new"
+    model.fit_item_stats(rated, torch.randint(1, 6, (200,), generator=gen).float(), 2.0)
+    n_items = features.item_cat.shape[0]
+    assert model.offset(torch.arange(n_items))[:15].abs().sum() > 0
+    assert torch.equal(model.offset(torch.arange(n_items))[15:], torch.zeros(n_items - 15))
+    assert torch.equal(model.item_known[15:], torch.zeros(n_items - 15))
+    cfg = MetaConfig(learner="metasgd", inner_steps=1, inner_lr=0.05, output_bias_lr=0.5)
+    rates = build_learner(model, cfg)._per_param_lr()
+    res = export_onnx(model, features, cfg, tmp_path / "e", per_param_lr=rates)
+    report = parity_check(model, res, cfg, n_tasks=8, per_param_lr=rates)
+    assert report.passed, report
+    # without the offset the graph would score a different model
+    model.item_offset = False
+    try:
+        assert not parity_check(model, res, cfg, n_tasks=8, per_param_lr=rates).passed
+    finally:
+        model.item_offset = True

@@ -234,6 +234,13 @@ def test_output_bias_rate_moves_the_offset_to_the_mean_residual(name) -> None:
     torch.testing.assert_close(got, base_q + shift[:, None], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="output_bias_lr"):
         build_learner(model, MetaConfig(learner=name, output_bias_lr=-1.0))
+    # the output layer's weights may have their own rate too (a per-user linear head)
+    rates = build_learner(model, MetaConfig(learner=name, inner_lr=0.01, output_bias_lr=0.5,
+                                            output_weight_lr=0.2))._per_param_lr()
+    assert float(rates[f"decision.{len(model.decision) - 1}.weight"].max()) == pytest.approx(0.2)
+    assert float(rates["decision.0.weight"].max()) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="output_weight_lr"):
+        build_learner(model, MetaConfig(learner=name, output_weight_lr=-1.0))
 
 
 def test_support_loss_weight_adds_the_unadapted_support_mse() -> None:
@@ -248,3 +255,66 @@ def test_support_loss_weight_adds_the_unadapted_support_mse() -> None:
                                    plain.meta_loss(model, batch) + 0.5 * support)
     with pytest.raises(ValueError, match="support_loss_weight"):
         build_learner(model, MetaConfig(learner="melu", support_loss_weight=-1.0))
+
+
+def test_listnet_loss_by_hand_and_padding_ignored() -> None:
+    from metarec.meta.inner import listnet_loss
+
+    scores = torch.tensor([[1.0, 0.0, 0.0]])
+    ratings = torch.tensor([[5.0, 3.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    p = torch.softmax(torch.tensor([5.0, 3.0]), 0)
+    logq = torch.log_softmax(torch.tensor([1.0, 0.0]), 0)
+    torch.testing.assert_close(listnet_loss(scores, ratings, mask), -(p * logq).sum().reshape(1))
+    # the padded slot's score never matters; the right order costs less than the reverse
+    other = scores.clone()
+    other[0, 2] = 100.0
+    torch.testing.assert_close(listnet_loss(other, ratings, mask), listnet_loss(scores, ratings, mask))
+    assert listnet_loss(-scores, ratings, mask) > listnet_loss(scores, ratings, mask)
+    # a task with one real rating has nothing to rank
+    assert float(listnet_loss(scores, ratings, torch.tensor([[1.0, 0.0, 0.0]]))) == 0.0
+
+
+def test_rank_loss_weight_adds_listnet_on_the_adapted_query_scores() -> None:
+    from metarec.meta.inner import listnet_loss, query_scores
+
+    model, tasks = _setup(5)
+    batch = make_batch(model.user_table, tasks)
+    plain = build_learner(model, MetaConfig(learner="melu", inner_lr=0.05))
+    ranked = build_learner(model, MetaConfig(learner="melu", inner_lr=0.05, rank_loss_weight=0.3))
+    fast, q_feats = plain.adapt(model, batch)
+    scores = query_scores(model, fast, dict(model.named_buffers()), plain.adapted_set,
+                          batch.user_cat, batch.query_items, q_feats)
+    want = (plain.meta_loss(model, batch)
+            + 0.3 * listnet_loss(scores, batch.query_ratings, batch.query_mask).mean())
+    torch.testing.assert_close(ranked.meta_loss(model, batch), want)
+    with pytest.raises(ValueError, match="rank_loss_weight"):
+        build_learner(model, MetaConfig(learner="melu", rank_loss_weight=-1.0))
+
+
+def test_resplit_redraws_support_and_query_keeping_each_tasks_ratings() -> None:
+    from metarec.meta.inner import resplit
+
+    model, tasks = _setup(6)
+    batch = make_batch(model.user_table, tasks)
+    keys = torch.rand(len(batch), tasks.support_items.shape[1] + tasks.query_items.shape[1],
+                      generator=torch.Generator().manual_seed(0))
+    new = resplit(batch, keys)
+    assert new.support_items.shape == batch.support_items.shape
+    assert new.query_items.shape == batch.query_items.shape
+    q = batch.query_items.shape[1]
+    for n in range(len(batch)):
+        def pairs(b):
+            out = []
+            for items, ratings, mask in ((b.support_items, b.support_ratings, b.support_mask),
+                                         (b.query_items, b.query_ratings, b.query_mask)):
+                out += [(int(i), float(r)) for i, r, m in zip(items[n], ratings[n], mask[n]) if m]
+            return sorted(out)
+        assert pairs(new) == pairs(batch)  # the same ratings, redistributed
+        real = int(batch.support_mask[n].sum() + batch.query_mask[n].sum())
+        assert int(new.query_mask[n].sum()) == min(q, real)  # the query is filled first
+    assert torch.equal(resplit(batch, keys).query_items, new.query_items)  # keys decide
+    other = resplit(batch, torch.rand(keys.shape, generator=torch.Generator().manual_seed(1)))
+    assert not torch.equal(other.query_items, new.query_items)
+    with pytest.raises(ValueError, match="keys"):
+        resplit(batch, keys[:, 1:])

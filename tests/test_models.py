@@ -168,3 +168,35 @@ def test_embedding_std_scales_the_initialisation() -> None:
     assert not model.bag_emb["genre"].weight[0].any()  # padding row stays zero
     with pytest.raises(ValueError, match="embedding_std"):
         build_model(tiny_features(), ModelConfig(embedding_std=0.0))
+
+
+def test_item_ids_and_pure_svd_factors_enter_the_item_tower() -> None:
+    from metarec.config import ModelConfig
+    from metarec.models.estimator import _pure_svd
+
+    # PureSVD on a rank-one residual matrix: the first factor is the item pattern, item 3 (no
+    # rating) is zero, signs are fixed, and the second column (beyond the rank) is zero.
+    items = torch.tensor([0, 1, 2, 0, 1, 2])
+    users = torch.tensor([0, 0, 0, 1, 1, 1])
+    # user 1's residuals are half of user 0's: (5, 3, 2) - 10/3 and (23, 17, 14) / 6 - 3
+    ratings = torch.tensor([5.0, 3.0, 2.0, 23 / 6, 17 / 6, 14 / 6], dtype=torch.float64)
+    fac = _pure_svd(items, ratings, users, 4, 2)
+    pattern = torch.tensor([5.0, -1.0, -4.0], dtype=torch.float64)
+    torch.testing.assert_close(fac[:3, 0], pattern / pattern.norm(), rtol=0, atol=1e-9,
+                               check_dtype=False)
+    assert float(fac[3].abs().sum()) == 0.0 and float(fac[:, 1].abs().max()) < 1e-9
+    features = tiny_features()
+    n = features.item_cat.shape[0]
+    model = build_model(features, ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4,
+                                               item_id=True, item_factors=3))
+    assert model.feature_dim == 4 * (1 + 1 + 1 + 1 + 1) + 4 * 2  # year, genre, text, id, svd; users
+    with pytest.raises(ValueError, match="user of every rating"):
+        model.fit_item_stats(items, ratings.float(), 1.0)
+    before = model.item_embed(torch.arange(n)).detach()
+    model.fit_item_stats(items, ratings.float(), 1.0, user_index=users)
+    after = model.item_embed(torch.arange(n)).detach()
+    assert torch.equal(model.item_known[:3], torch.ones(3)) and float(model.item_known[3:].sum()) == 0
+    assert not torch.allclose(before[:3], after[:3])  # rated items gain id vectors and factors
+    torch.testing.assert_close(before[3:], after[3:])  # unrated ones stay feature-only
+    with pytest.raises(ValueError, match="item_offset needs item_stats"):
+        build_model(features, ModelConfig(embedding_dim=4, hidden=(8,), item_offset=True))

@@ -60,11 +60,12 @@ def test_early_stopping_and_callbacks() -> None:
                       device="cpu", progress=False, checkpoint_every=0)
     result = meta_train(model, learner, train, valid, cfg, seed=0,
                         callbacks=[lambda s, m: seen.append((s, m))])
-    # lr 0: the first validation is the best, the next 3 do not improve -> stop at step 8
-    assert result.stopped_early and result.steps == 8 and result.best_step == 2
+    # lr 0: the starting point (validated at step 0) is the best, the next 3 validations do
+    # not improve -> stop at step 6 keeping the initial weights
+    assert result.stopped_early and result.steps == 6 and result.best_step == 0
     evals = [(s, m) for s, m in seen if "valid_mae" in m]
-    assert [s for s, _ in evals] == [2, 4, 6, 8]
-    assert sum("train_loss" in m for _, m in seen) == 8
+    assert [s for s, _ in evals] == [0, 2, 4, 6]
+    assert sum("train_loss" in m for _, m in seen) == 6
     assert result.best_valid_mae == pytest.approx(evals[0][1]["valid_mae"])
 
 
@@ -110,3 +111,26 @@ def test_bf16_training_on_gpu() -> None:
                       amp=True, progress=False, checkpoint_every=0)
     result = meta_train(model, learner, train, valid, cfg, seed=0)
     assert next(model.parameters()).is_cuda and np.isfinite(result.best_valid_mae)
+
+
+def test_resume_is_exact_with_resplit_tasks(tmp_path) -> None:
+    """Redrawn support/query splits come from the saved sampler generator: exact resume."""
+    from dataclasses import replace
+
+    cfg = replace(CFG, resplit=True)
+    train, valid = tiny_tasks(0, n=10), tiny_tasks(1, n=4)
+    model, learner = _fresh()
+    full = meta_train(model, learner, train, valid, cfg, seed=7)
+    plain = meta_train(*_fresh(), train, valid, CFG, seed=7)
+    assert any(not torch.equal(full.model_state[k], plain.model_state[k]) for k in full.model_state)
+
+    def crash(step: int, metrics: dict) -> None:
+        if step == 5 and "train_loss" in metrics:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        meta_train(*_fresh(), train, valid, cfg, seed=7, callbacks=[crash], checkpoint_dir=tmp_path)
+    resumed = meta_train(*_fresh(seed=123), train, valid, cfg, seed=7, checkpoint_dir=tmp_path,
+                         resume=True)
+    for k, v in full.model_state.items():
+        torch.testing.assert_close(resumed.model_state[k], v, rtol=0, atol=0)

@@ -72,12 +72,44 @@ def make_batch(user_table: Tensor, tasks: TaskArrays, index: np.ndarray | None =
     )
 
 
+def resplit(batch: TaskBatch, keys: Tensor) -> TaskBatch:
+    """A new support/query split of every task of ``batch``, drawn by ``keys``.
+
+    Each task's real ratings (support and query together) are ordered by ``keys`` (N, S + Q)
+    uniform random numbers; the first Q become the query and the rest the support, padding last.
+    Support and query keep their widths, and a task keeps its number of real ratings.
+    """
+    items = torch.cat([batch.support_items, batch.query_items], 1)
+    ratings = torch.cat([batch.support_ratings, batch.query_ratings], 1)
+    mask = torch.cat([batch.support_mask, batch.query_mask], 1)
+    if keys.shape != mask.shape:
+        raise ValueError(f"resplit: keys {tuple(keys.shape)} do not match the batch {tuple(mask.shape)}")
+    order = torch.argsort(torch.where(mask > 0, keys.to(mask.device, torch.float32), 2.0), dim=1)
+    items, ratings, mask = (t.gather(1, order) for t in (items, ratings, mask))
+    q = batch.query_items.shape[1]
+    return TaskBatch(user_cat=batch.user_cat,
+                     support_items=items[:, q:], support_ratings=ratings[:, q:],
+                     support_mask=mask[:, q:], query_items=items[:, :q],
+                     query_ratings=ratings[:, :q], query_mask=mask[:, :q])
+
+
 def masked_mse(scores: Tensor, ratings: Tensor, mask: Tensor) -> Tensor:
     """Mean squared error over the real slots: (..., K) each -> (...) loss per task."""
     dtype = torch.promote_types(scores.dtype, torch.float32)  # bf16 autocast -> float32
     mask = mask.to(dtype)
     err = (scores.to(dtype) - ratings.to(dtype)) ** 2 * mask
     return err.sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def listnet_loss(scores: Tensor, ratings: Tensor, mask: Tensor) -> Tensor:
+    """ListNet (Cao et al., 2007) top-one cross-entropy per task over the real slots: the
+    softmax of the true ratings against the log-softmax of the scores, (..., K) -> (...)."""
+    dtype = torch.promote_types(scores.dtype, torch.float32)
+    real = mask > 0
+    neg = torch.finfo(dtype).min
+    target = torch.softmax(torch.where(real, ratings.to(dtype), neg), -1)
+    logp = torch.log_softmax(torch.where(real, scores.to(dtype), neg), -1)
+    return -(target * torch.where(real, logp, 0.0)).sum(-1) * (real.sum(-1) > 1)
 
 
 def task_scores(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from metarec.config import MetaConfig
-from metarec.meta.inner import TaskBatch, adapt_batch, masked_mse, query_loss, query_scores
+from metarec.meta.inner import (TaskBatch, adapt_batch, listnet_loss, masked_mse, query_loss,
+                                query_scores)
 from metarec.models.estimator import DECISION_PREFIX, Estimator
 
 LEARNERS = ("maml", "fomaml", "melu", "metasgd", "reptile", "global")
@@ -61,33 +62,40 @@ class GradientLearner(nn.Module):
 
     def __init__(self, model: Estimator, *, adapted: str, steps: int, lr: float,
                  first_order: bool, learn_lr: bool, output_bias_lr: float | None = None,
-                 support_loss_weight: float = 0.0) -> None:
+                 support_loss_weight: float = 0.0, rank_loss_weight: float = 0.0,
+                 output_weight_lr: float | None = None) -> None:
         super().__init__()
+        if rank_loss_weight < 0:
+            raise ValueError(f"rank_loss_weight must be >= 0, got {rank_loss_weight}")
+        self.rank_loss_weight = float(rank_loss_weight)
         if steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {steps}")
         if support_loss_weight < 0:
             raise ValueError(f"support_loss_weight must be >= 0, got {support_loss_weight}")
         self.support_loss_weight = float(support_loss_weight)
-        if output_bias_lr is not None and output_bias_lr < 0:
-            raise ValueError(f"output_bias_lr must be >= 0, got {output_bias_lr}")
+        for key, rate in (("output_bias_lr", output_bias_lr), ("output_weight_lr", output_weight_lr)):
+            if rate is not None and rate < 0:
+                raise ValueError(f"{key} must be >= 0, got {rate}")
         self.adapted_set = adapted_names(model, adapted)
         self.steps, self.lr, self.first_order = steps, lr, first_order
         # MeLU mode: nothing outside the decision MLP adapts, so towers run once per batch.
         self.precompute = all(n.startswith(DECISION_PREFIX) for n in self.adapted_set)
         params = dict(model.named_parameters())
         out_bias = f"{DECISION_PREFIX}{len(model.decision) - 1}.bias"
+        out_weight = f"{DECISION_PREFIX}{len(model.decision) - 1}.weight"
+        special = {n: r for n, r in ((out_bias, output_bias_lr), (out_weight, output_weight_lr))
+                   if r is not None}
 
         def init(n: str) -> Tensor:
-            rate = output_bias_lr if n == out_bias and output_bias_lr is not None else lr
-            return torch.full_like(params[n].detach(), rate)
+            return torch.full_like(params[n].detach(), special.get(n, lr))
 
         self.lrs = nn.ParameterDict(
             {_key(n): nn.Parameter(init(n)) for n in sorted(self.adapted_set)}
         ) if learn_lr else None
-        # Fixed per-parameter rates (not learned) when the output bias has its own rate; they
+        # Fixed per-parameter rates (not learned) when the output layer has its own rates; they
         # are exposed like Meta-SGD's so that the ONNX export applies the same steps.
         self.fixed_lrs = None
-        if not learn_lr and output_bias_lr is not None and out_bias in self.adapted_set:
+        if not learn_lr and set(special) & self.adapted_set:
             self.fixed_lrs = nn.Module()
             for n in sorted(self.adapted_set):
                 self.fixed_lrs.register_buffer(_key(n), init(n), persistent=False)
@@ -116,7 +124,15 @@ class GradientLearner(nn.Module):
 
     def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
         fast, q_feats = self.adapt(model, batch)
-        loss = query_loss(model, fast, dict(model.named_buffers()), self.adapted_set, batch, q_feats)
+        if self.rank_loss_weight > 0:
+            scores = query_scores(model, fast, dict(model.named_buffers()), self.adapted_set,
+                                  batch.user_cat, batch.query_items, q_feats)
+            loss = (masked_mse(scores, batch.query_ratings, batch.query_mask).mean()
+                    + self.rank_loss_weight * listnet_loss(scores, batch.query_ratings,
+                                                           batch.query_mask).mean())
+        else:
+            loss = query_loss(model, fast, dict(model.named_buffers()), self.adapted_set, batch,
+                              q_feats)
         if self.support_loss_weight > 0:
             # Auxiliary: the meta-learned initial weights also fit the support ratings as they
             # are (the global model's objective), so every training rating gives a gradient.
@@ -184,7 +200,8 @@ def build_learner(model: Estimator, cfg: MetaConfig, name: str | None = None) ->
     """The learner ``name`` (default ``cfg.learner``) configured from ``cfg``."""
     name = cfg.learner if name is None else name
     common = dict(steps=cfg.inner_steps, lr=cfg.inner_lr)
-    bias = dict(output_bias_lr=cfg.output_bias_lr, support_loss_weight=cfg.support_loss_weight)
+    bias = dict(output_bias_lr=cfg.output_bias_lr, support_loss_weight=cfg.support_loss_weight,
+                rank_loss_weight=cfg.rank_loss_weight, output_weight_lr=cfg.output_weight_lr)
     if name == "maml":
         return GradientLearner(model, adapted=cfg.adapted, first_order=cfg.first_order,
                                learn_lr=False, **common, **bias)

@@ -72,6 +72,9 @@ class Estimator(nn.Module):
         item_stats_from: str = "all",
         item_norm: bool = False,
         embedding_std: float = 1.0,
+        item_offset: bool = False,
+        item_id: bool = False,
+        item_factors: int = 0,
     ) -> None:
         super().__init__()
         _check_table("user_cat", user_cat, user_cardinality)
@@ -101,13 +104,24 @@ class Estimator(nn.Module):
         if item_stats_from not in ("all", "support"):
             raise ValueError(f"item_stats_from must be 'all' or 'support', got {item_stats_from!r}")
         self.item_stats_from = item_stats_from
-        item_width = embedding_dim * (len(item_cardinality) + len(self.multi_names))
+        if item_offset and not item_stats:
+            raise ValueError("item_offset needs item_stats (the offset is the item's shrunk mean)")
+        self.item_offset = bool(item_offset)
+        self.id_emb = nn.Embedding(n_items, embedding_dim) if item_id else None
+        self.register_buffer("item_known", torch.zeros(n_items) if item_id else None)
+        if item_factors < 0:
+            raise ValueError(f"item_factors must be >= 0, got {item_factors}")
+        self.register_buffer("item_fac", torch.zeros(n_items, item_factors) if item_factors else None)
+        self.fac_proj = nn.Linear(item_factors, embedding_dim) if item_factors else None
+        item_width = embedding_dim * (len(item_cardinality) + len(self.multi_names) + int(item_id)
+                                      + int(item_factors > 0))
         item_width += (0 if item_text is None else text_proj_dim) + (embedding_dim if item_stats else 0)
         self.item_norm = nn.LayerNorm(item_width) if item_norm and item_width else None
         if embedding_std <= 0:
             raise ValueError(f"embedding_std must be > 0, got {embedding_std}")
         with torch.no_grad():
-            for emb in [] if embedding_std == 1.0 else [*self.user_emb, *self.item_emb, *self.bag_emb.values()]:
+            ids = [] if self.id_emb is None else [self.id_emb]
+            for emb in [] if embedding_std == 1.0 else [*self.user_emb, *self.item_emb, *self.bag_emb.values(), *ids]:
                 emb.weight.normal_(0.0, embedding_std)
                 if emb.padding_idx is not None:
                     emb.weight[emb.padding_idx].zero_()
@@ -155,11 +169,21 @@ class Estimator(nn.Module):
             parts.append(self.text_proj(self.item_text[item_rows]))
         if self.stats_proj is not None:
             parts.append(self.stats_proj(self.item_stats[item_rows]))
+        if self.fac_proj is not None:
+            parts.append(self.fac_proj(self.item_fac[item_rows]))
+        if self.id_emb is not None:
+            parts.append(self.id_emb(item_rows) * self.item_known[item_rows].unsqueeze(-1))
         out = torch.cat(parts, dim=-1)
         return out if self.item_norm is None else self.item_norm(out)
 
+    @property
+    def fits_training_ratings(self) -> bool:
+        """Whether :meth:`fit_item_stats` has anything to fit (stats, ids or factors)."""
+        return any(b is not None for b in (self.item_stats, self.item_known, self.item_fac))
+
     @torch.no_grad()
-    def fit_item_stats(self, item_rows: Tensor, ratings: Tensor, shrinkage: float) -> None:
+    def fit_item_stats(self, item_rows: Tensor, ratings: Tensor, shrinkage: float,
+                       user_index: Tensor | None = None) -> None:
         """Fit the ``item_stats`` buffer from training ratings (no-op without item stats).
 
         Args:
@@ -168,13 +192,13 @@ class Estimator(nn.Module):
         Column 0 is ``log1p(count) / log1p(max count)`` in [0, 1]; column 1 the shrunk mean
         minus the global mean (rating units). Items without training ratings get (0, 0).
         """
-        if self.item_stats is None:
+        if not self.fits_training_ratings:
             return
         if ratings.numel() == 0:
             raise ValueError("fit_item_stats: no training ratings")
         if shrinkage < 0:
             raise ValueError(f"item_stats_shrinkage must be >= 0, got {shrinkage}")
-        n = self.item_stats.shape[0]
+        n = self.item_table.shape[0]
         rows = item_rows.long().cpu()
         r = ratings.double().cpu()
         if int(rows.min()) < 0 or int(rows.max()) >= n:
@@ -184,6 +208,15 @@ class Estimator(nn.Module):
         total = torch.bincount(rows, weights=r, minlength=n)
         mean = (total + shrinkage * mu) / (count + shrinkage).clamp(min=1e-12) - mu
         mean[count == 0] = 0.0
+        if self.item_known is not None:
+            self.item_known.copy_((count > 0).to(self.item_known))
+        if self.item_fac is not None:
+            if user_index is None:
+                raise ValueError("fit_item_stats: item_factors need the user of every rating")
+            self.item_fac.copy_(_pure_svd(rows, r, user_index.long().cpu(), n,
+                                          self.item_fac.shape[1]).to(self.item_fac))
+        if self.item_stats is None:
+            return
         logc = torch.log1p(count) / torch.log1p(count.max())
         self.item_stats.copy_(torch.stack([logc, mean], 1).to(self.item_stats))
 
@@ -214,7 +247,38 @@ class Estimator(nn.Module):
         :meth:`embed`, as MeLU mode does once per batch).
         """
         x = self.embed(user_cat, item_rows) if feats is None else feats
-        return self.decide(self.decision_params(), x)
+        scores = self.decide(self.decision_params(), x)
+        return scores + self.offset(item_rows) if self.item_offset else scores
+
+    def offset(self, item_rows: Tensor) -> Tensor:
+        """(..., K) item rows -> (..., K) additive score offset (zeros without item_offset):
+        the item's shrunk mean rating minus the global mean, from :meth:`fit_item_stats`."""
+        if not self.item_offset:
+            return torch.zeros(item_rows.shape, dtype=torch.float32, device=item_rows.device)
+        return self.item_stats[item_rows, 1]
+
+
+def _pure_svd(item_rows: Tensor, ratings: Tensor, users: Tensor, n_items: int, k: int) -> Tensor:
+    """(n_items, k) item factors: right singular vectors times singular values (relative to
+    the largest) of the dense users x items matrix of ratings minus each user's mean rating,
+    zeros where unrated (PureSVD, Cremonesi et al. 2010). Columns beyond the rank are zero."""
+    if users.shape != item_rows.shape:
+        raise ValueError("fit_item_stats: user_index must have one entry per rating")
+    _, uidx = torch.unique(users, return_inverse=True)
+    n_users = int(uidx.max()) + 1
+    user_mean = (torch.bincount(uidx, weights=ratings, minlength=n_users)
+                 / torch.bincount(uidx, minlength=n_users).double())
+    m = torch.zeros(n_users, n_items, dtype=torch.float64)
+    m.index_put_((uidx, item_rows), ratings - user_mean[uidx], accumulate=True)
+    _, s, vh = torch.linalg.svd(m, full_matrices=False)
+    k_eff = min(k, s.shape[0])
+    out = torch.zeros(n_items, k, dtype=torch.float64)
+    if k_eff and float(s[0]) > 0:
+        out[:, :k_eff] = vh[:k_eff].T * (s[:k_eff] / s[0])
+    # Singular vectors have an arbitrary sign: fix it (largest |entry| positive) so that the
+    # same ratings always give the same factors.
+    sign = torch.sign(out.gather(0, out.abs().argmax(0, keepdim=True)))
+    return out * torch.where(sign == 0, 1.0, sign)
 
 
 def _check_table(name: str, table: Tensor, cardinality: tuple[int, ...]) -> None:
@@ -249,4 +313,7 @@ def build_model(features: FeatureArrays, cfg: ModelConfig) -> Estimator:
         item_stats_from=cfg.item_stats_from,
         item_norm=cfg.item_norm,
         embedding_std=cfg.embedding_std,
+        item_offset=cfg.item_offset,
+        item_id=cfg.item_id,
+        item_factors=cfg.item_factors,
     )
