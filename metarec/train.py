@@ -188,7 +188,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
             cb(step, metrics)
         return bad >= cfg.patience
 
-    stopped = False
+    # A resumed run whose patience was already used up (it stopped at that checkpoint) is done.
+    stopped = bad >= cfg.patience
     if step == 0 and not history:
         # The starting point competes too: a pretrained model that meta-training only makes
         # worse is kept as it is.

@@ -134,3 +134,15 @@ def test_resume_is_exact_with_resplit_tasks(tmp_path) -> None:
                          resume=True)
     for k, v in full.model_state.items():
         torch.testing.assert_close(resumed.model_state[k], v, rtol=0, atol=0)
+
+
+def test_resuming_a_run_that_already_stopped_trains_nothing_more(tmp_path) -> None:
+    train, valid = tiny_tasks(0, n=10), tiny_tasks(1, n=4)
+    cfg = TrainConfig(lr=0.0, tasks_per_batch=4, max_steps=100, eval_every=2, patience=3,
+                      device="cpu", progress=False, checkpoint_every=6)
+    first = meta_train(*_fresh(), train, valid, cfg, seed=0, checkpoint_dir=tmp_path)
+    assert first.stopped_early and first.steps == 6  # its last checkpoint is the stopping point
+    seen: list[int] = []
+    again = meta_train(*_fresh(), train, valid, cfg, seed=0, checkpoint_dir=tmp_path, resume=True,
+                       callbacks=[lambda s, m: seen.append(s)])
+    assert again.steps == 6 and again.history == first.history and seen == []
