@@ -2,7 +2,8 @@
 
 ``meta_train`` runs AdamW on the meta-parameters (the model's and the learner's own, such as
 Meta-SGD's rates), bf16 autocast on CUDA, gradient clipping, validation every ``eval_every``
-steps with early stopping on the validation MAE, and resumable checkpoints: a run interrupted
+steps (and once before the first step) with early stopping on the validation MAE, optional
+fresh support/query resplits of the training tasks at every draw, and resumable checkpoints: a run interrupted
 and resumed from its last checkpoint ends with exactly the parameters of an uninterrupted run
 with the same seed (task sampling uses its own seeded generator, saved in the checkpoint).
 Metrics go to callbacks ``(step, metrics) -> None``; MLflow logging is one such callback.
@@ -191,8 +192,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     # A resumed run whose patience was already used up (it stopped at that checkpoint) is done.
     stopped = bad >= cfg.patience
     if step == 0 and not history:
-        # The starting point competes too: a pretrained model that meta-training only makes
-        # worse is kept as it is.
+        # The starting point competes too: when meta-training only makes validation worse,
+        # the initial weights are what the run returns.
         stopped = evaluate()
     bar = tqdm(total=cfg.max_steps, initial=step, disable=None if cfg.progress else True,
                desc="meta-train", leave=False)
@@ -240,4 +241,3 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
                        learner_state=copy.deepcopy(best["learner"]), history=history,
                        steps=step, best_step=int(best["step"]), best_valid_mae=float(best["mae"]),
                        stopped_early=stopped)
-
