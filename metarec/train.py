@@ -3,9 +3,10 @@
 ``meta_train`` runs AdamW on the meta-parameters (the model's and the learner's own, such as
 Meta-SGD's rates), bf16 autocast on CUDA, gradient clipping, validation every ``eval_every``
 steps (and once before the first step) with early stopping on the validation MAE, optional
-fresh support/query resplits of the training tasks at every draw, and resumable checkpoints: a run interrupted
-and resumed from its last checkpoint ends with exactly the parameters of an uninterrupted run
-with the same seed (task sampling uses its own seeded generator, saved in the checkpoint).
+fresh support/query resplits of the training tasks at every draw, and resumable checkpoints: a
+run interrupted and resumed from its last checkpoint ends with exactly the parameters of an
+uninterrupted run with the same seed (task sampling and resplits use their own seeded
+generator, saved in the checkpoint).
 Metrics go to callbacks ``(step, metrics) -> None``; MLflow logging is one such callback.
 """
 
