@@ -204,7 +204,7 @@ class ModelConfig:
 class MetaConfig:
     """The meta-learner and its inner loop (metarec.meta)."""
 
-    learner: Literal["maml", "fomaml", "melu", "metasgd", "reptile"] = "melu"
+    learner: Literal["maml", "fomaml", "melu", "metasgd", "reptile", "ridge"] = "melu"
     # Gradient steps on the support set (training, validation, test and serving alike).
     inner_steps: int = 1
     # Inner-loop learning rate (Meta-SGD: the initial value of its learned per-parameter rates).
@@ -225,6 +225,10 @@ class MetaConfig:
     # + weight * ListNet loss on each query set (softmax cross-entropy between the adapted
     # scores and the true ratings): a within-user ranking objective beside the MSE.
     rank_loss_weight: float = 0.0
+    # ridge learner: initial penalties of the closed-form output-layer adaptation, one for the
+    # output weights and one for its bias (both meta-learned from there, per dimension).
+    ridge_lambda: float = 1.0
+    ridge_bias_lambda: float = 0.1
     # Drop second-order terms for maml/metasgd ("fomaml" and "reptile" are first-order anyway).
     first_order: bool = False
     # Baseline "global + fine-tune": plain gradient steps on the support set at test time.

@@ -29,6 +29,12 @@ Inner step (L = sum(m (y - r)^2) / max(sum m, 1), the loss of ``masked_mse``)::
     Wt_i <- Wt_i - lr_i dWt_i;  b_i <- b_i - lr_i db_i   (lr_i: scalar, or Meta-SGD's rates)
 
 Weights are kept transposed (``Wt = W.T``, (in, out)) so every product is a plain MatMul.
+
+The ``ridge`` learner adapts the output layer in closed form instead
+(:func:`metarec.meta.inner.ridge_head`); its (H+1)x(H+1) ridge system is solved inside the graph
+with matrix products only: Newton-Schulz iterations for the inverse from ``I / ||A||_F`` and
+two steps of iterative refinement (``_ridge_scores``). Items with a residual offset
+(``model.item_offset``) carry it as an initializer ``item_offset`` (I,) in both kinds of graph.
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ SCORER_FILE = "scorer.onnx"
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
 DEFAULT_OPSET = 18
+RIDGE_ITERATIONS = 40  # Newton-Schulz steps for the ridge learner's inverse (see _ridge_scores)
+RIDGE_REFINEMENTS = 2
 ADAPT_INPUTS = ("user_cat", "support_items", "support_ratings", "support_mask", "candidate_items")
 SCORER_INPUTS = ("user_cat", "candidate_items")
 
@@ -93,7 +101,7 @@ class ParityReport:
 def _check_exportable(model: Estimator, meta_cfg: MetaConfig) -> None:
     if meta_cfg.inner_steps < 0:
         raise ValueError(f"meta.inner_steps must be >= 0, got {meta_cfg.inner_steps}")
-    if meta_cfg.learner != "melu" and meta_cfg.adapted != "decision":
+    if meta_cfg.learner not in ("melu", "ridge") and meta_cfg.adapted != "decision":
         raise ValueError(
             f"ONNX export supports adaptation of the decision MLP only (MeLU mode); "
             f"meta.adapted is {meta_cfg.adapted!r} for learner {meta_cfg.learner!r}")
@@ -212,15 +220,63 @@ def _inner_step(g: _Graph, x: str, ratings: str, mask: str, denom: str,
     return new
 
 
+def _hidden(g: _Graph, x: str, weights: list[tuple[str, str]], rows: str) -> str:
+    """Last hidden layer plus a constant-1 column: (K, F) -> (K, H + 1) (inner.hidden_features)."""
+    h = x
+    for wt, b in weights[:-1]:
+        h = g.op("Relu", g.op("Add", g.op("MatMul", h, wt), b))
+    ones = g.op("Expand", "one_1x1", g.op("Concat", g.op("Shape", rows), "axis_one", axis=0))
+    return g.op("Concat", h, ones, axis=1)
+
+
+def _ridge_scores(g: _Graph, x_support: str, x_cand: str, weights: list[tuple[str, str]],
+                  offsets: str | None, lam: np.ndarray) -> str:
+    """:func:`metarec.meta.inner.ridge_head` for one task, with standard ONNX ops only.
+
+    The (H+1)x(H+1) system is solved by Newton-Schulz iterations for the inverse
+    (X <- X (2I - A X) from X = I / ||A||_F, which converges for symmetric positive definite A)
+    followed by iterative refinement of the solution; ``RIDGE_ITERATIONS`` covers condition
+    numbers beyond 1e6 in float32.
+    """
+    k = lam.shape[0]
+    g.const("ridge_lam", np.diag(lam.astype(np.float32)))
+    g.const("ridge_eye2", (2.0 * np.eye(k)).astype(np.float32))
+    wt_out, b_out = weights[-1]
+    w0 = g.op("Concat", wt_out, g.op("Unsqueeze", b_out, "axis_zero"), axis=0)  # (H1, 1)
+    hs = _hidden(g, x_support, weights, "support_items")  # (S, H1)
+    hq = _hidden(g, x_cand, weights, "candidate_items")  # (C, H1)
+    base_s = g.op("Reshape", g.op("MatMul", hs, w0), "minus_one")  # (S,)
+    if offsets is not None:
+        base_s = g.op("Add", base_s, g.op("Gather", offsets, "support_items", axis=0))
+    resid = g.op("Mul", g.op("Sub", "support_ratings", base_s), "support_mask")  # (S,)
+    hm = g.op("Mul", hs, g.op("Unsqueeze", "support_mask", "axis_one"))  # (S, H1)
+    hmt = g.op("Transpose", hm, perm=[1, 0])
+    a = g.op("Add", g.op("MatMul", hmt, hs), "ridge_lam")  # (H1, H1)
+    b = g.op("MatMul", hmt, g.op("Unsqueeze", resid, "axis_one"))  # (H1, 1)
+    norm = g.op("Sqrt", g.op("ReduceSum", g.op("Mul", a, a), keepdims=0))
+    x = g.op("Div", g.const("ridge_eye", np.eye(k, dtype=np.float32)), norm)
+    for _ in range(RIDGE_ITERATIONS):
+        x = g.op("MatMul", x, g.op("Sub", "ridge_eye2", g.op("MatMul", a, x)))
+    dw = g.op("MatMul", x, b)
+    for _ in range(RIDGE_REFINEMENTS):
+        dw = g.op("Add", dw, g.op("MatMul", x, g.op("Sub", b, g.op("MatMul", a, dw))))
+    scores = g.op("Reshape", g.op("MatMul", hq, g.op("Add", w0, dw)), "minus_one")  # (C,)
+    if offsets is not None:
+        scores = g.op("Add", scores, g.op("Gather", offsets, "candidate_items", axis=0))
+    return scores
+
+
 def _build(model: Estimator, meta_cfg: MetaConfig, adapt: bool, opset: int,
-           per_param_lr: Mapping[str, torch.Tensor] | None) -> onnx.ModelProto:
+           per_param_lr: Mapping[str, torch.Tensor] | None,
+           ridge_lambda: torch.Tensor | None = None) -> onnx.ModelProto:
     g = _Graph()
     g.const("item_feats", _item_feats(model))
     for name, value in (("minus_one", np.array([-1], np.int64)),
                         ("axis_zero", np.array([0], np.int64)),
                         ("axis_one", np.array([1], np.int64)),
                         ("zero", np.array(0.0, np.float32)), ("one", np.array(1.0, np.float32)),
-                        ("two", np.array(2.0, np.float32))):
+                        ("two", np.array(2.0, np.float32)),
+                        ("one_1x1", np.ones((1, 1), np.float32))):
         g.const(name, value)
     user_vec, eu = None, 0
     if len(model.user_emb):
@@ -238,6 +294,14 @@ def _build(model: Estimator, meta_cfg: MetaConfig, adapt: bool, opset: int,
         offsets = g.const("item_offset", model.offset(rows).detach().float().cpu().numpy())
     layers = _decision(model, per_param_lr, meta_cfg.inner_lr)
     weights = [(g.const(f"Wt_{i}", l["Wt"]), g.const(f"b_{i}", l["b"])) for i, l in enumerate(layers)]
+    if adapt and ridge_lambda is not None:
+        lam = ridge_lambda.detach().float().cpu().numpy()
+        if lam.shape != (weights_width(model) + 1,) or not np.all(lam > 0):
+            raise ValueError(f"ridge_lambda must hold {weights_width(model) + 1} positive values")
+        scores = _ridge_scores(g, _features(g, "support_items", user_vec, eu),
+                               _features(g, "candidate_items", user_vec, eu), weights, offsets, lam)
+        g.nodes.append(helper.make_node("Identity", [scores], ["scores"]))
+        return _finish(g, model, adapt, opset)
     if adapt and meta_cfg.inner_steps > 0:
         rates = [(g.const(f"lr_Wt_{i}", l["lr_Wt"]), g.const(f"lr_b_{i}", l["lr_b"]))
                  for i, l in enumerate(layers)]
@@ -251,7 +315,16 @@ def _build(model: Estimator, meta_cfg: MetaConfig, adapt: bool, opset: int,
     if offsets is not None:
         scores = g.op("Add", scores, g.op("Gather", offsets, "candidate_items", axis=0))
     g.nodes.append(helper.make_node("Identity", [scores], ["scores"]))
+    return _finish(g, model, adapt, opset)
 
+
+def weights_width(model: Estimator) -> int:
+    """Width of the decision MLP's last hidden layer (the output layer's input)."""
+    return int(model.decision[-1].in_features)
+
+
+def _finish(g: _Graph, model: Estimator, adapt: bool, opset: int) -> onnx.ModelProto:
+    """Inputs, outputs and checks around the nodes of ``g``."""
     fu = len(model.user_emb)
     vec = {"user_cat": ([fu], TensorProto.INT64), "support_items": (["S"], TensorProto.INT64),
            "support_ratings": (["S"], TensorProto.FLOAT), "support_mask": (["S"], TensorProto.FLOAT),
@@ -284,6 +357,7 @@ def _prune(proto: onnx.ModelProto) -> None:
 def export_onnx(model: Estimator, features: FeatureArrays, meta_cfg: MetaConfig,
                 out_dir: str | Path, *, opset: int = DEFAULT_OPSET,
                 per_param_lr: Mapping[str, torch.Tensor] | None = None,
+                ridge_lambda: torch.Tensor | None = None,
                 user_encoders: Sequence[Mapping[str, Any]] | None = None,
                 titles: Mapping[int, str] | None = None,
                 rating_range: tuple[float, float] = (1.0, 5.0),
@@ -295,6 +369,8 @@ def export_onnx(model: Estimator, features: FeatureArrays, meta_cfg: MetaConfig,
         features: the arrays the model was built from (item/user ids and fields).
         meta_cfg: inner steps and rate baked into the graph (``learner``/``adapted`` checked).
         per_param_lr: Meta-SGD's learned rates by parameter name (replaces ``inner_lr``).
+        ridge_lambda: the ridge learner's (H + 1,) penalties: the graph adapts the output
+            layer in closed form instead of by gradient steps.
         user_encoders: ``FeatureEncoders.to_dict()["user"]``, to encode a request's user
             attributes at serving time (None: requests carry no user features).
         titles: canonical item id -> title, shown by ``metarec recommend`` and the API.
@@ -311,7 +387,9 @@ def export_onnx(model: Estimator, features: FeatureArrays, meta_cfg: MetaConfig,
         cols = [e["column"] for e in user_encoders]
         if tuple(cols) != tuple(features.user_fields):
             raise ValueError(f"user encoders {cols} do not match user fields {features.user_fields}")
-    model_proto = _build(model, meta_cfg, True, opset, per_param_lr)
+    if (ridge_lambda is None) == (meta_cfg.learner == "ridge"):
+        raise ValueError("the ridge learner exports with its ridge_lambda, other learners without")
+    model_proto = _build(model, meta_cfg, True, opset, per_param_lr, ridge_lambda)
     scorer_proto = _build(model, meta_cfg, False, opset, None)
     item_ids = [int(i) for i in features.item_ids]
     metadata = {
@@ -320,6 +398,7 @@ def export_onnx(model: Estimator, features: FeatureArrays, meta_cfg: MetaConfig,
         "inputs": list(ADAPT_INPUTS), "scorer_inputs": list(SCORER_INPUTS), "output": "scores",
         "inner_steps": meta_cfg.inner_steps, "inner_lr": meta_cfg.inner_lr,
         "learner": meta_cfg.learner, "per_param_lr": per_param_lr is not None,
+        "adaptation": "ridge" if ridge_lambda is not None else "gradient_steps",
         "item_ids": item_ids,
         "titles": None if titles is None else [titles.get(i) for i in item_ids],
         "user_fields": list(features.user_fields),
@@ -355,14 +434,21 @@ def cpu_session(path: str | Path, threads: int = 1) -> Any:
 def torch_reference(model: Estimator, meta_cfg: MetaConfig, user_cat: torch.Tensor,
                     items: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor,
                     candidates: torch.Tensor,
-                    per_param_lr: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Scores of ``candidates`` after :func:`metarec.meta.inner.adapt` on the support set.
+                    per_param_lr: Mapping[str, torch.Tensor] | None = None,
+                    ridge_lambda: torch.Tensor | None = None) -> torch.Tensor:
+    """Scores of ``candidates`` after :func:`metarec.meta.inner.adapt` on the support set
+    (with ``ridge_lambda``: after :func:`metarec.meta.inner.ridge_head`, the ridge learner).
 
     Shapes: user_cat (Fu,), items/ratings/mask (S,), candidates (C,) -> (C,). This is what
     the learners' ``predict`` computes in MeLU mode (towers once, decision MLP adapted).
     """
-    from metarec.meta.inner import adapt
+    from metarec.meta.inner import adapt, ridge_head
 
+    if ridge_lambda is not None:
+        with torch.no_grad():
+            return ridge_head(model, model.embed(user_cat[None], items[None]), items[None],
+                              ratings[None], mask[None], model.embed(user_cat[None], candidates[None]),
+                              candidates[None], ridge_lambda)[0]
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     adapted = frozenset(n for n in params if n.startswith(DECISION_PREFIX))
@@ -376,7 +462,8 @@ def torch_reference(model: Estimator, meta_cfg: MetaConfig, user_cat: torch.Tens
 
 def parity_check(model: Estimator, export: ExportResult | str | Path, meta_cfg: MetaConfig, *,
                  n_tasks: int = 16, tol: float = 1e-4, seed: int = 0,
-                 per_param_lr: Mapping[str, torch.Tensor] | None = None) -> ParityReport:
+                 per_param_lr: Mapping[str, torch.Tensor] | None = None,
+                 ridge_lambda: torch.Tensor | None = None) -> ParityReport:
     """Compare ONNX Runtime (CPU) with PyTorch on ``n_tasks`` random tasks.
 
     Support sizes cycle through 0, 1, 2, 5, 10, 37 (capped at the item count); one task in
@@ -414,7 +501,7 @@ def parity_check(model: Estimator, export: ExportResult | str | Path, meta_cfg: 
         tt = {k: torch.as_tensor(v, device=dev) for k, v in feed.items()}
         want = torch_reference(model, meta_cfg, tt["user_cat"], tt["support_items"],
                                tt["support_ratings"], tt["support_mask"], tt["candidate_items"],
-                               per_param_lr).cpu().numpy()
+                               per_param_lr, ridge_lambda).cpu().numpy()
         worst = max(worst, float(np.max(np.abs(got - want))))
         got0 = score_sess.run(["scores"], {"user_cat": feed["user_cat"],
                                            "candidate_items": feed["candidate_items"]})[0]

@@ -170,3 +170,35 @@ def test_parity_with_item_offset_and_item_ids(tmp_path: Path) -> None:
         assert not parity_check(model, res, cfg, n_tasks=8, per_param_lr=rates).passed
     finally:
         model.item_offset = True
+
+
+@pytest.mark.parametrize("offset", [False, True])
+def test_parity_of_the_ridge_learner(tmp_path: Path, offset: bool) -> None:
+    """The closed-form output-layer adaptation solved in the graph (Newton-Schulz + refinement)
+    matches torch.linalg.solve, zero support included."""
+    from metarec.config import ModelConfig
+    from metarec.meta.learners import build_learner
+
+    torch.manual_seed(5)
+    features = tiny_features()
+    model = build_model(features, ModelConfig(embedding_dim=4, hidden=(8, 8), text_proj_dim=4,
+                                              item_stats=True, item_offset=offset,
+                                              item_norm=True, embedding_std=0.3)).eval()
+    gen = torch.Generator().manual_seed(2)
+    model.fit_item_stats(torch.randint(0, 25, (300,), generator=gen),
+                         torch.randint(1, 6, (300,), generator=gen).float(), 2.0)
+    cfg = MetaConfig(learner="ridge", ridge_lambda=0.5, ridge_bias_lambda=0.05)
+    learner = build_learner(model, cfg)
+    with torch.no_grad():  # uneven learned penalties, as after meta-training
+        learner.log_lam.add_(torch.linspace(-1.0, 1.0, learner.log_lam.numel()))
+    lam = learner.ridge_lambda().detach()
+    res = export_onnx(model, features, cfg, tmp_path / "e", ridge_lambda=lam)
+    meta = json.loads((tmp_path / "e" / "metadata.json").read_text())
+    assert meta["learner"] == "ridge" and meta["adaptation"] == "ridge"
+    report = parity_check(model, res, cfg, n_tasks=12, ridge_lambda=lam)
+    assert report.passed and 0 in report.support_sizes, report
+    # the graph holds these penalties: others give other scores
+    assert not parity_check(model, res, cfg, n_tasks=6, ridge_lambda=lam * 10).passed
+    with pytest.raises(ValueError, match="ridge_lambda"):
+        export_onnx(model, features, cfg, tmp_path / "f")
+    assert not (tmp_path / "f").exists()

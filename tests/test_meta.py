@@ -318,3 +318,65 @@ def test_resplit_redraws_support_and_query_keeping_each_tasks_ratings() -> None:
     assert not torch.equal(other.query_items, new.query_items)
     with pytest.raises(ValueError, match="keys"):
         resplit(batch, keys[:, 1:])
+
+
+def _ridge_reference(model, learner, tasks: TaskArrays) -> torch.Tensor:
+    """Per task, unpadded, written from the formula with an explicit inverse: the mean query
+    MSE of the ridge learner (its rank loss is off)."""
+    lam = learner.ridge_lambda()
+    last = model.decision[-1]
+    w0 = torch.cat([last.weight[0], last.bias])
+    total = 0.0
+    for n in range(len(tasks)):
+        sm, qm = tasks.support_mask[n], tasks.query_mask[n]
+        user = model.user_table[int(tasks.user_row[n])]
+
+        def hidden(items):
+            h = model.embed(user, items)
+            for layer in model.decision[:-1]:
+                h = torch.relu(layer(h))
+            return torch.cat([h, torch.ones(len(items), 1)], 1)
+
+        s_items = torch.as_tensor(tasks.support_items[n][sm])
+        q_items = torch.as_tensor(tasks.query_items[n][qm])
+        hs, hq = hidden(s_items), hidden(q_items)
+        r = torch.as_tensor(tasks.support_ratings[n][sm]) - model.offset(s_items) - hs @ w0
+        dw = torch.linalg.inv(hs.T @ hs + torch.diag(lam)) @ (hs.T @ r)
+        pred = model.offset(q_items) + hq @ (w0 + dw)
+        total = total + ((pred - torch.as_tensor(tasks.query_ratings[n][qm])) ** 2).mean()
+    return total / len(tasks)
+
+
+@pytest.mark.parametrize("extra_s,extra_q", [(0, 0), (4, 3)])
+def test_ridge_learner_matches_the_formula_task_by_task_and_its_meta_gradient(extra_s, extra_q) -> None:
+    model, tasks = _setup(7)
+    learner = build_learner(model, MetaConfig(learner="ridge", ridge_lambda=0.7,
+                                              ridge_bias_lambda=0.2))
+    with torch.no_grad():
+        learner.log_lam.add_(torch.linspace(-0.5, 0.5, learner.log_lam.numel()))
+    padded = _pad(tasks, extra_s, extra_q, seed=3) if (extra_s or extra_q) else tasks
+    meta = list(model.parameters()) + list(learner.parameters())
+    loss = learner.meta_loss(model, make_batch(model.user_table, padded))
+    want = _ridge_reference(model, learner, tasks)
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    got_g = torch.autograd.grad(loss, meta, allow_unused=True)
+    want_g = torch.autograd.grad(want, meta, allow_unused=True)
+    for g, w in zip(got_g, want_g):
+        if w is None:
+            assert g is None or float(g.abs().max()) == 0.0
+        else:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    assert float(got_g[-1].abs().max()) > 0  # the penalties are meta-learned
+
+
+def test_ridge_learner_without_support_scores_like_the_model_and_rejects_bad_penalties() -> None:
+    model, tasks = _setup(8)
+    learner = build_learner(model, MetaConfig(learner="ridge"))
+    batch = make_batch(model.user_table, tasks)
+    batch.support_mask = torch.zeros_like(batch.support_mask)
+    with torch.no_grad():
+        torch.testing.assert_close(learner.predict(model, batch),
+                                   model(batch.user_cat, batch.query_items), rtol=1e-5, atol=1e-5)
+    for bad in (dict(ridge_lambda=0.0), dict(ridge_bias_lambda=-1.0)):
+        with pytest.raises(ValueError, match="ridge"):
+            build_learner(model, MetaConfig(learner="ridge", **bad))

@@ -112,6 +112,49 @@ def listnet_loss(scores: Tensor, ratings: Tensor, mask: Tensor) -> Tensor:
     return -(target * torch.where(real, logp, 0.0)).sum(-1) * (real.sum(-1) > 1)
 
 
+def hidden_features(model: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """The decision MLP's last hidden layer plus a constant 1: (..., K, F) -> (..., K, H + 1).
+
+    The output layer is a linear head on these features (its weights and bias as one vector).
+    """
+    n = len(model.decision)
+    h = x
+    for i in range(n - 1):
+        h = torch.relu(h @ params[f"decision.{i}.weight"].T + params[f"decision.{i}.bias"])
+    return torch.cat([h, torch.ones_like(h[..., :1])], -1)
+
+
+def ridge_head(model: nn.Module, support_feats: Tensor, support_items: Tensor,
+               support_ratings: Tensor, support_mask: Tensor, query_feats: Tensor,
+               query_items: Tensor, lam: Tensor) -> Tensor:
+    """Closed-form adaptation of the output layer (R2-D2, Bertinetto et al., ICLR 2019):
+    the ridge regression of a task's support residuals on the last hidden features, shrunk
+    toward the meta-learned output layer by the per-dimension penalties ``lam``.
+
+    Shapes: ``support_feats`` (N, S, F) tower features, items/ratings/mask (N, S);
+    ``query_feats`` (N, Q, F), ``query_items`` (N, Q); ``lam`` (H + 1,) > 0 -> (N, Q) scores.
+    With w0 = concat(W_out, b_out), Hs the support features and m the mask::
+
+        dw = (Hs^T diag(m) Hs + diag(lam))^-1 Hs^T diag(m) (r - offset - Hs w0)
+        score = offset + Hq (w0 + dw)
+
+    No support rating (all m = 0) gives dw = 0: the unadapted model's scores.
+    """
+    params = model.decision_params()
+    last = len(model.decision) - 1
+    w0 = torch.cat([params[f"decision.{last}.weight"][0], params[f"decision.{last}.bias"]])
+    hs = hidden_features(model, params, support_feats).float()  # (N, S, H1)
+    hq = hidden_features(model, params, query_feats).float()  # (N, Q, H1)
+    w0, lam = w0.float(), lam.float()
+    mask = support_mask.float()
+    resid = (support_ratings.float() - model.offset(support_items).float() - hs @ w0) * mask
+    hm = hs * mask.unsqueeze(-1)
+    a = hm.transpose(1, 2) @ hs + torch.diag_embed(lam).expand(hs.shape[0], -1, -1)
+    b = (hm.transpose(1, 2) @ resid.unsqueeze(-1)).squeeze(-1)  # (N, H1)
+    dw = torch.linalg.solve(a, b)
+    return model.offset(query_items).float() + hq @ w0 + (hq * dw.unsqueeze(1)).sum(-1)
+
+
 def task_scores(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                 user_cat: Tensor, items: Tensor, feats: Tensor | None = None) -> Tensor:
     """Scores of one task's items with ``params``: (Fu,), (K,) [, (K, F)] -> (K,)."""

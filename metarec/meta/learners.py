@@ -6,6 +6,10 @@
   computed once per batch, outside the inner loop;
 - ``metasgd``: Meta-SGD (Li et al., 2017): a learned learning rate per parameter entry;
 - ``reptile``: Reptile (Nichol et al., 2018): adapt on the whole task, move toward the result;
+- ``ridge``: R2-D2 (Bertinetto et al., ICLR 2019) on the MeLU estimator: the output layer adapts
+  in closed form, a ridge regression of the support residuals on the last hidden features
+  shrunk toward the meta-learned output layer, with meta-learned per-dimension penalties (the
+  limit of infinitely many inner steps on a penalised MSE); everything else as MeLU mode;
 - ``global`` (baseline, not a meta-learner): plain regression on every rating, no adaptation.
 
 A learner is an ``nn.Module`` (Meta-SGD's rates are meta-parameters trained with the model) and
@@ -15,6 +19,7 @@ offers ``meta_loss(model, batch)`` (the scalar the training loop backpropagates)
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -22,10 +27,10 @@ from torch import Tensor, nn
 
 from metarec.config import MetaConfig
 from metarec.meta.inner import (TaskBatch, adapt_batch, listnet_loss, masked_mse, query_loss,
-                                query_scores)
+                                query_scores, ridge_head)
 from metarec.models.estimator import DECISION_PREFIX, Estimator
 
-LEARNERS = ("maml", "fomaml", "melu", "metasgd", "reptile", "global")
+LEARNERS = ("maml", "fomaml", "melu", "metasgd", "reptile", "ridge", "global")
 
 
 class Learner(Protocol):
@@ -182,6 +187,50 @@ class ReptileLearner(GradientLearner):
         return pull + towers
 
 
+class RidgeLearner(nn.Module):
+    """Closed-form output-layer adaptation (:func:`metarec.meta.inner.ridge_head`).
+
+    Meta-parameters: the model's (towers, hidden layers, the output layer as the ridge prior)
+    and ``log_lam``, the log of one penalty per output weight and one for the bias, trained by
+    the same outer loop. The query loss is the MSE plus ``rank_loss_weight`` times ListNet.
+    """
+
+    def __init__(self, model: Estimator, *, lam: float, bias_lam: float,
+                 rank_loss_weight: float = 0.0) -> None:
+        super().__init__()
+        if lam <= 0 or bias_lam <= 0:
+            raise ValueError(f"ridge_lambda and ridge_bias_lambda must be > 0, got {lam} and "
+                             f"{bias_lam}")
+        if rank_loss_weight < 0:
+            raise ValueError(f"rank_loss_weight must be >= 0, got {rank_loss_weight}")
+        width = model.decision[-1].in_features
+        init = torch.full((width + 1,), math.log(lam))
+        init[-1] = math.log(bias_lam)
+        self.log_lam = nn.Parameter(init)
+        self.rank_loss_weight = float(rank_loss_weight)
+
+    def ridge_lambda(self) -> Tensor:
+        """(H + 1,) penalties: one per output weight, the bias's last."""
+        return self.log_lam.exp()
+
+    def scores(self, model: Estimator, batch: TaskBatch) -> Tensor:
+        return ridge_head(model, model.embed(batch.user_cat, batch.support_items),
+                          batch.support_items, batch.support_ratings, batch.support_mask,
+                          model.embed(batch.user_cat, batch.query_items), batch.query_items,
+                          self.ridge_lambda())
+
+    def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
+        scores = self.scores(model, batch)
+        loss = masked_mse(scores, batch.query_ratings, batch.query_mask).mean()
+        if self.rank_loss_weight > 0:
+            loss = loss + self.rank_loss_weight * listnet_loss(
+                scores, batch.query_ratings, batch.query_mask).mean()
+        return loss
+
+    def predict(self, model: Estimator, batch: TaskBatch) -> Tensor:
+        return self.scores(model, batch).detach()
+
+
 class GlobalLearner(nn.Module):
     """Baseline: the same network trained on every rating of the training tasks (support and
     query alike) with no adaptation; its ``predict`` scores the query as is."""
@@ -216,6 +265,9 @@ def build_learner(model: Estimator, cfg: MetaConfig, name: str | None = None) ->
                                learn_lr=True, **common, **bias)
     if name == "reptile":
         return ReptileLearner(model, adapted=cfg.adapted, **common)
+    if name == "ridge":
+        return RidgeLearner(model, lam=cfg.ridge_lambda, bias_lam=cfg.ridge_bias_lambda,
+                            rank_loss_weight=cfg.rank_loss_weight)
     if name == "global":
         return GlobalLearner()
     raise ValueError(f"unknown learner {name!r}; choose one of {', '.join(LEARNERS)}")
