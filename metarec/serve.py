@@ -118,8 +118,10 @@ class Recommender:
         self.session = ort.InferenceSession(str(self.model_dir / self.meta["model_file"]),
                                             sess_options=opts, providers=self.providers)
         self._all_rows = np.arange(len(self.item_ids), dtype=np.int64)
-        log.info("serving %s: %d items, %d inner steps, providers %s", self.source,
-                 len(self.item_ids), self.meta["inner_steps"], self.session.get_providers())
+        adaptation = ("closed-form ridge" if self.meta.get("adaptation") == "ridge"
+                      else f"{self.meta['inner_steps']} inner steps")
+        log.info("serving %s: %d items, %s, providers %s", self.source,
+                 len(self.item_ids), adaptation, self.session.get_providers())
 
     @classmethod
     def load(cls, uri: str, *, tracking_uri: str | None = None, threads: int = 1,
@@ -228,6 +230,7 @@ class Recommender:
     def info(self) -> dict[str, Any]:
         return {"model": self.source, "items": len(self.item_ids),
                 "user_fields": list(self.user_fields), "inner_steps": self.meta["inner_steps"],
+                "adaptation": self.meta.get("adaptation", "gradient_steps"),
                 "learner": self.meta["learner"], "providers": self.session.get_providers(),
                 "extra": self.meta.get("extra", {})}
 

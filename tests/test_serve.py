@@ -182,3 +182,26 @@ def test_load_champion_from_mlflow_registry(exported, tmp_path: Path, monkeypatc
     assert [i.to_dict() for i in rec.recommend(None, ratings, k=5)] == \
         [i.to_dict() for i in local.recommend(None, ratings, k=5)]
     np.testing.assert_array_equal(rec.item_ids, local.item_ids)
+
+
+def test_recommend_with_a_ridge_export_matches_torch(tmp_path: Path) -> None:
+    """The ridge learner's closed-form adaptation serves like the gradient-step graphs."""
+    from metarec.meta.learners import build_learner
+
+    torch.manual_seed(1)
+    features = tiny_features()
+    model = build_model(features, TINY).eval()
+    meta = MetaConfig(learner="ridge", ridge_lambda=0.5)
+    lam = build_learner(model, meta).ridge_lambda().detach()
+    out = tmp_path / "export"
+    export_onnx(model, features, meta, out, ridge_lambda=lam,
+                user_encoders=ENCODERS.to_dict()["user"], rating_range=(1.0, 5.0))
+    rec = Recommender(out, max_ratings=SERVE.max_ratings)
+    assert rec.info()["adaptation"] == "ridge" and rec.info()["learner"] == "ridge"
+    items = rec.recommend({"gender": "M", "age": 20}, {1003: 5, 1007: 2}, k=30,
+                          exclude_seen=False)
+    want = torch_reference(model, meta, torch.tensor([2, 2]), torch.tensor([3, 7]),
+                           torch.tensor([5.0, 2.0]), torch.ones(2), torch.arange(30),
+                           ridge_lambda=lam)
+    for it in items:
+        assert abs(it.score - float(want[it.item_id - 1000])) < 1e-4
