@@ -143,16 +143,18 @@ def ridge_head(model: nn.Module, support_feats: Tensor, support_items: Tensor,
     params = model.decision_params()
     last = len(model.decision) - 1
     w0 = torch.cat([params[f"decision.{last}.weight"][0], params[f"decision.{last}.bias"]])
-    hs = hidden_features(model, params, support_feats).float()  # (N, S, H1)
-    hq = hidden_features(model, params, query_feats).float()  # (N, Q, H1)
-    w0, lam = w0.float(), lam.float()
-    mask = support_mask.float()
-    resid = (support_ratings.float() - model.offset(support_items).float() - hs @ w0) * mask
-    hm = hs * mask.unsqueeze(-1)
-    a = hm.transpose(1, 2) @ hs + torch.diag_embed(lam).expand(hs.shape[0], -1, -1)
-    b = (hm.transpose(1, 2) @ resid.unsqueeze(-1)).squeeze(-1)  # (N, H1)
-    dw = torch.linalg.solve(a, b)
-    return model.offset(query_items).float() + hq @ w0 + (hq * dw.unsqueeze(1)).sum(-1)
+    hs = hidden_features(model, params, support_feats)  # (N, S, H1)
+    hq = hidden_features(model, params, query_feats)  # (N, Q, H1)
+    # The linear system in float32 even under bf16 autocast: a bf16 Gram matrix is too coarse.
+    with torch.autocast(hs.device.type, enabled=False):
+        hs, hq, w0, lam = hs.float(), hq.float(), w0.float(), lam.float()
+        mask = support_mask.float()
+        resid = (support_ratings.float() - model.offset(support_items).float() - hs @ w0) * mask
+        hm = hs * mask.unsqueeze(-1)
+        a = hm.transpose(1, 2) @ hs + torch.diag_embed(lam).expand(hs.shape[0], -1, -1)
+        b = (hm.transpose(1, 2) @ resid.unsqueeze(-1)).squeeze(-1)  # (N, H1)
+        dw = torch.linalg.solve(a, b)
+        return model.offset(query_items).float() + hq @ w0 + (hq * dw.unsqueeze(1)).sum(-1)
 
 
 def task_scores(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
