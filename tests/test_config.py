@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from metarec.config import Config, ConfigError, config_from_dict, load_config
+from metarec.config import (Config, ConfigError, config_from_dict, default_params_path,
+                            load_config)
 from tests.conftest import REPO
 
 
@@ -12,6 +15,25 @@ def test_repo_params_load():
     cfg = load_config(REPO / "params.yaml")
     assert cfg.data.dataset == "ml-100k"
     assert cfg.data.raw_dir == "data"
+
+
+def test_dataclass_defaults_are_the_shipped_params():
+    """`Config()` in a test is the model the pipeline trains: every default equals params.yaml."""
+    assert load_config(REPO / "params.yaml") == Config()
+
+
+def test_params_file_from_the_environment(tmp_path, monkeypatch):
+    other = tmp_path / "other.yaml"
+    other.write_text("seed: 7\n")
+    monkeypatch.setenv("METAREC_PARAMS", str(other))
+    assert default_params_path() == other and load_config().seed == 7
+    monkeypatch.delenv("METAREC_PARAMS")
+    assert default_params_path() == Path("params.yaml")
+
+
+def test_one_name_for_the_dataset_dvc_file():
+    assert Config().data.dvc_file == "data.dvc"
+    assert config_from_dict({"data": {"raw_dir": "raw/ml/"}}).data.dvc_file == "raw/ml.dvc"
 
 
 def test_defaults_and_override():

@@ -1,28 +1,16 @@
-"""The one configuration of metarec: params.yaml loaded once into frozen dataclasses.
+"""The sections of params.yaml as frozen dataclasses, one per section.
 
-Every section of params.yaml maps to one dataclass below. Loading is strict: an unknown key,
-a missing required key or a value of the wrong type is a :class:`ConfigError` that names the
-key by its dotted path (``tasks.query_size``), so a typo never silently falls back to a default.
-Code reads typed attributes (``cfg.tasks.query_size``), never string-keyed dictionaries.
+The defaults here ARE the shipped params.yaml (tests/test_config.py asserts
+``load_config("params.yaml") == Config()``), so ``Config()`` in a test is the model the
+pipeline trains. Code reads typed attributes (``cfg.tasks.query_size``), never string-keyed
+dictionaries, and each library step takes the section it uses.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, Mapping
-
-import yaml
-
-DEFAULT_PARAMS = Path("params.yaml")
-
-
-class ConfigError(ValueError):
-    """A params.yaml problem; the message names the offending key."""
-
+from typing import Any, Literal
 
 # --------------------------------------------------------------------------- sections
 
@@ -74,6 +62,12 @@ class DataConfig:
     # Canonical tables (Parquet) written by `metarec data prepare` (a dvc.yaml stage output).
     prepared_dir: str = "artifacts/prepared"
     csv: CsvSource = field(default_factory=CsvSource)
+
+    @property
+    def dvc_file(self) -> str:
+        """The DVC file that versions ``raw_dir`` (``data`` -> ``data.dvc``), relative to the
+        repository root: the one place that name is made."""
+        return f"{self.raw_dir.rstrip('/')}.dvc"
 
 
 @dataclass(frozen=True)
@@ -176,20 +170,20 @@ class ModelConfig:
     # false: ignore the item text embedding even when the features carry one.
     use_text: bool = True
     # Item tower input: log count and shrunk mean rating of each item over the training ratings.
-    item_stats: bool = False
+    item_stats: bool = True
     # Pseudo-ratings at the global mean shrinking the item_stats mean of rarely rated items.
     item_stats_shrinkage: float = 5.0
     # Ratings the item_stats are fitted on: "all" training ratings, or the training tasks'
     # "support" sets only (no meta-training query rating leaks into its item's statistics).
     item_stats_from: Literal["all", "support"] = "all"
     # LayerNorm over the item tower output (keeps the decision MLP's input at unit scale).
-    item_norm: bool = False
+    item_norm: bool = True
     # Standard deviation of the embedding initialisation (PyTorch's default: 1.0).
-    embedding_std: float = 1.0
+    embedding_std: float = 0.1
     # Residual scoring: the decision MLP's output is added to the item's shrunk mean deviation
     # (item_stats column 1), so the network starts from the item-mean ranking and learns the
     # personal part. Needs item_stats.
-    item_offset: bool = False
+    item_offset: bool = True
     # Item tower input: a learned embedding per item id (collaborative signal). Items without
     # training ratings (new items) get a zero vector, so they are scored from features alone.
     item_id: bool = False
@@ -204,7 +198,7 @@ class ModelConfig:
 class MetaConfig:
     """The meta-learner and its inner loop (metarec.meta)."""
 
-    learner: Literal["maml", "fomaml", "melu", "metasgd", "reptile", "ridge"] = "melu"
+    learner: Literal["maml", "fomaml", "melu", "metasgd", "reptile", "ridge"] = "ridge"
     # Gradient steps on the support set (training, validation, test and serving alike).
     inner_steps: int = 1
     # Inner-loop learning rate (Meta-SGD: the initial value of its learned per-parameter rates).
@@ -215,7 +209,7 @@ class MetaConfig:
     # Inner rate of the decision MLP's output bias (the per-task rating offset): a step of
     # 0.5 moves it to the support set's mean residual. Meta-SGD: that rate's initial value.
     # null: inner_lr like every other parameter.
-    output_bias_lr: float | None = None
+    output_bias_lr: float | None = 0.5
     # Inner rate of the output layer's weights (a linear head on the last hidden features:
     # the per-user part of the score); Meta-SGD: that rate's initial value. null: inner_lr.
     output_weight_lr: float | None = None
@@ -224,7 +218,7 @@ class MetaConfig:
     support_loss_weight: float = 0.0
     # + weight * ListNet loss on each query set (softmax cross-entropy between the adapted
     # scores and the true ratings): a within-user ranking objective beside the MSE.
-    rank_loss_weight: float = 0.0
+    rank_loss_weight: float = 1.0
     # ridge learner: initial penalties of the closed-form output-layer adaptation, one for the
     # output weights and one for its bias (both meta-learned from there, per dimension).
     ridge_lambda: float = 1.0
@@ -240,15 +234,15 @@ class MetaConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The one training loop (metarec.train)."""
+    """The one training loop (metarec.training.loop)."""
 
     # AdamW on the meta-parameters (model, plus Meta-SGD's learning rates).
-    lr: float = 5e-4
-    weight_decay: float = 0.0
+    lr: float = 2e-4
+    weight_decay: float = 0.05
     tasks_per_batch: int = 32
     max_steps: int = 2000
     # Validate every eval_every steps; stop after `patience` validations without improvement.
-    eval_every: int = 100
+    eval_every: int = 50
     patience: int = 5
     # Tasks per forward pass when validating/predicting (memory, not results).
     eval_batch: int = 512
@@ -262,7 +256,7 @@ class TrainConfig:
     amp: bool = True
     # Draw a fresh support/query split of every training task each time it is sampled (same
     # query size), so the outer loss sees all of a training user's ratings, not one fixed query.
-    resplit: bool = False
+    resplit: bool = True
     # Show a progress bar (only on a terminal).
     progress: bool = True
     out_dir: str = "artifacts/train"
@@ -370,98 +364,3 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (for MLflow params and manifests)."""
         return dataclasses.asdict(self)
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_config(path: str | Path = DEFAULT_PARAMS) -> Config:
-    """Read params.yaml into a :class:`Config`; a missing file is a :class:`ConfigError`."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: configuration file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if raw is None:
-        raw = {}
-    return config_from_dict(raw, source=str(path))
-
-
-def config_from_dict(raw: Mapping[str, Any], source: str = "params") -> Config:
-    """Build a :class:`Config` from a nested mapping, strictly (see module docstring)."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
-    try:
-        return _build(Config, raw, "")
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-
-
-def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        names = ", ".join(f"'{prefix}{k}'" for k in unknown)
-        raise ConfigError(f"unknown key {names} (allowed under '{prefix or '<top>'}': "
-                          f"{', '.join(sorted(known))})")
-    kwargs = {}
-    for name, value in raw.items():
-        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:  # noqa: C901 - one branch per type form
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
-        return _build(tp, value, f"{key}.")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"'{key}': {value!r} fits none of {tp}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"'{key}' must be one of {list(args)}, got {value!r}")
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"'{key}' must be a list, got {value!r}")
-        item_tp = args[0] if args else Any
-        items = [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
-        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"'{key}' must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"'{key}' must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"'{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"'{key}' must be a string, got {value!r}")
-        return value
-    raise ConfigError(f"'{key}': unsupported type {tp}")  # a bug in this file, not in params
