@@ -38,7 +38,7 @@ import yaml
 from metarec.config import Config, config_from_dict
 from metarec.data.arrays import TaskArrays
 from metarec.evaluate import evaluate_predictions
-from metarec.workflow import Inputs, load_inputs
+from metarec.pipeline.inputs import Inputs, load_inputs
 
 METRICS = ["mae", "rmse", "ndcg_at_3", "ndcg_at_5", "precision_at_5", "recbole_ndcg_at_5"]
 log = logging.getLogger("ml100k_quality")
@@ -61,9 +61,9 @@ def _inputs(cfg: Config, work_dir: Path) -> tuple[Config, Inputs]:
     """Features and tasks of cfg.tasks.protocol: the configured ones, or built under work_dir."""
     manifest = Path(cfg.tasks.out_dir) / "manifest.json"
     if manifest.exists() and json.loads(manifest.read_text()).get("protocol") == cfg.tasks.protocol:
-        return cfg, load_inputs(cfg)
+        return cfg, load_inputs(cfg.features, cfg.tasks)
     from metarec.data.tables import read_tables
-    from metarec.data.tasks import build_task_sets
+    from metarec.pipeline.tasks import build_task_sets
     from metarec.features.build import prepare_features
 
     base = work_dir / cfg.tasks.protocol
@@ -75,7 +75,7 @@ def _inputs(cfg: Config, work_dir: Path) -> tuple[Config, Inputs]:
         tables = read_tables(cfg.data.prepared_dir)
         features = prepare_features(cfg, tables)
         build_task_sets(cfg, tables, features)
-    return cfg, load_inputs(cfg)
+    return cfg, load_inputs(cfg.features, cfg.tasks)
 
 
 def run(cfg: Config, inputs: Inputs, learners: list[str], split: str,
@@ -85,10 +85,10 @@ def run(cfg: Config, inputs: Inputs, learners: list[str], split: str,
     ``per_task``: instead, ``{method: {metric: (N,) values per task}}`` over the tasks of the
     first scenario (MAE per task = that task's mean absolute error), plus ``_training``.
     """
-    from metarec.meta.baselines import train_baselines
+    from metarec.training.baselines import train_baselines
     from metarec.meta.learners import build_learner
     from metarec.models.estimator import build_model
-    from metarec.train import meta_train, predict
+    from metarec.training.loop import meta_train, predict
 
     train, valid = inputs.train, inputs.valid
     scenarios = {n: inputs.sets[n] for n in inputs.validation} if split == "valid" else \

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 
 def _umask() -> int:
@@ -79,3 +79,23 @@ def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def save_state(dest: str | Path, payload: Mapping[str, Any]) -> None:
+    """``torch.save`` of a dict of tensors/state_dicts to ``dest``, atomically (training
+    checkpoints, the trained model, the baseline network)."""
+    import torch
+
+    with atomic_file(dest, "wb") as fh:
+        torch.save(dict(payload), fh)
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Read a :func:`save_state` file onto the CPU with ``weights_only`` (never unpickles code);
+    a missing file is a FileNotFoundError that names it."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing; run the step that writes it first")
+    return torch.load(path, map_location="cpu", weights_only=True)

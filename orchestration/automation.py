@@ -6,13 +6,12 @@ schedule's cron and the sensor's interval come from params.yaml (section `schedu
 """
 
 
-import dataclasses
 from pathlib import Path
 
 import dagster as dg
 
 from metarec.config import ScheduleConfig
-from orchestration.resources import MetarecConfig, MlflowResource
+from orchestration.resources import MetarecConfig, MlflowResource, run_config
 
 retrain_job = dg.define_asset_job(
     "retrain", selection=dg.AssetSelection.all(),
@@ -27,7 +26,7 @@ def build_schedule(cfg: ScheduleConfig) -> dg.ScheduleDefinition:
         description=f"Retrain on cron '{cfg.retrain_cron}' ({cfg.timezone}).")
 
 
-def build_data_sensor(cfg: ScheduleConfig, dvc_file: str = "data.dvc") -> dg.SensorDefinition:
+def build_data_sensor(cfg: ScheduleConfig, dvc_file: str) -> dg.SensorDefinition:
     """Start `retrain` whenever data.dvc records a new dataset hash (one run per hash)."""
 
     @dg.sensor(name="new_data_sensor", job=retrain_job,
@@ -61,10 +60,8 @@ def promote_champion(context: dg.OpExecutionContext, config: PromoteConfig,
                      metarec: MetarecConfig, mlflow: MlflowResource) -> None:
     from metarec.registry import promote
 
-    cfg = metarec.load()
-    tracking = cfg.tracking if not mlflow.tracking_uri else dataclasses.replace(
-        cfg.tracking, tracking_uri=mlflow.tracking_uri)
-    result = promote(tracking, version=config.version, actor=config.actor)
+    result = promote(run_config(metarec, mlflow).tracking, version=config.version,
+                     actor=config.actor)
     context.log.info(f"champion is now {result}")
 
 

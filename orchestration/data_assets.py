@@ -18,11 +18,11 @@ TABLES = ("interactions", "users", "items")
           description="The raw dataset in data/, at the version data.dvc records (fetched when "
                       "missing). Its data version is the DVC md5, carried by everything downstream.")
 def raw_dataset(metarec: MetarecConfig, dvc: DvcResource) -> dg.MaterializeResult:
-    from metarec.pipeline import ensure_data
+    from metarec.pipeline.data import ensure_data
 
     cfg = metarec.load()
-    detail = ensure_data(cfg, Path(dvc.root))
-    md5 = dvc.dataset_hash()
+    detail = ensure_data(cfg.data, Path(dvc.root))
+    md5 = dvc.dataset_hash(cfg.data)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(md5),
         metadata={"dvc_md5": md5, "dataset": cfg.data.dataset, "path": cfg.data.raw_dir,
@@ -114,7 +114,8 @@ def cold_start_tasks(metarec: MetarecConfig) -> dg.MaterializeResult:
     from pathlib import Path
 
     from metarec.data.tables import read_tables
-    from metarec.data.tasks import MANIFEST_FILE, build_task_sets
+    from metarec.data.tasks import MANIFEST_FILE
+    from metarec.pipeline.tasks import build_task_sets
 
     cfg = metarec.load()
     sets = build_task_sets(cfg, read_tables(cfg.data.prepared_dir))

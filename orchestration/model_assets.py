@@ -1,25 +1,16 @@
 """Model assets: meta-training, baselines, evaluation with its gate, ONNX export with its parity
-check, and the registered MLflow version. Each asset is one call into metarec.workflow."""
+check, and the registered MLflow version. Each asset is one call into a stage of
+metarec.pipeline (the same functions the CLI calls)."""
 
 
-import json
 
 import dagster as dg
 
 from orchestration.data_assets import cold_start_tasks
-from orchestration.resources import ComputeResource, DvcResource, MetarecConfig, MlflowResource
+from orchestration.resources import (ComputeResource, DvcResource, MetarecConfig, MlflowResource,
+                                     run_config)
 
 MODEL_GROUP = "model"
-
-
-def _config(metarec: MetarecConfig, compute: ComputeResource | None = None):
-    """params.yaml, with the compute resource choosing the training device."""
-    import dataclasses
-
-    cfg = metarec.load()
-    if compute is not None and compute.device != cfg.train.device:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=compute.device))
-    return cfg
 
 
 @dg.asset(group_name=MODEL_GROUP, deps=[cold_start_tasks], code_version="1",
@@ -30,16 +21,16 @@ def _config(metarec: MetarecConfig, compute: ComputeResource | None = None):
               "resources": {"limits": {"nvidia.com/gpu": 1}}}}})
 def meta_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
                compute: ComputeResource, mlflow: MlflowResource) -> dg.MaterializeResult:
-    from metarec.train import resolve_device
-    from metarec.workflow import train_meta_model
+    from metarec.pipeline.train import train_meta_model
+    from metarec.training.loop import resolve_device
 
-    cfg = _config(metarec, compute)
+    cfg = run_config(metarec, mlflow, compute)
 
     def log_metrics(step: int, metrics: dict[str, float]) -> None:
         if any(k.startswith("valid") for k in metrics):  # validations only, not every step
             context.log.info(f"step {step}: {metrics}")
 
-    summary = train_meta_model(_with_tracking(cfg, mlflow), callbacks=(log_metrics,),
+    summary = train_meta_model(cfg, callbacks=(log_metrics,),
                                dagster_run_id=context.run_id)
     return dg.MaterializeResult(metadata={
         "learner": summary["learner"], "device": str(resolve_device(cfg.train.device)),
@@ -54,16 +45,16 @@ def meta_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
           description="Baselines reported beside the learner: user mean, item mean, the same "
                       "network trained globally, and global + fine-tuning.")
 def baseline_models(metarec: MetarecConfig, compute: ComputeResource) -> dg.MaterializeResult:
-    from metarec.workflow import train_baseline_models
+    from metarec.pipeline.train import train_baseline_models
 
-    result = train_baseline_models(_config(metarec, compute))
+    result = train_baseline_models(run_config(metarec, compute=compute))
     return dg.MaterializeResult(metadata={**result, "baselines": ", ".join(result["baselines"])})
 
 
 @dg.asset(group_name=MODEL_GROUP, deps=[meta_model, baseline_models], code_version="1",
           description="Metrics per scenario and method, adaptation curves, bootstrap intervals.")
 def evaluation_report(metarec: MetarecConfig) -> dg.MaterializeResult:
-    from metarec.workflow import evaluate_models
+    from metarec.pipeline.evaluate import evaluate_models
 
     cfg = metarec.load()
     report = evaluate_models(cfg)
@@ -78,10 +69,9 @@ def evaluation_report(metarec: MetarecConfig) -> dg.MaterializeResult:
                 description="The candidate beats every baseline and does not regress the "
                             "champion beyond the configured margin, per scenario.")
 def gate_check(metarec: MetarecConfig, mlflow: MlflowResource) -> dg.AssetCheckResult:
-    from metarec.workflow import gate_decision
+    from metarec.pipeline.evaluate import gate_decision
 
-    cfg = metarec.load()
-    decision = gate_decision(_with_tracking(cfg, mlflow))
+    decision = gate_decision(run_config(metarec, mlflow))
     return dg.AssetCheckResult(
         passed=decision.passed,
         metadata={"reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons))})
@@ -90,10 +80,10 @@ def gate_check(metarec: MetarecConfig, mlflow: MlflowResource) -> dg.AssetCheckR
 @dg.asset(group_name=MODEL_GROUP, deps=[evaluation_report], code_version="1", kinds={"onnx"},
           description="model.onnx (inner-loop adaptation inside the graph) and scorer.onnx.")
 def onnx_model(metarec: MetarecConfig, dvc: DvcResource) -> dg.MaterializeResult:
-    from metarec.workflow import export_model
+    from metarec.pipeline.export import export_model
 
     cfg = metarec.load()
-    result, parity = export_model(cfg, lineage={"data_hash": dvc.dataset_hash()})
+    result, parity = export_model(cfg, lineage={"data_hash": dvc.dataset_hash(cfg.data)})
     return dg.MaterializeResult(metadata={
         "path": str(result.out_dir), "parity_max_abs_err": float(parity.max_abs_err),
         "parity_passed": parity.passed, "model_bytes": result.model_path.stat().st_size})
@@ -102,12 +92,9 @@ def onnx_model(metarec: MetarecConfig, dvc: DvcResource) -> dg.MaterializeResult
 @dg.asset_check(asset=onnx_model, blocking=True, name="parity",
                 description="ONNX Runtime matches PyTorch adapt + score within export.parity_tol.")
 def parity_check(metarec: MetarecConfig) -> dg.AssetCheckResult:
-    from pathlib import Path
+    from metarec.pipeline.export import read_parity
 
-    from metarec.workflow import PARITY_FILE
-
-    cfg = metarec.load()
-    parity = json.loads((Path(cfg.export.out_dir) / PARITY_FILE).read_text())
+    parity = read_parity(metarec.load().export)
     return dg.AssetCheckResult(passed=bool(parity["passed"]), metadata=parity)
 
 
@@ -116,30 +103,15 @@ def parity_check(metarec: MetarecConfig) -> dg.AssetCheckResult:
                       "when the gate and the parity check passed.")
 def registered_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
                      dvc: DvcResource, mlflow: MlflowResource) -> dg.MaterializeResult:
-    from pathlib import Path
+    from metarec.pipeline.register import register_candidate
 
-    from metarec.workflow import PARITY_FILE, gate_decision, register_model
-
-    cfg = _with_tracking(metarec.load(), mlflow)
-    decision = gate_decision(cfg)  # re-checked here: never register on a stale verdict
-    if not decision.passed:
-        raise dg.Failure("gate failed; nothing registered:\n" + "\n".join(decision.reasons))
-    parity = json.loads((Path(cfg.export.out_dir) / PARITY_FILE).read_text())
-    out = register_model(cfg, decision, data_hash=dvc.dataset_hash(),
-                         dagster_run_id=context.run_id, parity_passed=bool(parity["passed"]))
-    uri = mlflow.uri(cfg)
+    cfg = run_config(metarec, mlflow)
+    data_hash = dvc.dataset_hash(cfg.data)
+    done = register_candidate(cfg, data_hash=data_hash, dagster_run_id=context.run_id)
+    if not done.registered:  # the champion changed since the gate check: refused now
+        raise dg.Failure("gate failed; nothing registered:\n" + "\n".join(done.decision.reasons))
     return dg.MaterializeResult(metadata={
-        "version": out["version"], "alias": "challenger", "mlflow_run_id": out["run_id"],
-        "tracking_uri": uri, "model_uri": f"models:/{cfg.tracking.registered_model}/"
-                                          f"{out['version']}",
-        "data_hash": dvc.dataset_hash(), "dagster_run_id": context.run_id})
-
-
-def _with_tracking(cfg, mlflow: MlflowResource):
-    """Point cfg.tracking at the resource's URI when one is configured."""
-    import dataclasses
-
-    if not mlflow.tracking_uri:
-        return cfg
-    return dataclasses.replace(cfg, tracking=dataclasses.replace(
-        cfg.tracking, tracking_uri=mlflow.tracking_uri))
+        "version": done.version, "alias": "challenger", "mlflow_run_id": done.run_id,
+        "tracking_uri": mlflow.uri(cfg), "model_uri": f"models:/{cfg.tracking.registered_model}/"
+                                                      f"{done.version}",
+        "data_hash": data_hash, "dagster_run_id": context.run_id})

@@ -11,30 +11,43 @@ import os
 from pathlib import Path
 
 import dagster as dg
+from pydantic import PrivateAttr
 
-from metarec.config import Config, load_config
+from metarec.config import Config, DataConfig, default_params_path, load_config
 
 
 class MetarecConfig(dg.ConfigurableResource):
-    """Which params.yaml to load. Paths inside it are relative to the working directory, the
-    repo root (where `dagster dev` and `metarec pipeline run` start)."""
+    """Which params file the run uses (the one `metarec --params` named, $METAREC_PARAMS in
+    production). It is read once per run, when the resource is set up, and every asset of the
+    run gets that same :class:`Config`. Paths inside it are relative to the working directory,
+    the repo root (where `dagster dev` and `metarec pipeline run` start)."""
 
     params: str = "params.yaml"
+    _config: Config | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._config = load_config(self.params)
 
     def load(self) -> Config:
-        return load_config(self.params)
+        """The run's configuration (loaded at set-up; loaded now outside a run)."""
+        if self._config is None:
+            self._config = load_config(self.params)
+        return self._config
 
 
 class DvcResource(dg.ConfigurableResource):
-    """The DVC repository holding data.dvc (steps using it run in the `dvc` pool, size one)."""
+    """The DVC repository holding the dataset's .dvc file (``data.dvc_file`` of the params);
+    steps using it run in the `dvc` pool, size one."""
 
     root: str = "."
-    dvc_file: str = "data.dvc"
 
-    def dataset_hash(self) -> str:
+    def dvc_path(self, data_cfg: DataConfig) -> Path:
+        return Path(self.root) / data_cfg.dvc_file
+
+    def dataset_hash(self, data_cfg: DataConfig) -> str:
         from metarec.dvc import dataset_hash
 
-        return dataset_hash(Path(self.root) / self.dvc_file)
+        return dataset_hash(self.dvc_path(data_cfg))
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -54,24 +67,43 @@ class ComputeResource(dg.ConfigurableResource):
     device: str = "auto"
 
 
-def local_resources(root: str = ".", params: str = "params.yaml") -> dict[str, object]:
-    """Embedded defaults: this repo, MLflow on SQLite, DVC's local cache, auto device."""
+def run_config(metarec: MetarecConfig, mlflow: MlflowResource | None = None,
+               compute: ComputeResource | None = None) -> Config:
+    """The run's configuration with the deployment's overrides applied: the MLflow resource's
+    tracking URI (when set) and the compute resource's training device."""
+    import dataclasses
+
+    cfg = metarec.load()
+    if mlflow is not None and mlflow.tracking_uri:
+        cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(
+            cfg.tracking, tracking_uri=mlflow.tracking_uri))
+    if compute is not None and compute.device != cfg.train.device:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=compute.device))
+    return cfg
+
+
+def local_resources(root: str = ".", params: str | None = None) -> dict[str, object]:
+    """Embedded defaults: this repo, MLflow on SQLite, DVC's local cache, auto device;
+    ``params``: the params file (default: $METAREC_PARAMS, else params.yaml)."""
+    params = str(default_params_path() if params is None else params)
     return {"metarec": MetarecConfig(params=params), "dvc": DvcResource(root=root),
             "mlflow": MlflowResource(), "compute": ComputeResource()}
 
 
-def production_resources() -> dict[str, object]:
+def production_resources(params: str | None = None) -> dict[str, object]:
     """Settings from the environment (METAREC_ROOT, METAREC_PARAMS, MLFLOW_TRACKING_URI,
     METAREC_DEVICE); run workers need the repo checked out at METAREC_ROOT."""
     root = os.environ.get("METAREC_ROOT", ".")
-    return {"metarec": MetarecConfig(params=os.environ.get("METAREC_PARAMS", "params.yaml")),
+    params = str(default_params_path() if params is None else params)
+    return {"metarec": MetarecConfig(params=params),
             "dvc": DvcResource(root=root),
             "mlflow": MlflowResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
             "compute": ComputeResource(device=os.environ.get("METAREC_DEVICE", "cuda"))}
 
 
-def resources_for_environment() -> dict[str, object]:
-    """METAREC_ENV=production selects production_resources(), anything else the local ones."""
+def resources_for_environment(params: str | None = None) -> dict[str, object]:
+    """METAREC_ENV=production selects production_resources(), anything else the local ones;
+    either way the resources load ``params`` (default: $METAREC_PARAMS, else params.yaml)."""
     if os.environ.get("METAREC_ENV", "local") == "production":
-        return production_resources()
-    return local_resources()
+        return production_resources(params)
+    return local_resources(params=params)

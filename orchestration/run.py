@@ -49,7 +49,7 @@ def instance_for(home: str | None = None) -> dg.DagsterInstance:
 def run_retrain(params: str = "params.yaml", instance: dg.DagsterInstance | None = None,
                 job: str = "retrain") -> PipelineRun:
     """Execute ``job`` in-process; failures of blocking checks skip everything downstream."""
-    from orchestration.definitions import build_definitions
+    from orchestration.assemble import build_definitions
 
     defs = build_definitions(params)
     instance = instance or instance_for()

@@ -11,10 +11,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from metarec.config import MetaConfig, TrainConfig
-from metarec.distributed import World
+from metarec.training.distributed import World
 from metarec.meta.learners import build_learner
 from metarec.models.estimator import build_model
-from metarec.train import meta_train
+from metarec.training.loop import meta_train
 from tests.test_models import TINY, tiny_features, tiny_tasks
 
 CFG = TrainConfig(lr=1e-2, tasks_per_batch=4, max_steps=3, eval_every=100, patience=100,
@@ -64,7 +64,7 @@ def test_batch_must_split_evenly():
 
 
 def test_no_launcher_means_no_group(monkeypatch):
-    from metarec.distributed import init_from_env
+    from metarec.training.distributed import init_from_env
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_from_env() is None and not dist.is_initialized()

@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from metarec.config import MetaConfig
 from metarec.data.arrays import TaskArrays
-from metarec.meta.baselines import ItemMeanBaseline, UserMeanBaseline, task_ratings
+from metarec.training.baselines import ItemMeanBaseline, UserMeanBaseline, task_ratings
 from metarec.meta.inner import adapt_batch, make_batch, masked_mse
 from metarec.meta.learners import adapted_names, build_learner
 from metarec.models.estimator import build_model

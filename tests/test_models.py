@@ -142,7 +142,7 @@ def test_item_stats_fit_by_hand_and_enter_the_item_tower() -> None:
 def test_item_stats_are_fitted_by_meta_train_and_saved_in_the_state_dict(source) -> None:
     from metarec.config import TrainConfig
     from metarec.meta.learners import GlobalLearner
-    from metarec.train import meta_train
+    from metarec.training.loop import meta_train
 
     cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True,
                       item_stats_from=source)

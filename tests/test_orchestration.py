@@ -14,7 +14,7 @@ import yaml
 from metarec.config import load_config
 from metarec.data.fetch import fetch
 from orchestration.automation import build_data_sensor, build_schedule
-from orchestration.definitions import build_definitions
+from orchestration.assemble import build_definitions
 from orchestration.run import run_retrain
 from tests.conftest import REPO
 from tests.synth import SYNTH_PARAMS, write_synthetic_csv
@@ -131,3 +131,26 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     assert not {"onnx_model", "registered_model"} & set(run.materialized)
     assert [v.version for v in registry.list_models(tracking)] == [1]
     assert registry.aliases(tracking)["champion"] == 1
+
+
+def test_params_file_named_on_the_cli_reaches_every_asset(project):
+    """`metarec --params other.yaml pipeline run` trains, evaluates and logs with other.yaml:
+    there is no params.yaml at all, and the changed value is what MLflow records."""
+    import mlflow
+    from click.testing import CliRunner
+
+    from metarec.cli import main
+
+    changed = {**SYNTH_PARAMS, "train": {**SYNTH_PARAMS["train"], "lr": 0.00037}}
+    (project / "other.yaml").write_text(yaml.safe_dump(changed))
+    cfg = load_config(project / "other.yaml")
+    fetch(cfg.data, path=write_synthetic_csv(project / "incoming"), root=project)
+    shutil.rmtree(project / "incoming")
+    assert not (project / "params.yaml").exists()
+    res = CliRunner().invoke(main, ["--params", "other.yaml", "pipeline", "run",
+                                    "--dagster-home", str(project / ".dagster")])
+    assert res.exit_code == 0, res.output
+    summary = yaml.safe_load((project / cfg.train.out_dir / "summary.json").read_text())
+    run = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db").get_run(summary["mlflow_run_id"])
+    assert float(run.data.params["train.lr"]) == 0.00037
+    assert run.data.params["meta.learner"] == cfg.meta.learner

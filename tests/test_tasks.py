@@ -11,7 +11,8 @@ import pytest
 
 from metarec.config import Config
 from metarec.data.splits import melu_split
-from metarec.data.tasks import build_task_sets, build_tasks, kshot, load_tasks
+from metarec.data.tasks import build_tasks, kshot, load_tasks
+from metarec.pipeline.tasks import build_task_sets
 from metarec.features.build import build_features, prepare_features
 from tests.test_encoders import fake_encoder
 from tests.test_splits import make_tables

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from metarec.config import MetaConfig, TrainConfig
-from metarec.meta.baselines import train_baselines
+from metarec.training.baselines import train_baselines
 from metarec.meta.learners import build_learner
 from metarec.models.estimator import build_model
-from metarec.train import CHECKPOINT, meta_train, predict, resolve_device
+from metarec.training.loop import CHECKPOINT, meta_train, predict, resolve_device
 from tests.test_models import TINY, tiny_features, tiny_tasks
 
 CFG = TrainConfig(lr=1e-2, tasks_per_batch=4, max_steps=8, eval_every=2, patience=100,

@@ -261,7 +261,7 @@ def _expand_all_groups(driver) -> None:
 def test_server_reports_the_code_lineage(server, pipeline):
     """The webserver's GraphQL API serves every asset with the same upstream edges as the code,
     and the last materialisation of each model asset comes from our run."""
-    from orchestration.definitions import build_definitions
+    from orchestration.assemble import build_definitions
 
     project, _, run = pipeline
     nodes = _graphql(server, ASSET_NODES)["assetNodes"]

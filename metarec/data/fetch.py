@@ -128,7 +128,7 @@ def fetch(data: DataConfig, path: str | Path | None = None, root: str | Path = "
     """
     root = Path(root)
     data_dir = root / data.raw_dir
-    dvc_file = root / f"{data.raw_dir}.dvc"
+    dvc_file = root / data.dvc_file
     with tempfile.TemporaryDirectory(prefix="metarec-fetch-") as scratch:
         with atomic_dir(data_dir) as staging:
             source = stage_dataset(data, Path(path) if path else None, staging, Path(scratch))

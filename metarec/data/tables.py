@@ -12,10 +12,12 @@ by a :class:`FeatureSpec` stored beside the tables as ``schema.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from metarec.io import atomic_dir
@@ -108,3 +110,19 @@ def frame_hash(frame: pd.DataFrame) -> str:
             v, (list, tuple)) else v)
     digest.update(pd.util.hash_pandas_object(hashable, index=False).to_numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def tables_fingerprint(tables: CanonicalTables) -> str:
+    """sha256 of the tables' content (row order and dtypes of ids normalised)."""
+    digest = hashlib.sha256()
+    inter = tables.interactions.sort_values(["user_id", "item_id"], kind="mergesort")
+    for col in ("user_id", "item_id", "rating", "timestamp"):
+        digest.update(inter[col].to_numpy(dtype=np.float64 if col == "rating" else np.int64)
+                      .tobytes())
+    for frame, key in ((tables.users, "user_id"), (tables.items, "item_id")):
+        ordered = frame.sort_values(key, kind="mergesort")
+        ordered = ordered[sorted(ordered.columns)]
+        digest.update(ordered.to_json(orient="split", index=False, default_handler=str)
+                      .encode("utf-8"))
+    digest.update(json.dumps(tables.spec.__dict__, sort_keys=True, default=list).encode())
+    return digest.hexdigest()

@@ -25,11 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from metarec.config import Config
 from metarec.data.arrays import FeatureArrays, TaskArrays
 from metarec.data.npz import read_npz, write_npz
-from metarec.data.splits import ColdStartSplit, split_from_config
-from metarec.data.tables import CanonicalTables
+from metarec.data.splits import ColdStartSplit
 from metarec.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -169,34 +167,3 @@ def load_tasks(src: str | Path, names: list[str] | None = None) -> dict[str, Tas
     if unknown:
         raise KeyError(f"no task set(s) {unknown} in {src}; available: {sorted(available)}")
     return {n: TaskArrays(**read_npz(src / f"{n}.npz")) for n in (names or sorted(available))}
-
-
-def build_task_sets(cfg: Config, tables: CanonicalTables,
-                    features: FeatureArrays | None = None) -> dict[str, TaskArrays]:
-    """The `metarec tasks build` step: split, tasks, k-shot variants -> tasks.out_dir.
-
-    ``features`` defaults to those in features.out_dir, which must come from the same split.
-    """
-    from metarec.features.build import load_features, read_features_manifest, tables_fingerprint
-
-    split = split_from_config(cfg, tables)
-    manifest = read_features_manifest(cfg.features.out_dir)
-    if manifest.get("split_hash") != split.fingerprint():
-        raise ValueError(f"features in {cfg.features.out_dir} were built for another split "
-                         f"(protocol {manifest.get('protocol')!r}, seed {manifest.get('seed')}) "
-                         f"than tasks.protocol={cfg.tasks.protocol!r}, seed {split.seed}; "
-                         "run `metarec features build` again")
-    if features is None:
-        features = load_features(cfg.features.out_dir)
-    width = cfg.tasks.support_width or cfg.tasks.max_ratings - cfg.tasks.query_size
-    sets = build_split_tasks(split, features, query_size=cfg.tasks.query_size,
-                             support_width=width, kshots=cfg.tasks.kshots)
-    extra = {"protocol": split.protocol, "seed": split.seed, "split_hash": split.fingerprint(),
-             "data_hash": tables_fingerprint(tables), "encoder_hash": manifest["encoder_hash"],
-             "training": list(split.training), "validation": list(split.validation),
-             "min_ratings": cfg.tasks.min_ratings, "max_ratings": cfg.tasks.max_ratings,
-             "kshots": list(cfg.tasks.kshots), "dataset": tables.name}
-    save_tasks(sets, cfg.tasks.out_dir, extra)
-    log.info("tasks (%s): %s", split.protocol,
-             {n: len(t) for n, t in sets.items() if "@" not in n})
-    return sets

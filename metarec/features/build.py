@@ -12,7 +12,6 @@ timestamps), all byte-identical for the same data, config and seed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -25,7 +24,7 @@ from metarec.config import Config, FeaturesConfig
 from metarec.data.arrays import FeatureArrays
 from metarec.data.npz import read_npz, write_npz
 from metarec.data.splits import ColdStartSplit, split_from_config
-from metarec.data.tables import CanonicalTables
+from metarec.data.tables import CanonicalTables, tables_fingerprint
 from metarec.features.encoders import FeatureEncoders, fit_encoders
 from metarec.features.text import EncodeFn, embed_texts
 from metarec.io import atomic_dir
@@ -35,22 +34,6 @@ log = logging.getLogger(__name__)
 FEATURES_FILE = "features.npz"
 ENCODERS_FILE = "encoders.json"
 MANIFEST_FILE = "manifest.json"
-
-
-def tables_fingerprint(tables: CanonicalTables) -> str:
-    """sha256 of the tables' content (row order and dtypes of ids normalised)."""
-    digest = hashlib.sha256()
-    inter = tables.interactions.sort_values(["user_id", "item_id"], kind="mergesort")
-    for col in ("user_id", "item_id", "rating", "timestamp"):
-        digest.update(inter[col].to_numpy(dtype=np.float64 if col == "rating" else np.int64)
-                      .tobytes())
-    for frame, key in ((tables.users, "user_id"), (tables.items, "item_id")):
-        ordered = frame.sort_values(key, kind="mergesort")
-        ordered = ordered[sorted(ordered.columns)]
-        digest.update(ordered.to_json(orient="split", index=False, default_handler=str)
-                      .encode("utf-8"))
-    digest.update(json.dumps(tables.spec.__dict__, sort_keys=True, default=list).encode())
-    return digest.hexdigest()
 
 
 def _rows(table: pd.DataFrame, key: str, extra_ids: np.ndarray) -> pd.DataFrame:

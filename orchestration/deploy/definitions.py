@@ -19,7 +19,7 @@ import os
 
 import dagster as dg
 
-from orchestration.definitions import build_definitions
+from orchestration.assemble import build_definitions
 
 EXECUTORS = ("multiprocess", "in_process", "k8s", "docker")
 
@@ -46,7 +46,7 @@ def build_deploy_definitions(params: str | None = None,
                              executor: str | None = None) -> dg.Definitions:
     """orchestration.definitions' Definitions with the executor ``executor`` (default:
     METAREC_EXECUTOR, else multiprocess) for every job; params default: METAREC_PARAMS."""
-    params = params or os.environ.get("METAREC_PARAMS", "params.yaml")
+    params = str(params or default_params_path())
     executor = executor or os.environ.get("METAREC_EXECUTOR", "multiprocess")
     return dg.Definitions.merge(build_definitions(params),
                                 dg.Definitions(executor=executor_for(executor)))

@@ -1,11 +1,12 @@
-"""metarec.workflow: a checkpoint is resumed only by the training it belongs to."""
+"""metarec.pipeline: a checkpoint is resumed only by the training it belongs to."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from metarec.config import Config
-from metarec.workflow import Inputs, training_fingerprint
+from metarec.pipeline.inputs import Inputs
+from metarec.pipeline.train import training_fingerprint
 
 
 def _inputs(manifest):

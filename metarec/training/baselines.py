@@ -20,8 +20,8 @@ import torch
 from metarec.config import MetaConfig, ModelConfig, TrainConfig
 from metarec.data.arrays import FeatureArrays, TaskArrays
 from metarec.meta.learners import GlobalLearner, GradientLearner
-from metarec.models.estimator import build_model
-from metarec.train import TrainResult, meta_train, predict
+from metarec.models.estimator import Estimator, build_model
+from metarec.training.loop import TrainResult, meta_train, predict
 
 
 class Baseline(Protocol):
@@ -92,23 +92,40 @@ class NetworkBaseline:
         return predict(self.model, self.learner, tasks, self.cfg)
 
 
+BASELINES = ("user_mean", "item_mean", "global", "finetune")
+
+
+def train_global_network(features: FeatureArrays, train_tasks: TaskArrays,
+                         valid_tasks: TaskArrays, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                         seed: int) -> tuple[Estimator, TrainResult]:
+    """The network of the ``global`` and ``finetune`` baselines: the estimator trained on every
+    training rating without adaptation (the same loop, early stopping and seed as a learner)."""
+    torch.manual_seed(seed)
+    model = build_model(features, model_cfg)
+    return model, meta_train(model, GlobalLearner(), train_tasks, valid_tasks, train_cfg, seed)
+
+
+def assemble_baselines(network: Estimator, train_tasks: TaskArrays, n_items: int,
+                       meta_cfg: MetaConfig, train_cfg: TrainConfig) -> dict[str, Baseline]:
+    """The four baselines by name (:data:`BASELINES`) around a trained global ``network``:
+    the means are fitted on ``train_tasks``' ratings, fine-tuning adapts every parameter of the
+    network for ``meta.finetune_steps`` first-order steps."""
+    items, ratings = task_ratings(train_tasks)
+    item_mean = ItemMeanBaseline.fit(items, ratings, n_items, meta_cfg.item_mean_shrinkage)
+    finetune = GradientLearner(network, adapted="all", steps=meta_cfg.finetune_steps,
+                               lr=meta_cfg.finetune_lr, first_order=True, learn_lr=False)
+    return {"user_mean": UserMeanBaseline(global_mean=item_mean.global_mean),
+            "item_mean": item_mean,
+            "global": NetworkBaseline(network, GlobalLearner(), train_cfg),
+            "finetune": NetworkBaseline(network, finetune.to(next(network.parameters()).device),
+                                        train_cfg)}
+
+
 def train_baselines(features: FeatureArrays, train_tasks: TaskArrays, valid_tasks: TaskArrays,
                     model_cfg: ModelConfig, meta_cfg: MetaConfig, train_cfg: TrainConfig,
                     seed: int) -> tuple[dict[str, Baseline], TrainResult]:
     """Fit all four baselines; returns them by name and the global network's training result."""
-    items, ratings = task_ratings(train_tasks)
-    item_mean = ItemMeanBaseline.fit(items, ratings, len(features.item_ids),
-                                     meta_cfg.item_mean_shrinkage)
-    torch.manual_seed(seed)
-    model = build_model(features, model_cfg)
-    result = meta_train(model, GlobalLearner(), train_tasks, valid_tasks, train_cfg, seed)
-    finetune = GradientLearner(model, adapted="all", steps=meta_cfg.finetune_steps,
-                               lr=meta_cfg.finetune_lr, first_order=True, learn_lr=False)
-    baselines: dict[str, Baseline] = {
-        "user_mean": UserMeanBaseline(global_mean=item_mean.global_mean),
-        "item_mean": item_mean,
-        "global": NetworkBaseline(model, GlobalLearner(), train_cfg),
-        "finetune": NetworkBaseline(model, finetune.to(next(model.parameters()).device),
-                                    train_cfg),
-    }
-    return baselines, result
+    network, result = train_global_network(features, train_tasks, valid_tasks, model_cfg,
+                                           train_cfg, seed)
+    return assemble_baselines(network, train_tasks, len(features.item_ids), meta_cfg,
+                              train_cfg), result

@@ -6,14 +6,13 @@ slice of it (``index[rank::world]``); after the backward pass the gradients are 
 meta-loss is a mean over equally many tasks per rank). Validation is computed identically on
 every rank, so early stopping agrees; only rank 0 writes checkpoints and artifacts.
 
-    torchrun --nproc_per_node=4 -m metarec.distributed --params params.yaml
+    torchrun --nproc_per_node=4 -m metarec.pipeline.ddp --params params.yaml
 
 NCCL on GPUs (each rank on cuda:LOCAL_RANK), gloo on CPUs.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from dataclasses import dataclass
@@ -69,29 +68,3 @@ def init_from_env(backend: str | None = None) -> World | None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
     return World(rank=dist.get_rank(), size=dist.get_world_size())
-
-
-def main(argv: list[str] | None = None) -> None:
-    """torchrun entry point: meta-train the configured learner on every rank."""
-    from metarec.config import load_config
-    from metarec.workflow import train_meta_model
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--no-resume", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(process)d %(message)s")
-    world = init_from_env()
-    try:
-        summary = train_meta_model(load_config(args.params), resume=not args.no_resume,
-                                   world=world)
-        if world is None or world.is_main:
-            log.info("best validation MAE %.4f at step %d", summary["best_valid_mae"],
-                     summary["best_step"])
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -26,12 +26,12 @@ from tqdm.auto import tqdm
 
 from metarec.config import TrainConfig
 from metarec.data.arrays import TaskArrays
-from metarec.io import atomic_file
+from metarec.io import load_state, save_state
 from metarec.meta.inner import make_batch, resplit
 from metarec.models.estimator import Estimator
 
 if TYPE_CHECKING:
-    from metarec.distributed import World
+    from metarec.training.distributed import World
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +127,6 @@ def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
-def _save(path: Path, payload: dict) -> None:
-    with atomic_file(path, "wb") as fh:
-        torch.save(payload, fh)
-
-
 def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
                valid_tasks: TaskArrays, cfg: TrainConfig, seed: int,
                callbacks: Iterable[Callback] = (), checkpoint_dir: str | Path | None = None,
@@ -142,7 +137,7 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     :func:`predict`; training stops after ``cfg.patience`` validations without improvement.
     With ``checkpoint_dir``, a checkpoint is written every ``cfg.checkpoint_every`` steps;
     ``resume=True`` continues from it when it exists. The model ends holding the best weights.
-    With ``world`` (metarec.distributed), each rank trains on its slice of every batch, the
+    With ``world`` (metarec.training.distributed), each rank trains on its slice of every batch, the
     gradients are averaged across ranks, and only rank 0 writes checkpoints.
     """
     if len(train_tasks) == 0 or len(valid_tasks) == 0:
@@ -163,7 +158,7 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     best = dict(mae=math.inf, step=0, model=_cpu_state(model), learner=_cpu_state(learner))
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT
     if resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = load_state(ckpt)
         model.load_state_dict(state["model"])
         learner.load_state_dict(state["learner"])
         optimizer.load_state_dict(state["optimizer"])
@@ -227,7 +222,7 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
             stopped = evaluate()
         if (ckpt is not None and cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
                 and (world is None or world.is_main)):
-            _save(ckpt, dict(model=_cpu_state(model), learner=_cpu_state(learner),
+            save_state(ckpt, dict(model=_cpu_state(model), learner=_cpu_state(learner),
                              optimizer=optimizer.state_dict(), sampler_rng=gen.get_state(),
                              torch_rng=torch.get_rng_state(), order=order, pos=pos, step=step,
                              bad=bad, history=history, best_mae=best["mae"],

@@ -1,0 +1,83 @@
+"""`metarec train`, `evaluate`, `export`, `register`: the model stages of metarec.pipeline."""
+
+from __future__ import annotations
+
+import click
+
+from metarec.cli.common import config_of, fail
+
+
+@click.command("train")
+@click.option("--no-resume", is_flag=True, help="Start afresh even if a checkpoint exists.")
+@click.option("--baselines/--no-baselines", default=True, show_default=True,
+              help="Also train the network baselines (global, finetune).")
+@click.pass_context
+def train_cmd(ctx: click.Context, no_resume: bool, baselines: bool) -> None:
+    """Meta-train the configured learner (meta.learner) and the baselines -> train.out_dir."""
+    from metarec.pipeline.train import train_baseline_models, train_meta_model
+
+    cfg = config_of(ctx)
+    try:
+        summary = train_meta_model(cfg, resume=not no_resume)
+        click.echo(f"{summary['learner']}: {summary['steps']} steps, best validation MAE "
+                   f"{summary['best_valid_mae']:.4f} at step {summary['best_step']}")
+        if baselines:
+            base = train_baseline_models(cfg)
+            click.echo(f"baselines {', '.join(base['baselines'])}: global network "
+                       f"validation MAE {base['global_valid_mae']:.4f}")
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise fail(exc) from None
+
+
+@click.command("evaluate")
+@click.pass_context
+def evaluate_cmd(ctx: click.Context) -> None:
+    """Evaluate the learner and baselines per scenario; print the gate verdict."""
+    from metarec.pipeline.evaluate import evaluate_models, gate_decision
+
+    cfg = config_of(ctx)
+    try:
+        report = evaluate_models(cfg)
+        decision = gate_decision(cfg, report)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise fail(exc) from None
+    click.echo(report.to_markdown())
+    click.echo(f"gate: {'PASSED' if decision.passed else 'FAILED'}")
+    for reason in decision.reasons:
+        click.echo(f"  - {reason}")
+
+
+@click.command("export")
+@click.pass_context
+def export_cmd(ctx: click.Context) -> None:
+    """Export ONNX graphs (adaptation inside) and check parity with PyTorch."""
+    from metarec.pipeline.export import export_model
+
+    cfg = config_of(ctx)
+    try:
+        result, parity = export_model(cfg)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise fail(exc) from None
+    click.echo(f"{result.model_path}, {result.scorer_path}: parity max |err| "
+               f"{parity.max_abs_err:.2e} (tol {parity.tol:g}) -> "
+               f"{'passed' if parity.passed else 'FAILED'}")
+    if not parity.passed:
+        raise click.ClickException("ONNX parity check failed")
+
+
+@click.command("register")
+@click.pass_context
+def register_cmd(ctx: click.Context) -> None:
+    """Log the run to MLflow; register the export as `challenger` if the gate passes."""
+    from metarec.pipeline.lineage import dataset_hash_or_none
+    from metarec.pipeline.register import register_candidate
+
+    cfg = config_of(ctx)
+    try:
+        done = register_candidate(cfg, data_hash=dataset_hash_or_none(cfg.data))
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise fail(exc) from None
+    if not done.registered:
+        raise click.ClickException("gate failed; run logged as " + done.run_id +
+                                   ", nothing registered:\n" + "\n".join(done.decision.reasons))
+    click.echo(f"registered version {done.version} as challenger (run {done.run_id})")

@@ -1,0 +1,48 @@
+"""The export stage: the trained learner's adaptation written into ONNX graphs, checked
+against PyTorch; the parity report lands beside the graphs as ``parity.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from metarec.config import Config, ExportConfig
+from metarec.io import write_json
+from metarec.pipeline.inputs import Inputs, load_inputs
+from metarec.pipeline.train import load_meta_model
+
+PARITY_FILE = "parity.json"
+
+
+def export_model(cfg: Config, inputs: Inputs | None = None,
+                 lineage: dict[str, Any] | None = None):
+    """ONNX export (the learner's own adaptation inside the graph) + parity check; returns
+    (ExportResult, ParityReport) and writes parity.json beside the graphs."""
+    from metarec.data.tables import read_tables
+    from metarec.export import export_onnx, parity_check
+    from metarec.features.build import load_encoders
+
+    inputs = inputs or load_inputs(cfg.features, cfg.tasks)
+    model, learner = load_meta_model(cfg, inputs.features)
+    adaptation = learner.adaptation()
+    items = read_tables(cfg.data.prepared_dir).items
+    rating_range = ((0.0, 1.0) if cfg.validation.implicit
+                    else (cfg.validation.rating_min, cfg.validation.rating_max))
+    result = export_onnx(model, adaptation, inputs.features, cfg.export.out_dir,
+                         opset=cfg.export.opset,
+                         user_encoders=load_encoders(cfg.features.out_dir).to_dict()["user"],
+                         titles=dict(zip(items.item_id.tolist(), items.title.tolist())),
+                         rating_range=rating_range, extra=lineage or {})
+    parity = parity_check(model, result, adaptation, n_tasks=cfg.export.parity_tasks,
+                          tol=cfg.export.parity_tol, seed=cfg.seed)
+    write_json(Path(cfg.export.out_dir) / PARITY_FILE, parity.to_dict())
+    return result, parity
+
+
+def read_parity(export_cfg: ExportConfig) -> dict[str, Any]:
+    """parity.json of the last export (``passed``, ``max_abs_err``, ``tol``...)."""
+    path = Path(export_cfg.out_dir) / PARITY_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing; run `metarec export` first")
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,69 @@
+"""The registration stage, written once for the CLI and the Dagster asset:
+
+    gate verdict (re-checked now) -> parity.json -> MLflow run completed -> version + alias
+
+The training run that `meta_model` opened is completed with the report, the verdict and the
+lineage; a version aliased ``challenger`` is created only when the gate and the parity check
+passed, so the registry never changes on a refused or unchecked model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from metarec.config import Config
+from metarec.pipeline.evaluate import gate_decision, load_report
+from metarec.pipeline.export import read_parity
+from metarec.pipeline.lineage import git_sha
+from metarec.pipeline.train import META_FILE, read_summary
+
+
+class ParityFailed(RuntimeError):
+    """The ONNX graph does not match PyTorch: nothing may be registered."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What registering did: the MLflow run, the new version (None: the gate refused)."""
+
+    run_id: str
+    version: int | None
+    decision: object  # metarec.gate.GateDecision
+    data_hash: str | None
+
+    @property
+    def registered(self) -> bool:
+        return self.version is not None
+
+
+def register_candidate(cfg: Config, *, data_hash: str | None,
+                       dagster_run_id: str | None = None) -> Registration:
+    """Complete the training's MLflow run and register the export if the gate and parity pass.
+
+    The gate is evaluated again here against the registry's current champion (never a stale
+    verdict); a failed parity check raises :class:`ParityFailed` before anything is written.
+    """
+    from metarec import registry
+
+    decision = gate_decision(cfg)
+    parity = read_parity(cfg.export)
+    if not parity.get("passed"):
+        raise ParityFailed(f"ONNX parity check failed (max |err| {parity.get('max_abs_err')}, "
+                           f"tol {parity.get('tol')}): nothing registered")
+    report = load_report(cfg)
+    summary = read_summary(cfg)
+    sha = git_sha()
+    opened = summary.get("mlflow_run_id")  # the run the training step opened, if any
+    run_id = registry.log_training_run(
+        cfg.tracking, params=cfg.to_dict(),
+        epoch_metrics=[] if opened else summary.get("history", []),
+        report=report, report_dir=cfg.evaluation.out_dir, decision=decision,
+        artifacts={"encoders": Path(cfg.features.out_dir) / "encoders.json",
+                   **({} if opened else {"checkpoint": Path(cfg.train.out_dir) / META_FILE})},
+        data_hash=data_hash, git_sha=sha, dagster_run_id=dagster_run_id, run_id=opened)
+    version = registry.register_if_passed(
+        cfg.tracking, run_id, cfg.export.out_dir, decision, report=report,
+        key_metric_names=cfg.gate.metrics, data_hash=data_hash, git_sha=sha,
+        dagster_run_id=dagster_run_id, auto_promote=cfg.gate.auto_promote)
+    return Registration(run_id=run_id, version=version, decision=decision, data_hash=data_hash)

@@ -1,0 +1,129 @@
+"""The training stages: meta-train the configured learner, train the baseline network, and
+read both back. Artifacts in ``train.out_dir``:
+
+- ``meta_model.pt``: the model's and the learner's state_dicts;
+- ``baseline_global.pt``: the global network (the ``global`` and ``finetune`` baselines);
+- ``summary.json``: history, best step, validation MAE, the MLflow run the training opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from metarec.config import Config
+from metarec.data.arrays import FeatureArrays
+from metarec.io import load_state, save_state, write_json
+from metarec.models.estimator import Estimator
+from metarec.pipeline.inputs import Inputs, load_inputs
+from metarec.pipeline.lineage import dataset_hash_or_none, git_sha
+
+META_FILE = "meta_model.pt"
+GLOBAL_FILE = "baseline_global.pt"
+SUMMARY_FILE = "summary.json"
+
+
+def build_estimator_and_learner(cfg: Config, features: FeatureArrays) -> tuple[Estimator, nn.Module]:
+    """The estimator (``model`` section) and the configured learner (``meta`` section), with
+    the top-level seed set first so that a rerun builds the same initial weights."""
+    from metarec.meta.learners import build_learner
+    from metarec.models.estimator import build_model
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(features, cfg.model)
+    return model, build_learner(model, cfg.meta)
+
+
+def train_meta_model(cfg: Config, inputs: Inputs | None = None,
+                     callbacks: tuple[Callable[[int, dict[str, float]], None], ...] = (),
+                     resume: bool = True, track: bool = True,
+                     dagster_run_id: str | None = None, world=None) -> dict[str, Any]:
+    """Meta-train the configured learner; writes meta_model.pt and summary.json.
+
+    With ``track``, the training is recorded as an MLflow run (params, per-step metrics, the
+    checkpoint, lineage tags) whose id lands in summary.json; registration completes that run.
+    ``world`` (:class:`metarec.training.distributed.World`): one rank of a torchrun job.
+    """
+    from metarec.training.loop import meta_train
+
+    inputs = inputs or load_inputs(cfg.features, cfg.tasks)
+    out = Path(cfg.train.out_dir)
+    model, learner = build_estimator_and_learner(cfg, inputs.features)
+    # Resume only a checkpoint of this very training: same tasks, model, learner and loop.
+    result = meta_train(model, learner, inputs.train, inputs.valid, cfg.train, cfg.seed,
+                        callbacks=callbacks, resume=resume,
+                        checkpoint_dir=out / "checkpoints" / training_fingerprint(cfg, inputs),
+                        world=world)
+    if world is not None and not world.is_main:  # DDP: only rank 0 writes and logs
+        return {"learner": cfg.meta.learner, "steps": result.steps,
+                "best_step": result.best_step, "best_valid_mae": result.best_valid_mae}
+    save_state(out / META_FILE, {"model": result.model_state, "learner": result.learner_state})
+    summary = {"learner": cfg.meta.learner, "steps": result.steps, "best_step": result.best_step,
+               "best_valid_mae": result.best_valid_mae, "stopped_early": result.stopped_early,
+               "train_tasks": len(inputs.train), "valid_tasks": len(inputs.valid),
+               "history": result.history}
+    if track:
+        from metarec import registry
+
+        summary["mlflow_run_id"] = registry.log_training_run(
+            cfg.tracking, params=cfg.to_dict(), epoch_metrics=result.history,
+            artifacts={"checkpoint": out / META_FILE}, data_hash=dataset_hash_or_none(cfg.data),
+            git_sha=git_sha(), dagster_run_id=dagster_run_id)
+        summary["mlflow_run_url"] = registry.run_url(cfg.tracking, summary["mlflow_run_id"])
+    write_json(out / SUMMARY_FILE, summary)
+    return summary
+
+
+def training_fingerprint(cfg: Config, inputs: Inputs) -> str:
+    """Identity of a training run: the task manifest and the model/meta/train settings."""
+    payload = {"tasks": inputs.manifest, "model": asdict(cfg.model), "meta": asdict(cfg.meta),
+               "train": {k: v for k, v in asdict(cfg.train).items()
+                         if k not in ("device", "progress", "out_dir")}, "seed": cfg.seed}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:16]
+
+
+def read_summary(cfg: Config) -> dict[str, Any]:
+    """summary.json of the last training (what `metarec train` printed, plus its MLflow run)."""
+    path = Path(cfg.train.out_dir) / SUMMARY_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing; run `metarec train` first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def train_baseline_models(cfg: Config, inputs: Inputs | None = None) -> dict[str, Any]:
+    """Train the global network (the global and finetune baselines); writes its state_dict."""
+    from metarec.training.baselines import BASELINES, train_global_network
+
+    inputs = inputs or load_inputs(cfg.features, cfg.tasks)
+    _, result = train_global_network(inputs.features, inputs.train, inputs.valid, cfg.model,
+                                     cfg.train, cfg.seed)
+    save_state(Path(cfg.train.out_dir) / GLOBAL_FILE, {"model": result.model_state})
+    return {"baselines": list(BASELINES), "global_steps": result.steps,
+            "global_valid_mae": result.best_valid_mae}
+
+
+def load_meta_model(cfg: Config, features: FeatureArrays) -> tuple[Estimator, nn.Module]:
+    """The trained estimator (evaluation mode) and learner from meta_model.pt."""
+    model, learner = build_estimator_and_learner(cfg, features)
+    state = load_state(Path(cfg.train.out_dir) / META_FILE)
+    model.load_state_dict(state["model"])
+    learner.load_state_dict(state["learner"])
+    return model.eval(), learner
+
+
+def load_baselines(cfg: Config, inputs: Inputs) -> dict[str, Any]:
+    """The baselines by name around the global network of baseline_global.pt."""
+    from metarec.models.estimator import build_model
+    from metarec.training.baselines import assemble_baselines
+
+    net = build_model(inputs.features, cfg.model)
+    net.load_state_dict(load_state(Path(cfg.train.out_dir) / GLOBAL_FILE)["model"])
+    return assemble_baselines(net.eval(), inputs.train, len(inputs.features.item_ids), cfg.meta,
+                              cfg.train)
