@@ -14,7 +14,10 @@ from metarec.config import ModelConfig
 from metarec.data.arrays import FeatureArrays, TaskArrays
 from metarec.models.estimator import build_model
 
-TINY = ModelConfig(embedding_dim=4, hidden=(8, 8), text_proj_dim=4)
+# MeLU's own estimator: no item statistics, residual offset or LayerNorm, PyTorch's embedding
+# initialisation (params.yaml's defaults add those; the tests that need them say so).
+PLAIN = dict(item_stats=False, item_offset=False, item_norm=False, embedding_std=1.0)
+TINY = ModelConfig(embedding_dim=4, hidden=(8, 8), text_proj_dim=4, **PLAIN)
 
 
 def tiny_features(seed: int = 0, users: int = 12, items: int = 30, text_dim: int = 8,
@@ -63,7 +66,7 @@ def test_shapes_and_split_equals_forward() -> None:
 
 def test_decide_matches_a_plain_mlp() -> None:
     torch.manual_seed(0)
-    model = build_model(tiny_features(), ModelConfig(embedding_dim=4, hidden=(8, 5)))
+    model = build_model(tiny_features(), ModelConfig(embedding_dim=4, hidden=(8, 5), **PLAIN))
     mlp = nn.Sequential(model.decision[0], nn.ReLU(), model.decision[1], nn.ReLU(),
                         model.decision[2])
     x = torch.randn(7, model.feature_dim)
@@ -91,7 +94,7 @@ def test_user_tower_depends_on_user() -> None:
 
 
 def test_without_text() -> None:
-    model = build_model(tiny_features(), ModelConfig(embedding_dim=4, hidden=(8,), use_text=False))
+    model = build_model(tiny_features(), ModelConfig(embedding_dim=4, hidden=(8,), use_text=False, **PLAIN))
     assert model.text_proj is None and model.feature_dim == 16
     features = tiny_features()
     features.item_text = None
