@@ -191,7 +191,7 @@ def test_item_ids_and_pure_svd_factors_enter_the_item_tower() -> None:
     features = tiny_features()
     n = features.item_cat.shape[0]
     model = build_model(features, ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4,
-                                               item_id=True, item_factors=3))
+                                               item_id=True, item_factors=3, **PLAIN))
     assert model.feature_dim == 4 * (1 + 1 + 1 + 1 + 1) + 4 * 2  # year, genre, text, id, svd; users
     with pytest.raises(ValueError, match="user of every rating"):
         model.fit_item_stats(items, ratings.float(), 1.0)
