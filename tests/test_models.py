@@ -202,4 +202,5 @@ def test_item_ids_and_pure_svd_factors_enter_the_item_tower() -> None:
     assert not torch.allclose(before[:3], after[:3])  # rated items gain id vectors and factors
     torch.testing.assert_close(before[3:], after[3:])  # unrated ones stay feature-only
     with pytest.raises(ValueError, match="item_offset needs item_stats"):
-        build_model(features, ModelConfig(embedding_dim=4, hidden=(8,), item_offset=True))
+        build_model(features, ModelConfig(embedding_dim=4, hidden=(8,), item_offset=True,
+                                          item_stats=False))
