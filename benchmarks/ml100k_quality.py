@@ -73,7 +73,7 @@ def _inputs(cfg: Config, work_dir: Path) -> tuple[Config, Inputs]:
     if not (base / "tasks" / "manifest.json").exists():
         log.info("building %s features and tasks under %s", cfg.tasks.protocol, base)
         tables = read_tables(cfg.data.prepared_dir)
-        features = prepare_features(cfg, tables)
+        features = prepare_features(cfg.features, cfg.tasks, cfg.seed, tables)
         build_task_sets(cfg, tables, features)
     return cfg, load_inputs(cfg.features, cfg.tasks)
 

@@ -41,7 +41,7 @@ def main() -> None:
         for i in range(args.repeat):
             out = Path(args.artifacts or tmp) / f"run{i}"
             start = time.perf_counter()
-            report = validate_tables(tables, cfg, artifact_dir=out)
+            report = validate_tables(tables, cfg.validation, cfg.tasks, artifact_dir=out)
             walls.append(time.perf_counter() - start)
     print(json.dumps({
         "benchmark": "validate_ml100k", "rows": tables.summary(), "read_tables_s": round(read_s, 3),

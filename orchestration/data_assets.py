@@ -41,7 +41,7 @@ def canonical_tables(metarec: MetarecConfig):
     from metarec.data.tables import frame_hash
 
     cfg = metarec.load()
-    tables = prepare_dataset(cfg)
+    tables = prepare_dataset(cfg.data)
     for name in TABLES:
         frame = getattr(tables, name)
         yield dg.MaterializeResult(
@@ -62,7 +62,7 @@ def data_contracts(metarec: MetarecConfig):
     from metarec.data.validation import validate_tables
 
     cfg = metarec.load()
-    report = validate_tables(read_tables(cfg.data.prepared_dir), cfg,
+    report = validate_tables(read_tables(cfg.data.prepared_dir), cfg.validation, cfg.tasks,
                              artifact_dir=cfg.validation.out_dir)
     for name in TABLES:
         failures = [f for f in report.failures if f.table == name]
@@ -97,7 +97,8 @@ def features(metarec: MetarecConfig) -> dg.MaterializeResult:
     from metarec.features.build import prepare_features, read_features_manifest
 
     cfg = metarec.load()
-    feats = prepare_features(cfg, read_tables(cfg.data.prepared_dir))
+    feats = prepare_features(cfg.features, cfg.tasks, cfg.seed,
+                             read_tables(cfg.data.prepared_dir))
     manifest = read_features_manifest(cfg.features.out_dir)
     version = f"{manifest.get('data_hash', '')[:12]}-{manifest.get('encoder_hash', '')[:12]}"
     return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={

@@ -90,7 +90,7 @@ def test_build_task_sets_end_to_end_deterministic(tmp_path):
                                          out_dir=str(tmp_path / "features")),
                   tasks=replace(base.tasks, protocol="melu", melu_item_year_threshold=1997,
                                 out_dir=str(tmp_path / "tasks")))
-    prepare_features(cfg, tables, encode_fn=fake_encoder)
+    prepare_features(cfg.features, cfg.tasks, cfg.seed, tables, encode_fn=fake_encoder)
     sets = build_task_sets(cfg, tables)
     first = {p.name: p.read_bytes() for p in (tmp_path / "tasks").iterdir()}
     assert {"warm.npz", "warm_valid.npz", "user_cold@k5.npz", "manifest.json"} <= set(first)

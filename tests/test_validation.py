@@ -140,7 +140,7 @@ def test_valid_raw_and_canonical_data_pass():
     report = run(raw())
     assert report.passed, report.to_text()
     t = canonical()
-    report = validate_tables(t, Config(validation=CFG), now=NOW)
+    report = validate_tables(t, CFG, TasksConfig(), now=NOW)
     assert report.passed, report.to_text()
     assert report.rows == {"interactions": 375, "users": 25, "items": 15}
 
@@ -213,7 +213,7 @@ def test_not_a_dataframe_is_a_clear_error():
 def test_canonical_tables_need_canonical_dtypes():
     t = canonical()
     t.interactions["user_id"] = t.interactions["user_id"].astype(str)
-    report = validate_tables(t, Config(validation=CFG), now=NOW)
+    report = validate_tables(t, CFG, TasksConfig(), now=NOW)
     dtype = [f for f in report.failures if f.expectation == "dtype"]
     assert [f.column for f in dtype] == ["user_id"]
     assert "expected int64" in dtype[0].message
@@ -235,7 +235,7 @@ def test_implicit_labels_and_duplicates_policy():
 def test_task_protocol_bounds_come_from_tasks_config():
     t = canonical()  # every user has 15 interactions: none is eligible for 20..100
     cfg = Config(validation=CFG, tasks=TasksConfig(min_ratings=20, max_ratings=100))
-    (fail,) = validate_tables(t, cfg, now=NOW).failures
+    (fail,) = validate_tables(t, cfg.validation, cfg.tasks, now=NOW).failures
     assert fail.expectation == "enough task users" and "20..100" in fail.message
 
 
@@ -288,7 +288,7 @@ def test_nothing_downstream_is_written_after_a_failed_validation(tmp_path):
     bad = canonical()
     bad.interactions.loc[0, "rating"] = 9.0
     with pytest.raises(DataValidationError, match="outside"):
-        write_tables(raise_if_failed(validate_tables(bad, Config(validation=CFG), now=NOW))
+        write_tables(raise_if_failed(validate_tables(bad, CFG, TasksConfig(), now=NOW))
                      and bad, prepared)
     assert {p.name: p.read_bytes() for p in prepared.iterdir()} == before
     assert read_tables(prepared).interactions.rating.max() <= 5.0

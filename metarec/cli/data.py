@@ -52,7 +52,7 @@ def data_prepare(ctx: click.Context) -> None:
 
     cfg = config_of(ctx)
     try:
-        tables = prepare_dataset(cfg)
+        tables = prepare_dataset(cfg.data)
     except (ValueError, OSError) as exc:
         raise fail(exc) from None
     click.echo(f"{tables.name}: {json.dumps(tables.summary())} -> {cfg.data.prepared_dir}")
@@ -83,7 +83,8 @@ def data_validate(ctx: click.Context, interactions: Path | None, users: Path | N
         raise click.UsageError("--users/--items need --interactions")
     try:
         if interactions is None:
-            report = val.validate_tables(read_tables(cfg.data.prepared_dir), cfg, out)
+            report = val.validate_tables(read_tables(cfg.data.prepared_dir), cfg.validation,
+                                          cfg.tasks, out)
         else:
             frames = val.load_raw_files(interactions, users, items, cfg.data.csv)
             report = val.validate_frames(
@@ -156,7 +157,7 @@ def features_build(ctx: click.Context) -> None:
     cfg = config_of(ctx)
     start = time.perf_counter()
     try:
-        feats = prepare_features(cfg, _prepared_tables(cfg))
+        feats = prepare_features(cfg.features, cfg.tasks, cfg.seed, _prepared_tables(cfg))
     except (ValueError, OSError) as exc:
         raise fail(exc) from None
     dim = None if feats.item_text is None else feats.item_text.shape[1]

@@ -6,20 +6,19 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from metarec.config import Config
+from metarec.config import DataConfig
 from metarec.data.sources import read_source
 from metarec.data.tables import CanonicalTables, write_tables
 
 log = logging.getLogger(__name__)
 
 
-def prepare_dataset(cfg: Config, root: str | Path = ".") -> CanonicalTables:
-    """Read ``cfg.data.dataset`` from the data directory and write its canonical tables.
+def prepare_dataset(data: DataConfig, root: str | Path = ".") -> CanonicalTables:
+    """Read ``data.dataset`` from the data directory and write its canonical tables.
 
-    The tables land in ``cfg.data.prepared_dir`` whole or not at all.
+    The tables land in ``data.prepared_dir`` whole or not at all.
     """
     root = Path(root)
-    data = cfg.data
     tables = read_source(dataclasses.replace(data, raw_dir=str(root / data.raw_dir)))
     write_tables(tables, root / data.prepared_dir)
     log.info("prepared %s: %s -> %s", tables.name, tables.summary(), root / data.prepared_dir)

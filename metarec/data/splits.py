@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from metarec.config import TasksConfig
 from metarec.data.tables import INTERACTION_COLUMNS, CanonicalTables
 
 log = logging.getLogger(__name__)
@@ -184,8 +185,8 @@ def melu_split(tables: CanonicalTables, *, seed: int, year_threshold: int,
     return ColdStartSplit("melu", seed, sets, existing_users, np.sort(existing_items).astype(np.int64))
 
 
-def make_split(tables: CanonicalTables, tasks_cfg, seed: int) -> ColdStartSplit:
-    """The split ``tasks_cfg.protocol`` names (``tasks_cfg``: a :class:`TasksConfig`)."""
+def make_split(tables: CanonicalTables, tasks_cfg: TasksConfig, seed: int) -> ColdStartSplit:
+    """The split ``tasks_cfg.protocol`` names."""
     common = dict(seed=seed, min_ratings=tasks_cfg.min_ratings, max_ratings=tasks_cfg.max_ratings)
     if tasks_cfg.protocol == "melu":
         return melu_split(tables, year_threshold=tasks_cfg.melu_item_year_threshold,
@@ -198,7 +199,7 @@ def make_split(tables: CanonicalTables, tasks_cfg, seed: int) -> ColdStartSplit:
                      "(expected 'melu' or 'user-split')")
 
 
-def split_from_config(cfg, tables: CanonicalTables) -> ColdStartSplit:
-    """The split of a whole :class:`metarec.config.Config`: ``tasks.seed``, else ``seed``."""
-    seed = cfg.tasks.seed if cfg.tasks.seed is not None else cfg.seed
-    return make_split(tables, cfg.tasks, seed)
+def split_from_config(tasks_cfg: TasksConfig, seed: int, tables: CanonicalTables
+                      ) -> ColdStartSplit:
+    """The configured split: seeded by ``tasks.seed``, else the top-level ``seed``."""
+    return make_split(tables, tasks_cfg, tasks_cfg.seed if tasks_cfg.seed is not None else seed)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from metarec.config import ColumnMap, Config, CsvSource, ValidationConfig
+from metarec.config import ColumnMap, CsvSource, TasksConfig, ValidationConfig
 from metarec.data.tables import CanonicalTables, FeatureSpec
 from metarec.data.validation_suites import (Batch, add_known, entity_batch, interactions_batch,
                                             task_users_batch)
@@ -273,13 +273,14 @@ def validate_frames(interactions: pd.DataFrame, users: pd.DataFrame | None = Non
     return report
 
 
-def validate_tables(tables: CanonicalTables, cfg: Config,
-                    artifact_dir: str | Path | None = None,
+def validate_tables(tables: CanonicalTables, validation_cfg: ValidationConfig,
+                    tasks_cfg: TasksConfig, artifact_dir: str | Path | None = None,
                     now: float | None = None) -> ValidationReport:
-    """Validate canonical tables (dtypes included) against ``cfg.validation`` and ``cfg.tasks``."""
-    return validate_frames(tables.interactions, tables.users, tables.items, cfg.validation,
-                           tables.spec, min_ratings=cfg.tasks.min_ratings,
-                           max_ratings=cfg.tasks.max_ratings, canonical=True,
+    """Validate canonical tables (dtypes included) against the ``validation`` contracts and the
+    ``tasks`` section's ratings-per-user window."""
+    return validate_frames(tables.interactions, tables.users, tables.items, validation_cfg,
+                           tables.spec, min_ratings=tasks_cfg.min_ratings,
+                           max_ratings=tasks_cfg.max_ratings, canonical=True,
                            artifact_dir=artifact_dir, now=now)
 
 

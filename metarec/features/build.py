@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from metarec.config import Config, FeaturesConfig
+from metarec.config import FeaturesConfig, TasksConfig
 from metarec.data.arrays import FeatureArrays
 from metarec.data.npz import read_npz, write_npz
 from metarec.data.splits import ColdStartSplit, split_from_config
@@ -150,18 +150,19 @@ def load_encoders(src: str | Path) -> FeatureEncoders:
     return FeatureEncoders.from_json((Path(src) / ENCODERS_FILE).read_text(encoding="utf-8"))
 
 
-def prepare_features(cfg: Config, tables: CanonicalTables,
-                     encode_fn: EncodeFn | None = None) -> FeatureArrays:
-    """The `metarec features build` step: split, fit, encode, embed, write to features.out_dir."""
-    split = split_from_config(cfg, tables)
-    features, encoders = build_features(tables, split, cfg.features, encode_fn)
+def prepare_features(features_cfg: FeaturesConfig, tasks_cfg: TasksConfig, seed: int,
+                     tables: CanonicalTables, encode_fn: EncodeFn | None = None) -> FeatureArrays:
+    """The `metarec features build` step: split (``tasks`` section and ``seed``), fit, encode,
+    embed, write to ``features.out_dir``."""
+    split = split_from_config(tasks_cfg, seed, tables)
+    features, encoders = build_features(tables, split, features_cfg, encode_fn)
     extra = {"data_hash": tables_fingerprint(tables), "split_hash": split.fingerprint(),
              "protocol": split.protocol, "seed": split.seed,
-             "text_model": cfg.features.text_model, "dataset": tables.name}
-    save_features(features, encoders, cfg.features.out_dir, extra)
+             "text_model": features_cfg.text_model, "dataset": tables.name}
+    save_features(features, encoders, features_cfg.out_dir, extra)
     log.info("features: %d users x %d fields, %d items x %d fields (+%s), text dim %s -> %s",
              features.user_cat.shape[0], features.user_cat.shape[1], features.item_cat.shape[0],
              features.item_cat.shape[1], list(features.item_multi),
              None if features.item_text is None else features.item_text.shape[1],
-             cfg.features.out_dir)
+             features_cfg.out_dir)
     return features

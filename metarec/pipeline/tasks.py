@@ -22,7 +22,7 @@ def build_task_sets(cfg: Config, tables: CanonicalTables,
 
     ``features`` defaults to those in features.out_dir, which must come from the same split.
     """
-    split = split_from_config(cfg, tables)
+    split = split_from_config(cfg.tasks, cfg.seed, tables)
     manifest = read_features_manifest(cfg.features.out_dir)
     if manifest.get("split_hash") != split.fingerprint():
         raise ValueError(f"features in {cfg.features.out_dir} were built for another split "

@@ -19,6 +19,7 @@ import os
 
 import dagster as dg
 
+from metarec.config import default_params_path
 from orchestration.assemble import build_definitions
 
 EXECUTORS = ("multiprocess", "in_process", "k8s", "docker")
