@@ -37,7 +37,7 @@ import yaml
 
 from metarec.config import Config, config_from_dict
 from metarec.data.arrays import TaskArrays
-from metarec.evaluate import evaluate_predictions
+from metarec.evaluation.scoring import evaluate_predictions
 from metarec.workflow import Inputs, load_inputs
 
 METRICS = ["mae", "rmse", "ndcg_at_3", "ndcg_at_5", "precision_at_5", "recbole_ndcg_at_5"]
@@ -117,7 +117,7 @@ def run(cfg: Config, inputs: Inputs, learners: list[str], split: str,
                           "seconds": round(time.time() - start, 1)}
         log.info("global: %s", info["global"])
     if per_task:
-        from metarec.evaluate import task_scores
+        from metarec.evaluation.metrics import task_scores
 
         tasks = next(iter(scenarios.values()))
         out: dict[str, Any] = {"_training": info}

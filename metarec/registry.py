@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from metarec.config import TrackingConfig
-from metarec.evaluate import Report
-from metarec.gate import GateDecision
+from metarec.evaluation.gate import GateDecision
+from metarec.evaluation.report import Report
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def log_training_run(cfg: TrackingConfig, *, params: Mapping[str, Any],
 
     ``params``: nested config dict (flattened to dotted keys); ``epoch_metrics``: one mapping per
     step (its index is the step); ``report_dir``: the folder written by
-    :func:`metarec.evaluate.write_report`, logged under ``evaluation/``; ``artifacts``:
+    :func:`metarec.evaluation.output.write_report`, logged under ``evaluation/``; ``artifacts``:
     ``{artifact folder: local file or folder}`` (encoders, checkpoint, ONNX model...).
     The run ends FINISHED, or FAILED when an upload raises (the error propagates).
     """

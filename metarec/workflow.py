@@ -205,7 +205,8 @@ def load_baselines(cfg: Config, inputs: Inputs) -> dict[str, Any]:
 def evaluate_models(cfg: Config, inputs: Inputs | None = None):
     """Candidate and baselines on every evaluation scenario, curves included; writes the
     report into evaluation.out_dir and returns it (a metarec.evaluate.Report)."""
-    from metarec.evaluate import evaluate_all, write_report
+    from metarec.evaluation.output import write_report
+    from metarec.evaluation.scoring import evaluate_all
     from metarec.train import predict
 
     inputs = inputs or load_inputs(cfg)
@@ -220,7 +221,7 @@ def evaluate_models(cfg: Config, inputs: Inputs | None = None):
 
 
 def load_report(cfg: Config):
-    from metarec.evaluate import Report
+    from metarec.evaluation.report import Report
 
     path = Path(cfg.evaluation.out_dir) / "report.json"
     if not path.exists():
@@ -230,7 +231,7 @@ def load_report(cfg: Config):
 
 def gate_decision(cfg: Config, report=None):
     """The gate verdict of the current report against the registry's champion."""
-    from metarec.gate import gate
+    from metarec.evaluation.gate import gate
     from metarec.registry import champion_report
 
     report = report or load_report(cfg)
