@@ -25,7 +25,6 @@ import ml100k_quality as mq  # noqa: E402
 
 from metarec.config import config_from_dict  # noqa: E402
 from metarec.data.arrays import TaskArrays  # noqa: E402
-from metarec.evaluate import evaluate_predictions  # noqa: E402
 
 PAIRED = ("mae", "ndcg_at_3", "ndcg_at_5", "precision_at_5")
 

@@ -3,7 +3,7 @@
 Trains the configured meta-learners and the four baselines (user_mean, item_mean, global,
 finetune) on the training tasks of a protocol, early-stopping on its validation tasks, and
 prints ``{scenario: {method: {mae, rmse, ndcg_at_3, ndcg_at_5, precision_at_5, ...}}}`` with
-the metric functions of metarec.evaluate (ndcg_at_k: MeLU's graded nDCG; precision_at_k and
+the metric functions of metarec.evaluation.metrics (ndcg_at_k: MeLU's graded nDCG; precision_at_k and
 recbole_ndcg_at_k: the RecBole-MetaRec definitions).
 
 Scenarios: with ``--split test`` every evaluation set of the protocol (user-split: ``test``;
@@ -37,7 +37,7 @@ import yaml
 
 from metarec.config import Config, config_from_dict
 from metarec.data.arrays import TaskArrays
-from metarec.evaluate import evaluate_predictions
+from metarec.evaluation.scoring import evaluate_predictions
 from metarec.pipeline.inputs import Inputs, load_inputs
 
 METRICS = ["mae", "rmse", "ndcg_at_3", "ndcg_at_5", "precision_at_5", "recbole_ndcg_at_5"]
@@ -117,7 +117,7 @@ def run(cfg: Config, inputs: Inputs, learners: list[str], split: str,
                           "seconds": round(time.time() - start, 1)}
         log.info("global: %s", info["global"])
     if per_task:
-        from metarec.evaluate import task_scores
+        from metarec.evaluation.metrics import task_scores
 
         tasks = next(iter(scenarios.values()))
         out: dict[str, Any] = {"_training": info}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from metarec.config import GateConfig
-from metarec.evaluate import Report
-from metarec.gate import GateDecision, gate
+from metarec.evaluation.gate import GateDecision, gate
+from metarec.evaluation.report import Report
 
 POLICY = GateConfig(metrics=("mae", "ndcg_at_3"), champion_margin=0.01, scenarios=(),
                     baselines=("item_mean", "global"))

@@ -13,8 +13,8 @@ import pytest
 
 from metarec import registry as reg
 from metarec.config import GateConfig, TrackingConfig
-from metarec.evaluate import Report
-from metarec.gate import GateDecision, gate
+from metarec.evaluation.gate import GateDecision, gate
+from metarec.evaluation.report import Report
 
 POLICY = GateConfig(metrics=("mae",), baselines=("item_mean",), champion_margin=0.01)
 

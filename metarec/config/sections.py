@@ -264,9 +264,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """Metrics, adaptation curves and bootstrap intervals (metarec.evaluate)."""
+    """Metrics, adaptation curves and bootstrap intervals (metarec.evaluation)."""
 
-    # Metric families (metarec.evaluate): mae, rmse (rating units); ndcg (MeLU: gain 2^r - 1);
+    # Metric families (metarec.evaluation.metrics): mae, rmse (rating units); ndcg (MeLU: gain 2^r - 1);
     # precision and recbole_ndcg (RecBole-MetaRec: relevant = the k best-rated query items).
     # Ranking families expand over `ks` into names such as ndcg_at_3 and precision_at_5.
     metrics: tuple[str, ...] = ("mae", "rmse", "ndcg", "precision", "recbole_ndcg")
@@ -286,7 +286,7 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """The registration gate (metarec.gate): baselines to beat, champion margin."""
+    """The registration gate (metarec.evaluation.gate): baselines to beat, champion margin."""
 
     # The candidate must beat every baseline on each of these (mae/rmse: lower is better,
     # everything else: higher is better).

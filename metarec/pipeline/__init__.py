@@ -7,7 +7,7 @@
     tasks       metarec.data.tasks     -> cold-start splits and few-shot tasks
     train       train_meta_model       -> meta_model.pt   (metarec.training.loop + metarec.meta)
                 train_baseline_models  -> baseline_global.pt (metarec.training.baselines)
-    evaluate    evaluate_models        -> report.json/md; gate_decision (metarec.gate)
+    evaluate    evaluate_models        -> report.json/md; gate_decision (metarec.evaluation)
     export      export_model           -> model.onnx, scorer.onnx, parity.json (metarec.export)
     register    register_candidate     -> MLflow run + version aliased challenger (metarec.registry)
 

@@ -19,8 +19,9 @@ REPORT_FILE = "report.json"
 
 def evaluate_models(cfg: Config, inputs: Inputs | None = None):
     """Candidate and baselines on every evaluation scenario, curves included; writes the
-    report into evaluation.out_dir and returns it (a metarec.evaluate.Report)."""
-    from metarec.evaluate import evaluate_all, write_report
+    report into evaluation.out_dir and returns it (a metarec.evaluation.report.Report)."""
+    from metarec.evaluation.output import write_report
+    from metarec.evaluation.scoring import evaluate_all
     from metarec.training.loop import predict
 
     inputs = inputs or load_inputs(cfg.features, cfg.tasks)
@@ -35,8 +36,8 @@ def evaluate_models(cfg: Config, inputs: Inputs | None = None):
 
 
 def load_report(cfg: Config):
-    """The report the evaluation stage wrote (a metarec.evaluate.Report)."""
-    from metarec.evaluate import Report
+    """The report the evaluation stage wrote (a metarec.evaluation.report.Report)."""
+    from metarec.evaluation.report import Report
 
     path = Path(cfg.evaluation.out_dir) / REPORT_FILE
     if not path.exists():
@@ -46,7 +47,7 @@ def load_report(cfg: Config):
 
 def gate_decision(cfg: Config, report=None):
     """The gate verdict of ``report`` (default: the stored one) against the champion."""
-    from metarec.gate import gate
+    from metarec.evaluation.gate import gate
     from metarec.registry import champion_report
 
     report = report or load_report(cfg)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metarec.config import Config
+from metarec.evaluation.gate import GateDecision
 from metarec.pipeline.evaluate import gate_decision, load_report
 from metarec.pipeline.export import read_parity
 from metarec.pipeline.lineage import git_sha
@@ -29,7 +30,7 @@ class Registration:
 
     run_id: str
     version: int | None
-    decision: object  # metarec.gate.GateDecision
+    decision: GateDecision
     data_hash: str | None
 
     @property

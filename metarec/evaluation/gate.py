@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from metarec.config import GateConfig
-from metarec.evaluate import Report, lower_is_better
+from metarec.evaluation.metrics import lower_is_better
+from metarec.evaluation.report import Report
 
 
 @dataclass(frozen=True)
