@@ -249,31 +249,19 @@ def export_model(cfg: Config, inputs: Inputs | None = None, lineage: dict[str, A
 
     inputs = inputs or load_inputs(cfg)
     model, learner = load_meta_model(cfg, inputs.features)
-    per_param_lr = _per_param_lr(learner)
-    ridge = getattr(learner, "ridge_lambda", None)
-    ridge_lambda = ridge().detach() if callable(ridge) else None
+    adaptation = learner.adaptation()
     items = read_tables(cfg.data.prepared_dir).items
     encoders = load_encoders(cfg.features.out_dir).to_dict()
     rating_range = ((0.0, 1.0) if cfg.validation.implicit
                     else (cfg.validation.rating_min, cfg.validation.rating_max))
-    result = export_onnx(model, inputs.features, cfg.meta, cfg.export.out_dir,
-                         opset=cfg.export.opset, per_param_lr=per_param_lr,
-                         ridge_lambda=ridge_lambda,
-                         user_encoders=encoders["user"],
+    result = export_onnx(model, adaptation, inputs.features, cfg.export.out_dir,
+                         opset=cfg.export.opset, user_encoders=encoders["user"],
                          titles=dict(zip(items.item_id.tolist(), items.title.tolist())),
                          rating_range=rating_range, extra=lineage or {})
-    parity = parity_check(model, result, cfg.meta, n_tasks=cfg.export.parity_tasks,
-                          tol=cfg.export.parity_tol, seed=cfg.seed, per_param_lr=per_param_lr,
-                          ridge_lambda=ridge_lambda)
+    parity = parity_check(model, result, adaptation, n_tasks=cfg.export.parity_tasks,
+                          tol=cfg.export.parity_tol, seed=cfg.seed)
     write_json(Path(cfg.export.out_dir) / PARITY_FILE, parity_dict(parity))
     return result, parity
-
-
-def _per_param_lr(learner) -> dict[str, torch.Tensor] | None:
-    """Meta-SGD's learned inner rates by parameter name, else None."""
-    get = getattr(learner, "_per_param_lr", None)
-    lrs = get() if callable(get) else None
-    return {n: t.detach() for n, t in lrs.items()} if lrs else None
 
 
 def parity_dict(parity) -> dict[str, Any]:

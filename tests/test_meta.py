@@ -13,7 +13,8 @@ from torch.func import functional_call
 from metarec.config import MetaConfig
 from metarec.data.arrays import TaskArrays
 from metarec.meta.baselines import ItemMeanBaseline, UserMeanBaseline, task_ratings
-from metarec.meta.inner import adapt_batch, make_batch, masked_mse
+from metarec.adaptation.gradient import adapt_batch
+from metarec.meta.inner import make_batch, masked_mse
 from metarec.meta.learners import adapted_names, build_learner
 from metarec.models.estimator import build_model
 from tests.test_models import TINY, tiny_features, tiny_tasks
@@ -64,7 +65,7 @@ def test_batched_meta_gradient_matches_per_task_reference(name, which, first_ord
     meta = list(model.parameters()) + list(learner.parameters())
     loss = learner.meta_loss(model, make_batch(model.user_table, tasks))
     grads = torch.autograd.grad(loss, meta)
-    rates = learner._per_param_lr()
+    rates = learner.adaptation().per_param_lr
     ref_loss, ref_grads = _reference_meta_grads(model, learner, tasks, 2, 0.05,
                                                 adapted_names(model, which), first_order, rates)
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
@@ -218,7 +219,7 @@ def test_output_bias_rate_moves_the_offset_to_the_mean_residual(name) -> None:
     model, tasks = _setup(2)
     cfg = MetaConfig(learner=name, inner_steps=1, inner_lr=0.0, output_bias_lr=0.5)
     learner = build_learner(model, cfg)
-    rates = learner._per_param_lr()
+    rates = learner.adaptation().per_param_lr
     last = f"decision.{len(model.decision) - 1}.bias"
     assert float(rates[last]) == 0.5 and all(float(r.abs().max()) == 0.0
                                              for n, r in rates.items() if n != last)
@@ -236,7 +237,7 @@ def test_output_bias_rate_moves_the_offset_to_the_mean_residual(name) -> None:
         build_learner(model, MetaConfig(learner=name, output_bias_lr=-1.0))
     # the output layer's weights may have their own rate too (a per-user linear head)
     rates = build_learner(model, MetaConfig(learner=name, inner_lr=0.01, output_bias_lr=0.5,
-                                            output_weight_lr=0.2))._per_param_lr()
+                                            output_weight_lr=0.2)).adaptation().per_param_lr
     assert float(rates[f"decision.{len(model.decision) - 1}.weight"].max()) == pytest.approx(0.2)
     assert float(rates["decision.0.weight"].max()) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="output_weight_lr"):
@@ -276,7 +277,8 @@ def test_listnet_loss_by_hand_and_padding_ignored() -> None:
 
 
 def test_rank_loss_weight_adds_listnet_on_the_adapted_query_scores() -> None:
-    from metarec.meta.inner import listnet_loss, query_scores
+    from metarec.adaptation.gradient import query_scores
+    from metarec.meta.inner import listnet_loss
 
     model, tasks = _setup(5)
     batch = make_batch(model.user_table, tasks)
@@ -380,3 +382,34 @@ def test_ridge_learner_without_support_scores_like_the_model_and_rejects_bad_pen
     for bad in (dict(ridge_lambda=0.0), dict(ridge_bias_lambda=-1.0)):
         with pytest.raises(ValueError, match="ridge"):
             build_learner(model, MetaConfig(learner="ridge", **bad))
+
+
+def test_the_registry_names_the_configurable_learners_and_builds_by_name() -> None:
+    """``meta.learner``'s Literal (config.py) and the registry must not drift apart; a new
+    learner is one registration away from ``build_learner``."""
+    import json
+    import typing
+
+    from metarec.adaptation.spec import Adaptation
+    from metarec.meta import learners
+
+    literal = typing.get_args(typing.get_type_hints(MetaConfig)["learner"])
+    assert set(literal) == set(learners.META_LEARNERS)
+    assert set(learners.LEARNERS) == set(learners.REGISTRY) == {*literal, "global"}
+    model, _ = _setup()
+    for name in learners.REGISTRY:  # every learner describes its adaptation, JSON-able
+        adaptation = build_learner(model, MetaConfig(), name).adaptation()
+        assert isinstance(adaptation, Adaptation) and adaptation.learner == name
+        json.dumps(adaptation.to_dict())
+    assert build_learner(model, MetaConfig(), "global").adaptation().kind == "none"
+
+    @learners.register_learner("twice_melu")
+    def _twice(model, cfg):
+        return learners.REGISTRY["melu"].build(model, cfg)
+
+    try:
+        assert build_learner(model, MetaConfig(), "twice_melu").adaptation().kind == "gradient"
+        with pytest.raises(ValueError, match="registered twice"):
+            learners.register_learner("twice_melu")(_twice)
+    finally:
+        del learners.REGISTRY["twice_melu"]
