@@ -302,10 +302,12 @@ def register_learner(name: str, *, baseline: bool = False) -> Callable[[Builder]
     return add
 
 
-def _gradient(model: Estimator, cfg: MetaConfig, name: str, *, adapted: str,
-              first_order: bool, learn_lr: bool) -> GradientLearner:
-    return GradientLearner(model, adapted=adapted, first_order=first_order, learn_lr=learn_lr,
-                           steps=cfg.inner_steps, lr=cfg.inner_lr,
+def _gradient(model: Estimator, cfg: MetaConfig, name: str, *, adapted: str | None = None,
+              first_order: bool | None = None, learn_lr: bool = False) -> GradientLearner:
+    """A :class:`GradientLearner` from ``cfg``; ``adapted``/``first_order`` override it."""
+    return GradientLearner(model, adapted=cfg.adapted if adapted is None else adapted,
+                           first_order=cfg.first_order if first_order is None else first_order,
+                           learn_lr=learn_lr, steps=cfg.inner_steps, lr=cfg.inner_lr,
                            output_bias_lr=cfg.output_bias_lr,
                            support_loss_weight=cfg.support_loss_weight,
                            rank_loss_weight=cfg.rank_loss_weight,
@@ -314,25 +316,22 @@ def _gradient(model: Estimator, cfg: MetaConfig, name: str, *, adapted: str,
 
 @register_learner("maml")
 def _maml(model: Estimator, cfg: MetaConfig) -> nn.Module:
-    return _gradient(model, cfg, "maml", adapted=cfg.adapted, first_order=cfg.first_order,
-                     learn_lr=False)
+    return _gradient(model, cfg, "maml")
 
 
 @register_learner("fomaml")
 def _fomaml(model: Estimator, cfg: MetaConfig) -> nn.Module:
-    return _gradient(model, cfg, "fomaml", adapted=cfg.adapted, first_order=True, learn_lr=False)
+    return _gradient(model, cfg, "fomaml", first_order=True)
 
 
 @register_learner("melu")
 def _melu(model: Estimator, cfg: MetaConfig) -> nn.Module:
-    return _gradient(model, cfg, "melu", adapted="decision", first_order=cfg.first_order,
-                     learn_lr=False)
+    return _gradient(model, cfg, "melu", adapted="decision")
 
 
 @register_learner("metasgd")
 def _metasgd(model: Estimator, cfg: MetaConfig) -> nn.Module:
-    return _gradient(model, cfg, "metasgd", adapted=cfg.adapted, first_order=cfg.first_order,
-                     learn_lr=True)
+    return _gradient(model, cfg, "metasgd", learn_lr=True)
 
 
 @register_learner("reptile")
