@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
@@ -134,7 +133,7 @@ def query_loss(model: nn.Module, fast: Mapping[str, Tensor], buffers: Mapping[st
     return masked_mse(scores, batch.query_ratings, batch.query_mask).mean()
 
 
-def reference_scores(model: nn.Module, adaptation: "Adaptation", user_cat: Tensor,
+def reference_scores(model: nn.Module, adaptation: Adaptation, user_cat: Tensor,
                      items: Tensor, ratings: Tensor, mask: Tensor, candidates: Tensor) -> Tensor:
     """Scores of ``candidates`` after :func:`adapt` on one task's support set, as the learners'
     ``predict`` computes them (first order; towers once when only the decision MLP adapts).
@@ -155,8 +154,8 @@ def reference_scores(model: nn.Module, adaptation: "Adaptation", user_cat: Tenso
 # --------------------------------------------------------------------------- ONNX
 
 
-def emit_inner_step(g: "GraphBuilder", x: str, ratings: str, mask: str, denom: str,
-                    weights: "Weights", rates: "Weights", offset: str | None = None) -> "Weights":
+def emit_inner_step(g: GraphBuilder, x: str, ratings: str, mask: str, denom: str,
+                    weights: Weights, rates: Weights, offset: str | None = None) -> Weights:
     """One gradient step on the masked MSE of the support set; returns the new weights.
 
     ``x`` (S, F) support features; ``rates`` per layer (lr_Wt, lr_b) names; ``offset``: (S,)
@@ -184,7 +183,7 @@ def emit_inner_step(g: "GraphBuilder", x: str, ratings: str, mask: str, denom: s
     return tuple(new)
 
 
-def _emit_rates(g: "GraphBuilder", adaptation: "Adaptation", n_layers: int) -> "Weights":
+def _emit_rates(g: GraphBuilder, adaptation: Adaptation, n_layers: int) -> Weights:
     """Per layer (lr_Wt, lr_b) initializers: scalars ``lr``, or the per-entry rates (the
     weight's transposed like its weight)."""
     rates = []
@@ -198,7 +197,7 @@ def _emit_rates(g: "GraphBuilder", adaptation: "Adaptation", n_layers: int) -> "
     return tuple(rates)
 
 
-def emit(task: "TaskGraph", adaptation: "Adaptation") -> str:
+def emit(task: TaskGraph, adaptation: Adaptation) -> str:
     """``adaptation.steps`` inner steps on the support set, then the (C,) candidate scores."""
     g, weights = task.g, task.weights
     if adaptation.steps > 0:

@@ -47,7 +47,7 @@ def scores(params: Mapping[str, Tensor], x: Tensor, n_layers: int) -> Tensor:
     return (h @ params[weight_name(last)].T + params[bias_name(last)]).squeeze(-1)
 
 
-def unadapted_scores(model: nn.Module, adaptation: "Adaptation", user_cat: Tensor,
+def unadapted_scores(model: nn.Module, adaptation: Adaptation, user_cat: Tensor,
                      items: Tensor, ratings: Tensor, mask: Tensor, candidates: Tensor) -> Tensor:
     """The "none" kind for one task: the model's scores, support ignored -> (C,)."""
     with torch.no_grad():
@@ -65,7 +65,7 @@ class Trace(NamedTuple):
     hs: list[str]
 
 
-def emit_layers(g: "GraphBuilder", x: str, weights: "Weights", *, relu_last: bool) -> Trace:
+def emit_layers(g: GraphBuilder, x: str, weights: Weights, *, relu_last: bool) -> Trace:
     """Layers ``weights`` on (K, in): ``h @ Wt + b``, ReLU between them (and after the last one
     when ``relu_last``): the ONNX twin of :func:`hidden` / :func:`scores`."""
     h, zs, hs = x, [], []
@@ -77,24 +77,24 @@ def emit_layers(g: "GraphBuilder", x: str, weights: "Weights", *, relu_last: boo
     return Trace(h, zs, hs)
 
 
-def emit_scores(g: "GraphBuilder", x: str, weights: "Weights") -> Trace:
+def emit_scores(g: GraphBuilder, x: str, weights: Weights) -> Trace:
     """Decision MLP: (K, F) -> Trace with ``out`` the (K,) scores (:func:`scores`)."""
     trace = emit_layers(g, x, weights, relu_last=False)
     return trace._replace(out=g.op("Reshape", trace.out, "minus_one"))
 
 
-def emit_hidden(g: "GraphBuilder", x: str, weights: "Weights") -> str:
+def emit_hidden(g: GraphBuilder, x: str, weights: Weights) -> str:
     """(K, F) -> (K, H) last hidden layer (:func:`hidden`)."""
     return emit_layers(g, x, weights[:-1], relu_last=True).out
 
 
-def emit_candidate_scores(task: "TaskGraph", weights: "Weights") -> str:
+def emit_candidate_scores(task: TaskGraph, weights: Weights) -> str:
     """(C,) candidate scores under ``weights``, plus the item offsets when the model has them."""
     out = emit_scores(task.g, task.features("candidate_items"), weights).out
     offset = task.offset("candidate_items")
     return out if offset is None else task.g.op("Add", out, offset)
 
 
-def emit_unadapted(task: "TaskGraph", adaptation: "Adaptation") -> str:
+def emit_unadapted(task: TaskGraph, adaptation: Adaptation) -> str:
     """The "none" kind: candidate scores under the meta-learned weights."""
     return emit_candidate_scores(task, task.weights)

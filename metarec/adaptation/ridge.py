@@ -72,7 +72,7 @@ def ridge_head(model: nn.Module, support_feats: Tensor, support_items: Tensor,
         return model.offset(query_items).float() + hq @ w0 + (hq * dw.unsqueeze(1)).sum(-1)
 
 
-def reference_scores(model: nn.Module, adaptation: "Adaptation", user_cat: Tensor,
+def reference_scores(model: nn.Module, adaptation: Adaptation, user_cat: Tensor,
                      items: Tensor, ratings: Tensor, mask: Tensor, candidates: Tensor) -> Tensor:
     """:func:`ridge_head` for one task: (Fu,), (S,) x3, (C,) -> (C,)."""
     with torch.no_grad():
@@ -84,14 +84,14 @@ def reference_scores(model: nn.Module, adaptation: "Adaptation", user_cat: Tenso
 # --------------------------------------------------------------------------- ONNX
 
 
-def _emit_hidden_features(g: "GraphBuilder", x: str, weights: "Weights", rows: str) -> str:
+def _emit_hidden_features(g: GraphBuilder, x: str, weights: Weights, rows: str) -> str:
     """(K, F) -> (K, H + 1): :func:`hidden_features` in the graph."""
     h = emit_hidden(g, x, weights)
     ones = g.op("Expand", "one_1x1", g.op("Concat", g.op("Shape", rows), "axis_one", axis=0))
     return g.op("Concat", h, ones, axis=1)
 
 
-def _emit_solve(g: "GraphBuilder", a: str, b: str, k: int) -> str:
+def _emit_solve(g: GraphBuilder, a: str, b: str, k: int) -> str:
     """x = A^-1 b for (k, k) SPD ``a`` and (k, 1) ``b`` by Newton-Schulz and refinement."""
     g.const("ridge_eye2", (2.0 * np.eye(k)).astype(np.float32))
     norm = g.op("Sqrt", g.op("ReduceSum", g.op("Mul", a, a), keepdims=0))
@@ -104,7 +104,7 @@ def _emit_solve(g: "GraphBuilder", a: str, b: str, k: int) -> str:
     return dw
 
 
-def emit(task: "TaskGraph", adaptation: "Adaptation") -> str:
+def emit(task: TaskGraph, adaptation: Adaptation) -> str:
     """:func:`ridge_head` for one task with standard ONNX ops -> (C,) candidate scores."""
     lam = adaptation.ridge_lambda.detach().float().cpu().numpy()
     k = task.n_hidden + 1

@@ -43,8 +43,8 @@ class Adaptation:
     steps: int = 0
     lr: float = 0.0
     adapted: frozenset[str] = field(default_factory=frozenset)
-    per_param_lr: Mapping[str, "Tensor"] | None = None
-    ridge_lambda: "Tensor | None" = None
+    per_param_lr: Mapping[str, Tensor] | None = None
+    ridge_lambda: Tensor | None = None
     not_exportable: str | None = None
 
     def __post_init__(self) -> None:

@@ -14,13 +14,19 @@ serving never imports torch or onnx.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from metarec.export.artifacts import DEFAULT_OPSET, ExportResult, export_onnx
+    from metarec.export.parity import ParityReport, parity_check
+    from metarec.export.runtime import (ADAPT_INPUTS, METADATA_FILE, MODEL_FILE, PARITY_FILE,
+                                        SCORER_FILE, SCORER_INPUTS)
 
 _LAZY = {"export_onnx": "artifacts", "ExportResult": "artifacts", "DEFAULT_OPSET": "artifacts",
          "parity_check": "parity", "ParityReport": "parity",
          "METADATA_FILE": "runtime", "MODEL_FILE": "runtime", "SCORER_FILE": "runtime",
          "PARITY_FILE": "runtime", "ADAPT_INPUTS": "runtime", "SCORER_INPUTS": "runtime"}
-__all__ = sorted(_LAZY)
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Meta-learners behind one small protocol, all built on the one inner loop (metarec.meta.inner).
+"""Meta-learners behind one small protocol, all built on one inner loop (metarec.adaptation).
 
 - ``maml``: MAML (Finn et al., ICML 2017), second order, adapting ``meta.adapted`` parameters;
 - ``fomaml``: first-order MAML (inner gradients detached);
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from metarec.adaptation.gradient import adapt_batch, query_loss, query_scores
-from metarec.adaptation.mlp import DECISION_PREFIX
+from metarec.adaptation.mlp import DECISION_PREFIX, bias_name, weight_name
 from metarec.adaptation.ridge import ridge_head
 from metarec.adaptation.spec import Adaptation
 from metarec.config import MetaConfig
@@ -97,8 +97,8 @@ class GradientLearner(nn.Module):
         self.precompute = all(n.startswith(DECISION_PREFIX) for n in self.adapted_set)
         self._decision_names = frozenset(model.decision_params())
         params = dict(model.named_parameters())
-        out_bias = f"{DECISION_PREFIX}{len(model.decision) - 1}.bias"
-        out_weight = f"{DECISION_PREFIX}{len(model.decision) - 1}.weight"
+        last = len(model.decision) - 1
+        out_bias, out_weight = bias_name(last), weight_name(last)
         special = {n: r for n, r in ((out_bias, output_bias_lr), (out_weight, output_weight_lr))
                    if r is not None}
 
