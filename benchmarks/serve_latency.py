@@ -44,6 +44,7 @@ def export_untrained(params: Path, out: Path, seed: int) -> Path:
 
     from metarec.export import export_onnx
     from metarec.features.build import load_encoders, load_features
+    from metarec.meta.learners import build_learner
     from metarec.models.estimator import build_model
 
     cfg = load_config(params)
@@ -52,7 +53,8 @@ def export_untrained(params: Path, out: Path, seed: int) -> Path:
     items = pd.read_parquet(Path(cfg.data.prepared_dir) / "items.parquet", columns=["item_id", "title"])
     torch.manual_seed(seed)
     model = build_model(features, cfg.model).eval()
-    export_onnx(model, features, cfg.meta, out, opset=cfg.export.opset,
+    export_onnx(model, build_learner(model, cfg.meta).adaptation(), features, out,
+                opset=cfg.export.opset,
                 user_encoders=encoders.to_dict()["user"],
                 titles=dict(zip(items["item_id"].astype(int), items["title"].astype(str))),
                 rating_range=(cfg.validation.rating_min, cfg.validation.rating_max))

@@ -13,7 +13,6 @@ POST /reload, OpenAPI docs at /docs.
 import logging
 import math
 import os
-import shutil
 import tempfile
 import threading
 from contextlib import asynccontextmanager
@@ -24,10 +23,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from metarec.config import ServeConfig
+from metarec.export.runtime import METADATA_FILE, choose_providers, session
 
 log = logging.getLogger(__name__)
-
-METADATA_FILE = "metadata.json"  # same as metarec.export.METADATA_FILE (no torch import here)
 
 
 class RequestError(ValueError):
@@ -44,18 +42,23 @@ class Recommendation:
         return {"item_id": self.item_id, "title": self.title, "score": self.score}
 
 
-def gpu_present() -> bool:
-    """A quiet GPU check: an NVIDIA device node or nvidia-smi, never a CUDA session attempt."""
-    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+def adaptation_entry(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The export's adaptation (``Adaptation.to_dict()``); format-1 exports stored a string
+    and top-level ``learner``/``inner_steps``/``inner_lr``, read into the same shape."""
+    entry = meta.get("adaptation")
+    if isinstance(entry, dict):
+        return entry
+    return {"kind": "ridge" if entry == "ridge" else "gradient", "learner": meta["learner"],
+            "steps": 0 if entry == "ridge" else meta["inner_steps"],
+            "lr": meta.get("inner_lr", 0.0)}
 
 
-def choose_providers() -> list[str]:
-    """CUDA then CPU when a GPU is present and onnxruntime-gpu has CUDA; else CPU only."""
-    import onnxruntime as ort
-
-    if gpu_present() and "CUDAExecutionProvider" in ort.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+def describe(adaptation: Mapping[str, Any]) -> str:
+    """A short phrase for logs: "closed-form ridge", "2 inner steps", "no adaptation"."""
+    kind = adaptation["kind"]
+    if kind == "ridge":
+        return "closed-form ridge"
+    return f"{adaptation['steps']} inner steps" if kind == "gradient" else "no adaptation"
 
 
 def resolve_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
@@ -94,8 +97,6 @@ class Recommender:
                  source: str | None = None) -> None:
         import json
 
-        import onnxruntime as ort
-
         from metarec.features.encoders import FeatureEncoders
 
         self.model_dir = Path(model_dir)
@@ -110,18 +111,14 @@ class Recommender:
         self.encoders = None if encs is None else \
             FeatureEncoders.from_dict({"user": encs, "item": [], "item_multi": []}).user
         self.rating_min, self.rating_max = self.meta["rating_range"]
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # no warnings about providers on every load
+        self.adaptation = adaptation_entry(self.meta)
         self.providers = choose_providers()
-        self.session = ort.InferenceSession(str(self.model_dir / self.meta["model_file"]),
-                                            sess_options=opts, providers=self.providers)
+        self.session = session(self.model_dir / self.meta["model_file"], threads=threads,
+                               providers=self.providers)
         self._all_rows = np.arange(len(self.item_ids), dtype=np.int64)
-        adaptation = ("closed-form ridge" if self.meta.get("adaptation") == "ridge"
-                      else f"{self.meta['inner_steps']} inner steps")
-        log.info("serving %s: %d items, %s, providers %s", self.source,
-                 len(self.item_ids), adaptation, self.session.get_providers())
+        log.info("serving %s: %d items, learner %s, %s, providers %s", self.source,
+                 len(self.item_ids), self.adaptation["learner"], describe(self.adaptation),
+                 self.session.get_providers())
 
     @classmethod
     def load(cls, uri: str, *, tracking_uri: str | None = None, threads: int = 1,
@@ -229,9 +226,8 @@ class Recommender:
 
     def info(self) -> dict[str, Any]:
         return {"model": self.source, "items": len(self.item_ids),
-                "user_fields": list(self.user_fields), "inner_steps": self.meta["inner_steps"],
-                "adaptation": self.meta.get("adaptation", "gradient_steps"),
-                "learner": self.meta["learner"], "providers": self.session.get_providers(),
+                "user_fields": list(self.user_fields), "adaptation": self.adaptation,
+                "learner": self.adaptation["learner"], "providers": self.session.get_providers(),
                 "extra": self.meta.get("extra", {})}
 
 

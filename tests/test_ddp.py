@@ -10,16 +10,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from metarec.config import MetaConfig, TrainConfig
+from metarec.config import TrainConfig
 from metarec.training.distributed import World
 from metarec.meta.learners import build_learner
 from metarec.models.estimator import build_model
 from metarec.training.loop import meta_train
-from tests.test_models import TINY, tiny_features, tiny_tasks
+from tests.test_models import TINY, plain_meta, tiny_features, tiny_tasks
 
 CFG = TrainConfig(lr=1e-2, tasks_per_batch=4, max_steps=3, eval_every=100, patience=100,
                   checkpoint_every=0, device="cpu", progress=False, eval_batch=4)
-META = MetaConfig(learner="maml", inner_steps=1, inner_lr=0.05)
+META = plain_meta(learner="maml", inner_steps=1, inner_lr=0.05)
 
 
 def _train(world: World | None):

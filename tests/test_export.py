@@ -1,4 +1,5 @@
-"""ONNX export: the in-graph inner loop against torch.func ``adapt``, zero support, Meta-SGD."""
+"""ONNX export: every registered learner's adaptation in the graph against PyTorch, zero
+support, Meta-SGD rates, refusals of what has no graph."""
 
 from __future__ import annotations
 
@@ -10,12 +11,22 @@ import onnx
 import pytest
 import torch
 
-from metarec.config import MetaConfig
-from metarec.export import (ADAPT_INPUTS, export_onnx, parity_check, cpu_session,
-                            torch_reference)
-from metarec.meta.inner import masked_mse
+from metarec.adaptation.kinds import adapted_scores
+from metarec.adaptation.spec import Adaptation
+from metarec.config import ModelConfig
+from metarec.export import ADAPT_INPUTS, METADATA_FILE, export_onnx, parity_check
+from metarec.export.runtime import session
+from metarec.meta.inner import make_batch, masked_mse
+from metarec.meta.learners import REGISTRY, build_learner
 from metarec.models.estimator import build_model
-from tests.test_models import TINY, tiny_features
+from tests.test_models import TINY, plain_meta, tiny_features, tiny_tasks
+
+
+def _melu(steps: int, lr: float = 0.05, per_param_lr=None) -> Adaptation:
+    """MeLU-mode gradient adaptation of a TINY model's decision MLP."""
+    names = frozenset(f"decision.{i}.{k}" for i in range(3) for k in ("weight", "bias"))
+    return Adaptation(kind="gradient", learner="melu", steps=steps, lr=lr, adapted=names,
+                      per_param_lr=per_param_lr)
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +39,9 @@ def model_and_features():
 @pytest.mark.parametrize("steps", [0, 1, 3])
 def test_parity_with_adapt(model_and_features, tmp_path: Path, steps: int) -> None:
     model, features = model_and_features
-    cfg = MetaConfig(inner_steps=steps, inner_lr=0.05)
-    res = export_onnx(model, features, cfg, tmp_path / "export")
-    report = parity_check(model, res, cfg, n_tasks=12, tol=1e-4, seed=steps)
+    adaptation = _melu(steps)
+    res = export_onnx(model, adaptation, features, tmp_path / "export")
+    report = parity_check(model, res, adaptation, n_tasks=12, tol=1e-4, seed=steps)
     assert report.passed, report
     assert report.max_abs_err <= 1e-4 and report.scorer_max_abs_err <= 1e-4
     assert 0 in report.support_sizes and max(report.support_sizes) >= 10
@@ -38,8 +49,8 @@ def test_parity_with_adapt(model_and_features, tmp_path: Path, steps: int) -> No
 
 def test_parity_fails_on_a_different_inner_rate(model_and_features, tmp_path: Path) -> None:
     model, features = model_and_features
-    res = export_onnx(model, features, MetaConfig(inner_steps=2, inner_lr=0.05), tmp_path / "e")
-    report = parity_check(model, res, MetaConfig(inner_steps=2, inner_lr=0.1), n_tasks=6)
+    res = export_onnx(model, _melu(2, 0.05), features, tmp_path / "e")
+    report = parity_check(model, res, _melu(2, 0.1), n_tasks=6)
     assert not report.passed and report.max_abs_err > 1e-4
 
 
@@ -48,9 +59,9 @@ def test_metasgd_per_parameter_rates(model_and_features, tmp_path: Path) -> None
     gen = torch.Generator().manual_seed(1)
     rates = {n: torch.rand(p.shape, generator=gen) * 0.1
              for n, p in model.decision_params().items()}
-    cfg = MetaConfig(learner="metasgd", inner_steps=2, inner_lr=0.05)
-    res = export_onnx(model, features, cfg, tmp_path / "e", per_param_lr=rates)
-    assert parity_check(model, res, cfg, n_tasks=8, per_param_lr=rates).passed
+    adaptation = _melu(2, per_param_lr=rates)
+    res = export_onnx(model, adaptation, features, tmp_path / "e")
+    assert parity_check(model, res, adaptation, n_tasks=8).passed
 
 
 def _feed(model, items, ratings, mask, cands):
@@ -63,9 +74,8 @@ def _feed(model, items, ratings, mask, cands):
 def test_zero_support_is_a_no_op_and_adaptation_lowers_support_loss(model_and_features,
                                                                     tmp_path: Path) -> None:
     model, features = model_and_features
-    cfg = MetaConfig(inner_steps=3, inner_lr=0.05)
-    res = export_onnx(model, features, cfg, tmp_path / "e")
-    adapt_sess, score_sess = cpu_session(res.model_path), cpu_session(res.scorer_path)
+    res = export_onnx(model, _melu(3), features, tmp_path / "e")
+    adapt_sess, score_sess = session(res.model_path), session(res.scorer_path)
     cands = np.arange(30)
     base = score_sess.run(["scores"], {"user_cat": model.user_table[3].numpy(),
                                        "candidate_items": cands})[0]
@@ -83,22 +93,22 @@ def test_zero_support_is_a_no_op_and_adaptation_lowers_support_loss(model_and_fe
 
 def test_padding_slots_do_not_count(model_and_features, tmp_path: Path) -> None:
     model, features = model_and_features
-    cfg = MetaConfig(inner_steps=2, inner_lr=0.05)
-    sess = cpu_session(export_onnx(model, features, cfg, tmp_path / "e").model_path)
+    adaptation = _melu(2)
+    sess = session(export_onnx(model, adaptation, features, tmp_path / "e").model_path)
     cands = np.arange(10)
     plain = sess.run(["scores"], _feed(model, [4, 7], [5.0, 1.0], [1, 1], cands))[0]
     padded = sess.run(["scores"], _feed(model, [0, 4, 9, 7], [3.0, 5.0, 2.0, 1.0],
                                         [0, 1, 0, 1], cands))[0]
     np.testing.assert_allclose(plain, padded, atol=1e-6)
-    want = torch_reference(model, cfg, model.user_table[3], torch.tensor([4, 7]),
-                           torch.tensor([5.0, 1.0]), torch.ones(2), torch.arange(10))
+    want = adapted_scores(model, adaptation, model.user_table[3], torch.tensor([4, 7]),
+                          torch.tensor([5.0, 1.0]), torch.ones(2), torch.arange(10))
     np.testing.assert_allclose(plain, want.numpy(), atol=1e-5)
 
 
 def test_export_files_metadata_and_graph(model_and_features, tmp_path: Path) -> None:
     model, features = model_and_features
     titles = {int(i): f"Movie {i}" for i in features.item_ids}
-    res = export_onnx(model, features, MetaConfig(inner_steps=1), tmp_path / "e", titles=titles,
+    res = export_onnx(model, _melu(1), features, tmp_path / "e", titles=titles,
                       extra={"git_sha": "abc"})
     assert sorted(p.name for p in res.out_dir.iterdir()) == [
         "metadata.json", "model.onnx", "scorer.onnx"]
@@ -106,6 +116,7 @@ def test_export_files_metadata_and_graph(model_and_features, tmp_path: Path) -> 
     assert meta["item_ids"] == [int(i) for i in features.item_ids]
     assert meta["titles"][0] == f"Movie {features.item_ids[0]}"
     assert meta["user_fields"] == ["gender", "age"] and meta["extra"] == {"git_sha": "abc"}
+    assert meta["adaptation"] == _melu(1).to_dict() and meta["adaptation"]["steps"] == 1
     proto = onnx.load(res.model_path)
     assert [i.name for i in proto.graph.input] == list(ADAPT_INPUTS)
     inits = {t.name: t for t in proto.graph.initializer}
@@ -116,15 +127,13 @@ def test_export_files_metadata_and_graph(model_and_features, tmp_path: Path) -> 
 
 def test_export_rejects_adapting_the_towers(model_and_features, tmp_path: Path) -> None:
     model, features = model_and_features
-    with pytest.raises(ValueError, match="decision MLP only"):
-        export_onnx(model, features, MetaConfig(learner="maml", adapted="all"), tmp_path / "e")
+    learner = build_learner(model, plain_meta(learner="maml", adapted="all"))
+    with pytest.raises(ValueError, match="cannot export learner 'maml'.*decision MLP only"):
+        export_onnx(model, learner.adaptation(), features, tmp_path / "e")
     assert not (tmp_path / "e").exists()
 
 
 def test_parity_with_item_stats_and_a_fixed_output_bias_rate(tmp_path: Path) -> None:
-    from metarec.config import ModelConfig
-    from metarec.meta.learners import build_learner
-
     torch.manual_seed(3)
     features = tiny_features()
     model = build_model(features, ModelConfig(embedding_dim=4, hidden=(8, 8), text_proj_dim=4,
@@ -133,20 +142,20 @@ def test_parity_with_item_stats_and_a_fixed_output_bias_rate(tmp_path: Path) -> 
     gen = torch.Generator().manual_seed(0)
     model.fit_item_stats(torch.randint(0, 20, (200,), generator=gen),
                          torch.randint(1, 6, (200,), generator=gen).float(), 2.0)
-    cfg = MetaConfig(learner="melu", inner_steps=2, inner_lr=0.05, output_bias_lr=0.5)
-    rates = build_learner(model, cfg)._per_param_lr()
-    res = export_onnx(model, features, cfg, tmp_path / "e", per_param_lr=rates)
-    report = parity_check(model, res, cfg, n_tasks=8, per_param_lr=rates)
+    cfg = plain_meta(learner="melu", inner_steps=2, inner_lr=0.05, output_bias_lr=0.5)
+    adaptation = build_learner(model, cfg).adaptation()
+    assert adaptation.per_param_lr is not None  # the fixed output-bias rate
+    res = export_onnx(model, adaptation, features, tmp_path / "e")
+    report = parity_check(model, res, adaptation, n_tasks=8)
     assert report.passed, report
     # without the rates the export applies inner_lr everywhere: a different model
-    assert not parity_check(model, res, cfg, n_tasks=8).passed
+    plain = Adaptation(kind="gradient", learner="melu", steps=2, lr=0.05,
+                       adapted=adaptation.adapted)
+    assert not parity_check(model, res, plain, n_tasks=8).passed
 
 
 def test_parity_with_item_offset_and_item_ids(tmp_path: Path) -> None:
     """The residual offset (item's shrunk mean) and per-item id embeddings are in the graph."""
-    from metarec.config import ModelConfig
-    from metarec.meta.learners import build_learner
-
     torch.manual_seed(4)
     features = tiny_features()
     model = build_model(features, ModelConfig(embedding_dim=4, hidden=(8, 8), text_proj_dim=4,
@@ -159,15 +168,15 @@ def test_parity_with_item_offset_and_item_ids(tmp_path: Path) -> None:
     assert model.offset(torch.arange(n_items))[:15].abs().sum() > 0
     assert torch.equal(model.offset(torch.arange(n_items))[15:], torch.zeros(n_items - 15))
     assert torch.equal(model.item_known[15:], torch.zeros(n_items - 15))
-    cfg = MetaConfig(learner="metasgd", inner_steps=1, inner_lr=0.05, output_bias_lr=0.5)
-    rates = build_learner(model, cfg)._per_param_lr()
-    res = export_onnx(model, features, cfg, tmp_path / "e", per_param_lr=rates)
-    report = parity_check(model, res, cfg, n_tasks=8, per_param_lr=rates)
+    cfg = plain_meta(learner="metasgd", inner_steps=1, inner_lr=0.05, output_bias_lr=0.5)
+    adaptation = build_learner(model, cfg).adaptation()
+    res = export_onnx(model, adaptation, features, tmp_path / "e")
+    report = parity_check(model, res, adaptation, n_tasks=8)
     assert report.passed, report
     # without the offset the graph would score a different model
     model.item_offset = False
     try:
-        assert not parity_check(model, res, cfg, n_tasks=8, per_param_lr=rates).passed
+        assert not parity_check(model, res, adaptation, n_tasks=8).passed
     finally:
         model.item_offset = True
 
@@ -176,9 +185,6 @@ def test_parity_with_item_offset_and_item_ids(tmp_path: Path) -> None:
 def test_parity_of_the_ridge_learner(tmp_path: Path, offset: bool) -> None:
     """The closed-form output-layer adaptation solved in the graph (Newton-Schulz + refinement)
     matches torch.linalg.solve, zero support included."""
-    from metarec.config import ModelConfig
-    from metarec.meta.learners import build_learner
-
     torch.manual_seed(5)
     features = tiny_features()
     model = build_model(features, ModelConfig(embedding_dim=4, hidden=(8, 8), text_proj_dim=4,
@@ -187,18 +193,88 @@ def test_parity_of_the_ridge_learner(tmp_path: Path, offset: bool) -> None:
     gen = torch.Generator().manual_seed(2)
     model.fit_item_stats(torch.randint(0, 25, (300,), generator=gen),
                          torch.randint(1, 6, (300,), generator=gen).float(), 2.0)
-    cfg = MetaConfig(learner="ridge", ridge_lambda=0.5, ridge_bias_lambda=0.05)
+    cfg = plain_meta(learner="ridge", ridge_lambda=0.5, ridge_bias_lambda=0.05)
     learner = build_learner(model, cfg)
     with torch.no_grad():  # uneven learned penalties, as after meta-training
         learner.log_lam.add_(torch.linspace(-1.0, 1.0, learner.log_lam.numel()))
-    lam = learner.ridge_lambda().detach()
-    res = export_onnx(model, features, cfg, tmp_path / "e", ridge_lambda=lam)
-    meta = json.loads((tmp_path / "e" / "metadata.json").read_text())
-    assert meta["learner"] == "ridge" and meta["adaptation"] == "ridge"
-    report = parity_check(model, res, cfg, n_tasks=12, ridge_lambda=lam)
+    adaptation = learner.adaptation()
+    res = export_onnx(model, adaptation, features, tmp_path / "e")
+    meta = json.loads((tmp_path / "e" / METADATA_FILE).read_text())["adaptation"]
+    assert meta["learner"] == "ridge" and meta["kind"] == "ridge"
+    np.testing.assert_allclose(meta["ridge_lambda"], learner.ridge_lambda().tolist(), rtol=1e-6)
+    report = parity_check(model, res, adaptation, n_tasks=12)
     assert report.passed and 0 in report.support_sizes, report
     # the graph holds these penalties: others give other scores
-    assert not parity_check(model, res, cfg, n_tasks=6, ridge_lambda=lam * 10).passed
-    with pytest.raises(ValueError, match="ridge_lambda"):
-        export_onnx(model, features, cfg, tmp_path / "f")
+    other = Adaptation(kind="ridge", learner="ridge", ridge_lambda=adaptation.ridge_lambda * 10)
+    assert not parity_check(model, res, other, n_tasks=6).passed
+    with pytest.raises(ValueError, match="ridge_lambda must hold 9 positive values"):
+        export_onnx(model, Adaptation(kind="ridge", learner="ridge",
+                                      ridge_lambda=-adaptation.ridge_lambda), features,
+                    tmp_path / "f")
     assert not (tmp_path / "f").exists()
+    with pytest.raises(ValueError, match="ridge kind needs ridge_lambda"):
+        Adaptation(kind="ridge", learner="ridge")
+
+
+# --------------------------------------------------------------------------- every learner
+
+OFFSET_MODEL = ModelConfig(embedding_dim=4, hidden=(8, 8), text_proj_dim=4, item_stats=True,
+                           item_offset=True, item_norm=True, embedding_std=0.3)
+
+
+def _trained_looking(name: str, adapted: str):
+    """A small model with item offsets and the learner ``name``, its own meta-parameters
+    perturbed as after meta-training (uneven rates, penalties)."""
+    torch.manual_seed(6)
+    features = tiny_features()
+    model = build_model(features, OFFSET_MODEL).eval()
+    gen = torch.Generator().manual_seed(3)
+    model.fit_item_stats(torch.randint(0, 25, (300,), generator=gen),
+                         torch.randint(1, 6, (300,), generator=gen).float(), 2.0)
+    cfg = plain_meta(inner_steps=2, inner_lr=0.05, adapted=adapted, ridge_lambda=0.5)
+    learner = build_learner(model, cfg, name)
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.mul_(torch.rand(p.shape, generator=gen) + 0.5)
+    return model, features, learner
+
+
+@pytest.mark.parametrize("adapted", ["decision", "all"])
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_registered_learner_exports_with_parity_or_is_refused(name: str, adapted: str,
+                                                                    tmp_path: Path) -> None:
+    """The registry, not a hand-kept list: each learner's graph matches its PyTorch adaptation
+    on tasks with 0, 1 and several support ratings, or export refuses it and says why."""
+    model, features, learner = _trained_looking(name, adapted)
+    adaptation = learner.adaptation()
+    if not adaptation.exportable:
+        assert adapted == "all" and "decision MLP only" in adaptation.not_exportable
+        with pytest.raises(ValueError, match=f"cannot export learner {name!r}"):
+            export_onnx(model, adaptation, features, tmp_path / "e")
+        assert not (tmp_path / "e").exists()
+        return
+    res = export_onnx(model, adaptation, features, tmp_path / "e")
+    report = parity_check(model, res, adaptation, n_tasks=12, tol=1e-4, seed=1)
+    assert report.passed, report
+    assert {0, 1} <= set(report.support_sizes) and max(report.support_sizes) >= 5
+    meta = json.loads(res.metadata_path.read_text())["adaptation"]
+    assert meta["learner"] == name and meta["kind"] == adaptation.kind
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_the_adaptation_reference_is_what_the_learner_predicts(name: str) -> None:
+    """``adapted_scores`` (what parity compares the graph with) equals the learner's own
+    ``predict``, task by task, unpadded."""
+    model, _, learner = _trained_looking(name, "decision")
+    tasks = tiny_tasks(2)
+    with torch.no_grad():
+        batch_scores = learner.predict(model, make_batch(model.user_table, tasks))
+    adaptation = learner.adaptation()
+    for n in range(len(tasks)):
+        sm, qm = tasks.support_mask[n], tasks.query_mask[n]
+        want = adapted_scores(model, adaptation, model.user_table[int(tasks.user_row[n])],
+                              torch.as_tensor(tasks.support_items[n][sm]),
+                              torch.as_tensor(tasks.support_ratings[n][sm]),
+                              torch.ones(int(sm.sum())), torch.as_tensor(tasks.query_items[n]))
+        torch.testing.assert_close(batch_scores[n][torch.as_tensor(qm)], want[qm],
+                                   rtol=1e-5, atol=1e-5)

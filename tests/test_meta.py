@@ -12,11 +12,12 @@ from torch.func import functional_call
 
 from metarec.config import MetaConfig
 from metarec.data.arrays import TaskArrays
+from metarec.adaptation.gradient import adapt_batch
+from metarec.meta.inner import make_batch, masked_mse
 from metarec.training.baselines import ItemMeanBaseline, UserMeanBaseline, task_ratings
-from metarec.meta.inner import adapt_batch, make_batch, masked_mse
 from metarec.meta.learners import adapted_names, build_learner
 from metarec.models.estimator import build_model
-from tests.test_models import TINY, tiny_features, tiny_tasks
+from tests.test_models import TINY, plain_meta, tiny_features, tiny_tasks
 
 
 def _setup(seed: int = 0):
@@ -58,13 +59,13 @@ def _reference_meta_grads(model, learner, tasks: TaskArrays, steps: int, lr: flo
 ])
 def test_batched_meta_gradient_matches_per_task_reference(name, which, first_order) -> None:
     model, tasks = _setup()
-    cfg = MetaConfig(learner=name, inner_steps=2, inner_lr=0.05, adapted=which,
+    cfg = plain_meta(learner=name, inner_steps=2, inner_lr=0.05, adapted=which,
                      first_order=first_order)
     learner = build_learner(model, cfg)
     meta = list(model.parameters()) + list(learner.parameters())
     loss = learner.meta_loss(model, make_batch(model.user_table, tasks))
     grads = torch.autograd.grad(loss, meta)
-    rates = learner._per_param_lr()
+    rates = learner.adaptation().per_param_lr
     ref_loss, ref_grads = _reference_meta_grads(model, learner, tasks, 2, 0.05,
                                                 adapted_names(model, which), first_order, rates)
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
@@ -78,7 +79,7 @@ def test_second_order_differs_from_first_order() -> None:
     batch = make_batch(model.user_table, tasks)
     out = []
     for fo in (False, True):
-        learner = build_learner(model, MetaConfig(learner="maml", inner_steps=2, inner_lr=0.05,
+        learner = build_learner(model, plain_meta(learner="maml", inner_steps=2, inner_lr=0.05,
                                                   adapted="all", first_order=fo))
         out.append(torch.autograd.grad(learner.meta_loss(model, batch), model.decision[0].weight)[0])
     assert (out[0] - out[1]).abs().max() > 1e-6
@@ -104,7 +105,7 @@ def _pad(tasks: TaskArrays, extra_s: int, extra_q: int, seed: int) -> TaskArrays
        extra_s=st.integers(0, 4), extra_q=st.integers(0, 3), seed=st.integers(0, 100))
 def test_padded_batch_loss_equals_unpadded_tasks_one_by_one(name, extra_s, extra_q, seed) -> None:
     model, tasks = _setup()
-    learner = build_learner(model, MetaConfig(learner=name, inner_steps=2, inner_lr=0.05,
+    learner = build_learner(model, plain_meta(learner=name, inner_steps=2, inner_lr=0.05,
                                               adapted="all" if name == "reptile" else "decision"))
     padded = _pad(tasks, extra_s, extra_q, seed)
     batch_loss = learner.meta_loss(model, make_batch(model.user_table, padded))
@@ -132,7 +133,7 @@ def test_query_loss_is_computed_with_adapted_parameters() -> None:
     """learn2learn issue #420: the query must be scored by the adapted model, not the initial one."""
     model, tasks = _setup()
     batch = make_batch(model.user_table, tasks)
-    learner = build_learner(model, MetaConfig(learner="melu", inner_steps=1, inner_lr=0.1))
+    learner = build_learner(model, plain_meta(learner="melu", inner_steps=1, inner_lr=0.1))
     meta_loss = learner.meta_loss(model, batch)
     unadapted = masked_mse(model(batch.user_cat, batch.query_items), batch.query_ratings,
                            batch.query_mask).mean()
@@ -149,7 +150,7 @@ def test_query_loss_is_computed_with_adapted_parameters() -> None:
     torch.testing.assert_close(meta_loss, torch.stack(by_hand).mean(), atol=1e-5, rtol=1e-5)
     assert abs(float(meta_loss.detach()) - float(unadapted.detach())) > 1e-3
     # predictions too: predict() scores with the adapted weights
-    zero = build_learner(model, MetaConfig(learner="melu", inner_steps=0))
+    zero = build_learner(model, plain_meta(learner="melu", inner_steps=0))
     with torch.no_grad():
         assert not torch.allclose(learner.predict(model, batch), zero.predict(model, batch))
 
@@ -173,7 +174,7 @@ def test_adaptation_lowers_the_support_loss(which) -> None:
 
 def test_reptile_gradient_is_theta_minus_mean_fast_weights() -> None:
     model, tasks = _setup()
-    learner = build_learner(model, MetaConfig(learner="reptile", inner_steps=2, inner_lr=0.05,
+    learner = build_learner(model, plain_meta(learner="reptile", inner_steps=2, inner_lr=0.05,
                                               adapted="all"))
     batch = make_batch(model.user_table, tasks)
     loss = learner.meta_loss(model, batch)
@@ -191,7 +192,7 @@ def test_reptile_gradient_is_theta_minus_mean_fast_weights() -> None:
 def test_unknown_learner_and_adapted_set_are_errors() -> None:
     model, _ = _setup()
     with pytest.raises(ValueError, match="unknown learner 'protonet'"):
-        build_learner(model, MetaConfig(), "protonet")
+        build_learner(model, plain_meta(), "protonet")
     with pytest.raises(ValueError, match="adapted must be"):
         adapted_names(model, "towers")
 
@@ -216,9 +217,9 @@ def test_user_and_item_mean_baselines_by_hand() -> None:
 @pytest.mark.parametrize("name", ["melu", "metasgd"])
 def test_output_bias_rate_moves_the_offset_to_the_mean_residual(name) -> None:
     model, tasks = _setup(2)
-    cfg = MetaConfig(learner=name, inner_steps=1, inner_lr=0.0, output_bias_lr=0.5)
+    cfg = plain_meta(learner=name, inner_steps=1, inner_lr=0.0, output_bias_lr=0.5)
     learner = build_learner(model, cfg)
-    rates = learner._per_param_lr()
+    rates = learner.adaptation().per_param_lr
     last = f"decision.{len(model.decision) - 1}.bias"
     assert float(rates[last]) == 0.5 and all(float(r.abs().max()) == 0.0
                                              for n, r in rates.items() if n != last)
@@ -233,28 +234,28 @@ def test_output_bias_rate_moves_the_offset_to_the_mean_residual(name) -> None:
     shift = ((batch.support_ratings - base_s) * m).sum(1) / m.sum(1)
     torch.testing.assert_close(got, base_q + shift[:, None], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="output_bias_lr"):
-        build_learner(model, MetaConfig(learner=name, output_bias_lr=-1.0))
+        build_learner(model, plain_meta(learner=name, output_bias_lr=-1.0))
     # the output layer's weights may have their own rate too (a per-user linear head)
-    rates = build_learner(model, MetaConfig(learner=name, inner_lr=0.01, output_bias_lr=0.5,
-                                            output_weight_lr=0.2))._per_param_lr()
+    rates = build_learner(model, plain_meta(learner=name, inner_lr=0.01, output_bias_lr=0.5,
+                                            output_weight_lr=0.2)).adaptation().per_param_lr
     assert float(rates[f"decision.{len(model.decision) - 1}.weight"].max()) == pytest.approx(0.2)
     assert float(rates["decision.0.weight"].max()) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="output_weight_lr"):
-        build_learner(model, MetaConfig(learner=name, output_weight_lr=-1.0))
+        build_learner(model, plain_meta(learner=name, output_weight_lr=-1.0))
 
 
 def test_support_loss_weight_adds_the_unadapted_support_mse() -> None:
     model, tasks = _setup(4)
     batch = make_batch(model.user_table, tasks)
-    plain = build_learner(model, MetaConfig(learner="melu", inner_lr=0.05))
-    aux = build_learner(model, MetaConfig(learner="melu", inner_lr=0.05, support_loss_weight=0.5))
+    plain = build_learner(model, plain_meta(learner="melu", inner_lr=0.05))
+    aux = build_learner(model, plain_meta(learner="melu", inner_lr=0.05, support_loss_weight=0.5))
     with torch.no_grad():
         support = masked_mse(model(batch.user_cat, batch.support_items), batch.support_ratings,
                              batch.support_mask).mean()
         torch.testing.assert_close(aux.meta_loss(model, batch),
                                    plain.meta_loss(model, batch) + 0.5 * support)
     with pytest.raises(ValueError, match="support_loss_weight"):
-        build_learner(model, MetaConfig(learner="melu", support_loss_weight=-1.0))
+        build_learner(model, plain_meta(learner="melu", support_loss_weight=-1.0))
 
 
 def test_listnet_loss_by_hand_and_padding_ignored() -> None:
@@ -276,12 +277,13 @@ def test_listnet_loss_by_hand_and_padding_ignored() -> None:
 
 
 def test_rank_loss_weight_adds_listnet_on_the_adapted_query_scores() -> None:
-    from metarec.meta.inner import listnet_loss, query_scores
+    from metarec.adaptation.gradient import query_scores
+    from metarec.meta.inner import listnet_loss
 
     model, tasks = _setup(5)
     batch = make_batch(model.user_table, tasks)
-    plain = build_learner(model, MetaConfig(learner="melu", inner_lr=0.05))
-    ranked = build_learner(model, MetaConfig(learner="melu", inner_lr=0.05, rank_loss_weight=0.3))
+    plain = build_learner(model, plain_meta(learner="melu", inner_lr=0.05))
+    ranked = build_learner(model, plain_meta(learner="melu", inner_lr=0.05, rank_loss_weight=0.3))
     fast, q_feats = plain.adapt(model, batch)
     scores = query_scores(model, fast, dict(model.named_buffers()), plain.adapted_set,
                           batch.user_cat, batch.query_items, q_feats)
@@ -289,7 +291,7 @@ def test_rank_loss_weight_adds_listnet_on_the_adapted_query_scores() -> None:
             + 0.3 * listnet_loss(scores, batch.query_ratings, batch.query_mask).mean())
     torch.testing.assert_close(ranked.meta_loss(model, batch), want)
     with pytest.raises(ValueError, match="rank_loss_weight"):
-        build_learner(model, MetaConfig(learner="melu", rank_loss_weight=-1.0))
+        build_learner(model, plain_meta(learner="melu", rank_loss_weight=-1.0))
 
 
 def test_resplit_redraws_support_and_query_keeping_each_tasks_ratings() -> None:
@@ -350,7 +352,7 @@ def _ridge_reference(model, learner, tasks: TaskArrays) -> torch.Tensor:
 @pytest.mark.parametrize("extra_s,extra_q", [(0, 0), (4, 3)])
 def test_ridge_learner_matches_the_formula_task_by_task_and_its_meta_gradient(extra_s, extra_q) -> None:
     model, tasks = _setup(7)
-    learner = build_learner(model, MetaConfig(learner="ridge", ridge_lambda=0.7,
+    learner = build_learner(model, plain_meta(learner="ridge", ridge_lambda=0.7,
                                               ridge_bias_lambda=0.2))
     with torch.no_grad():
         learner.log_lam.add_(torch.linspace(-0.5, 0.5, learner.log_lam.numel()))
@@ -371,7 +373,7 @@ def test_ridge_learner_matches_the_formula_task_by_task_and_its_meta_gradient(ex
 
 def test_ridge_learner_without_support_scores_like_the_model_and_rejects_bad_penalties() -> None:
     model, tasks = _setup(8)
-    learner = build_learner(model, MetaConfig(learner="ridge"))
+    learner = build_learner(model, plain_meta(learner="ridge"))
     batch = make_batch(model.user_table, tasks)
     batch.support_mask = torch.zeros_like(batch.support_mask)
     with torch.no_grad():
@@ -379,4 +381,35 @@ def test_ridge_learner_without_support_scores_like_the_model_and_rejects_bad_pen
                                    model(batch.user_cat, batch.query_items), rtol=1e-5, atol=1e-5)
     for bad in (dict(ridge_lambda=0.0), dict(ridge_bias_lambda=-1.0)):
         with pytest.raises(ValueError, match="ridge"):
-            build_learner(model, MetaConfig(learner="ridge", **bad))
+            build_learner(model, plain_meta(learner="ridge", **bad))
+
+
+def test_the_registry_names_the_configurable_learners_and_builds_by_name() -> None:
+    """``meta.learner``'s Literal (config.py) and the registry must not drift apart; a new
+    learner is one registration away from ``build_learner``."""
+    import json
+    import typing
+
+    from metarec.adaptation.spec import Adaptation
+    from metarec.meta import learners
+
+    literal = typing.get_args(typing.get_type_hints(MetaConfig)["learner"])
+    assert set(literal) == set(learners.META_LEARNERS)
+    assert set(learners.LEARNERS) == set(learners.REGISTRY) == {*literal, "global"}
+    model, _ = _setup()
+    for name in learners.REGISTRY:  # every learner describes its adaptation, JSON-able
+        adaptation = build_learner(model, plain_meta(), name).adaptation()
+        assert isinstance(adaptation, Adaptation) and adaptation.learner == name
+        json.dumps(adaptation.to_dict())
+    assert build_learner(model, plain_meta(), "global").adaptation().kind == "none"
+
+    @learners.register_learner("twice_melu")
+    def _twice(model, cfg):
+        return learners.REGISTRY["melu"].build(model, cfg)
+
+    try:
+        assert build_learner(model, plain_meta(), "twice_melu").adaptation().kind == "gradient"
+        with pytest.raises(ValueError, match="registered twice"):
+            learners.register_learner("twice_melu")(_twice)
+    finally:
+        del learners.REGISTRY["twice_melu"]

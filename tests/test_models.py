@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from metarec.config import ModelConfig
+from metarec.config import MetaConfig, ModelConfig
 from metarec.data.arrays import FeatureArrays, TaskArrays
 from metarec.models.estimator import build_model
 
@@ -18,6 +18,13 @@ from metarec.models.estimator import build_model
 # initialisation (params.yaml's defaults add those; the tests that need them say so).
 PLAIN = dict(item_stats=False, item_offset=False, item_norm=False, embedding_std=1.0)
 TINY = ModelConfig(embedding_dim=4, hidden=(8, 8), text_proj_dim=4, **PLAIN)
+
+
+def plain_meta(**overrides) -> MetaConfig:
+    """MeLU's meta-learning settings (no separate output-bias rate, no ranking loss) unless
+    ``overrides`` say otherwise: what the learner tests were written against."""
+    return MetaConfig(**{"learner": "melu", "output_bias_lr": None, "rank_loss_weight": 0.0,
+                         **overrides})
 
 
 def tiny_features(seed: int = 0, users: int = 12, items: int = 30, text_dim: int = 8,

@@ -15,14 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metarec.cli import main
-from metarec.config import MetaConfig, ServeConfig
-from metarec.export import export_onnx, torch_reference
+from metarec.adaptation.kinds import adapted_scores
+from metarec.config import ServeConfig
+from metarec.export import export_onnx
+from metarec.meta.learners import build_learner
 from metarec.features.encoders import BucketEncoder, CategoricalEncoder, FeatureEncoders
 from metarec.models.estimator import build_model
 from metarec.serve import Recommender, RequestError, create_app
-from tests.test_models import TINY, tiny_features
+from tests.test_models import TINY, plain_meta, tiny_features
 
-META = MetaConfig(inner_steps=2, inner_lr=0.05)
+META = plain_meta(inner_steps=2, inner_lr=0.05)
 # gender: cardinality 3 (unknown, F, M); age: 5 buckets (missing + 4) as in tiny_features
 ENCODERS = FeatureEncoders(user=(CategoricalEncoder("gender", ("F", "M")),
                                  BucketEncoder("age", (18.0, 25.0, 35.0))))
@@ -36,7 +38,7 @@ def exported(tmp_path_factory):
     model = build_model(features, TINY).eval()
     titles = {int(i): f"Movie {i}" for i in features.item_ids}
     out = tmp_path_factory.mktemp("serve") / "export"
-    export_onnx(model, features, META, out, titles=titles,
+    export_onnx(model, build_learner(model, META).adaptation(), features, out, titles=titles,
                 user_encoders=ENCODERS.to_dict()["user"], rating_range=(1.0, 5.0))
     return model, features, out
 
@@ -57,8 +59,9 @@ def test_recommend_matches_torch_and_excludes_seen(exported) -> None:
     assert items[0].title == f"Movie {items[0].item_id}"
     # the same scores as PyTorch adapt + decide on every item
     user = torch.tensor([1, 3])  # F; 30 falls in [25, 35) -> bucket 3
-    want = torch_reference(model, META, user, torch.tensor([4, 10, 21]),
-                           torch.tensor([5.0, 1.0, 4.0]), torch.ones(3), torch.arange(30))
+    want = adapted_scores(model, build_learner(model, META).adaptation(), user,
+                          torch.tensor([4, 10, 21]), torch.tensor([5.0, 1.0, 4.0]), torch.ones(3),
+                          torch.arange(30))
     for it in items:
         assert abs(it.score - float(want[it.item_id - 1000])) < 1e-4
     with_seen = rec.recommend({"gender": "F", "age": 30}, ratings, k=30, exclude_seen=False)
@@ -186,22 +189,45 @@ def test_load_champion_from_mlflow_registry(exported, tmp_path: Path, monkeypatc
 
 def test_recommend_with_a_ridge_export_matches_torch(tmp_path: Path) -> None:
     """The ridge learner's closed-form adaptation serves like the gradient-step graphs."""
-    from metarec.meta.learners import build_learner
-
     torch.manual_seed(1)
     features = tiny_features()
     model = build_model(features, TINY).eval()
-    meta = MetaConfig(learner="ridge", ridge_lambda=0.5)
-    lam = build_learner(model, meta).ridge_lambda().detach()
+    meta = plain_meta(learner="ridge", ridge_lambda=0.5)
+    adaptation = build_learner(model, meta).adaptation()
     out = tmp_path / "export"
-    export_onnx(model, features, meta, out, ridge_lambda=lam,
+    export_onnx(model, adaptation, features, out,
                 user_encoders=ENCODERS.to_dict()["user"], rating_range=(1.0, 5.0))
     rec = Recommender(out, max_ratings=SERVE.max_ratings)
-    assert rec.info()["adaptation"] == "ridge" and rec.info()["learner"] == "ridge"
+    assert rec.info()["adaptation"] == adaptation.to_dict() and rec.info()["learner"] == "ridge"
+    assert rec.info()["adaptation"]["kind"] == "ridge"
     items = rec.recommend({"gender": "M", "age": 20}, {1003: 5, 1007: 2}, k=30,
                           exclude_seen=False)
-    want = torch_reference(model, meta, torch.tensor([2, 2]), torch.tensor([3, 7]),
-                           torch.tensor([5.0, 2.0]), torch.ones(2), torch.arange(30),
-                           ridge_lambda=lam)
+    want = adapted_scores(model, adaptation, torch.tensor([2, 2]), torch.tensor([3, 7]),
+                          torch.tensor([5.0, 2.0]), torch.ones(2), torch.arange(30))
     for it in items:
         assert abs(it.score - float(want[it.item_id - 1000])) < 1e-4
+
+
+def test_serving_imports_neither_torch_nor_onnx() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, metarec.serve; "
+            "print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_format_1_export_still_serves(exported, tmp_path: Path) -> None:
+    """Exports registered before the structured adaptation entry stored a string."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(exported[2], old)
+    meta = json.loads((old / "metadata.json").read_text())
+    meta.update(format_version=1, adaptation="gradient_steps", learner="melu",
+                inner_steps=META.inner_steps, inner_lr=META.inner_lr)
+    (old / "metadata.json").write_text(json.dumps(meta))
+    info = Recommender(old).info()
+    assert info["learner"] == "melu" and info["adaptation"]["kind"] == "gradient"
+    assert info["adaptation"]["steps"] == META.inner_steps

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from metarec.config import MetaConfig, TrainConfig
+from metarec.config import TrainConfig
 from metarec.training.baselines import train_baselines
 from metarec.meta.learners import build_learner
 from metarec.models.estimator import build_model
 from metarec.training.loop import CHECKPOINT, meta_train, predict, resolve_device
-from tests.test_models import TINY, tiny_features, tiny_tasks
+from tests.test_models import TINY, plain_meta, tiny_features, tiny_tasks
 
 CFG = TrainConfig(lr=1e-2, tasks_per_batch=4, max_steps=8, eval_every=2, patience=100,
                   checkpoint_every=3, device="cpu", progress=False, eval_batch=4)
-META = MetaConfig(learner="metasgd", inner_steps=1, inner_lr=0.05)
+META = plain_meta(learner="metasgd", inner_steps=1, inner_lr=0.05)
 
 
 def _fresh(seed: int = 0):
@@ -85,7 +85,7 @@ def test_baselines_predict_every_query() -> None:
     cfg = TrainConfig(lr=1e-2, tasks_per_batch=8, max_steps=6, eval_every=3, device="cpu",
                       progress=False, checkpoint_every=0)
     baselines, result = train_baselines(tiny_features(), train, valid, TINY,
-                                        MetaConfig(finetune_steps=2), cfg, seed=0)
+                                        plain_meta(finetune_steps=2), cfg, seed=0)
     assert set(baselines) == {"user_mean", "item_mean", "global", "finetune"}
     preds = {k: b.predict(valid) for k, b in baselines.items()}
     for p in preds.values():

@@ -1,4 +1,4 @@
-"""Meta-learners behind one small protocol, all built on the one inner loop (metarec.meta.inner).
+"""Meta-learners behind one small protocol, all built on one inner loop (metarec.adaptation).
 
 - ``maml``: MAML (Finn et al., ICML 2017), second order, adapting ``meta.adapted`` parameters;
 - ``fomaml``: first-order MAML (inner gradients detached);
@@ -13,24 +13,29 @@
 - ``global`` (baseline, not a meta-learner): plain regression on every rating, no adaptation.
 
 A learner is an ``nn.Module`` (Meta-SGD's rates are meta-parameters trained with the model) and
-offers ``meta_loss(model, batch)`` (the scalar the training loop backpropagates) and
-``predict(model, batch)`` (adapt on support, score the query).
+offers ``meta_loss(model, batch)`` (the scalar the training loop backpropagates),
+``predict(model, batch)`` (adapt on support, score the query) and ``adaptation()`` (the typed
+description of that adaptation, :class:`metarec.adaptation.spec.Adaptation`, which export and
+reports read). Learners are registered by name with :func:`register_learner`; adding one is
+one decorated builder ``(model, MetaConfig) -> learner``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from metarec.adaptation.gradient import adapt_batch, query_loss, query_scores
+from metarec.adaptation.mlp import DECISION_PREFIX, bias_name, weight_name
+from metarec.adaptation.ridge import ridge_head
+from metarec.adaptation.spec import Adaptation
 from metarec.config import MetaConfig
-from metarec.meta.inner import (TaskBatch, adapt_batch, listnet_loss, masked_mse, query_loss,
-                                query_scores, ridge_head)
-from metarec.models.estimator import DECISION_PREFIX, Estimator
-
-LEARNERS = ("maml", "fomaml", "melu", "metasgd", "reptile", "ridge", "global")
+from metarec.meta.inner import TaskBatch, listnet_loss, masked_mse
+from metarec.models.estimator import Estimator
 
 
 class Learner(Protocol):
@@ -42,6 +47,10 @@ class Learner(Protocol):
 
     def predict(self, model: Estimator, batch: TaskBatch) -> Tensor:
         """(N, Q) query scores after adapting on each task's support set."""
+        ...
+
+    def adaptation(self) -> Adaptation:
+        """The adaptation ``predict`` runs, described (its tensors are the learner's own)."""
         ...
 
     def parameters(self) -> "object":  # nn.Module.parameters: the learner's own meta-parameters
@@ -68,8 +77,9 @@ class GradientLearner(nn.Module):
     def __init__(self, model: Estimator, *, adapted: str, steps: int, lr: float,
                  first_order: bool, learn_lr: bool, output_bias_lr: float | None = None,
                  support_loss_weight: float = 0.0, rank_loss_weight: float = 0.0,
-                 output_weight_lr: float | None = None) -> None:
+                 output_weight_lr: float | None = None, name: str = "gradient") -> None:
         super().__init__()
+        self.name = name
         if rank_loss_weight < 0:
             raise ValueError(f"rank_loss_weight must be >= 0, got {rank_loss_weight}")
         self.rank_loss_weight = float(rank_loss_weight)
@@ -85,9 +95,10 @@ class GradientLearner(nn.Module):
         self.steps, self.lr, self.first_order = steps, lr, first_order
         # MeLU mode: nothing outside the decision MLP adapts, so towers run once per batch.
         self.precompute = all(n.startswith(DECISION_PREFIX) for n in self.adapted_set)
+        self._decision_names = frozenset(model.decision_params())
         params = dict(model.named_parameters())
-        out_bias = f"{DECISION_PREFIX}{len(model.decision) - 1}.bias"
-        out_weight = f"{DECISION_PREFIX}{len(model.decision) - 1}.weight"
+        last = len(model.decision) - 1
+        out_bias, out_weight = bias_name(last), weight_name(last)
         special = {n: r for n, r in ((out_bias, output_bias_lr), (out_weight, output_weight_lr))
                    if r is not None}
 
@@ -105,7 +116,8 @@ class GradientLearner(nn.Module):
             for n in sorted(self.adapted_set):
                 self.fixed_lrs.register_buffer(_key(n), init(n), persistent=False)
 
-    def _per_param_lr(self) -> dict[str, Tensor] | None:
+    def _rates(self) -> dict[str, Tensor] | None:
+        """Rate per adapted parameter (learned or fixed), attached; None: ``lr`` everywhere."""
         if self.lrs is not None:
             return {n: self.lrs[_key(n)] for n in self.adapted_set}
         if self.fixed_lrs is not None:
@@ -124,8 +136,20 @@ class GradientLearner(nn.Module):
         fast = adapt_batch(model, params, buffers, batch, steps=self.steps, lr=self.lr,
                            adapted=self.adapted_set,
                            first_order=self.first_order if first_order is None else first_order,
-                           per_param_lr=self._per_param_lr(), feats=s_feats)
+                           per_param_lr=self._rates(), feats=s_feats)
         return fast, q_feats
+
+    def adaptation(self) -> Adaptation:
+        """Gradient steps; exportable when exactly the decision MLP adapts (MeLU mode)."""
+        why = None
+        if self.adapted_set != self._decision_names:
+            why = (f"ONNX export supports adaptation of the decision MLP only (MeLU mode); "
+                   f"learner {self.name!r} adapts {len(self.adapted_set)} parameters, "
+                   f"{len(self.adapted_set - self._decision_names)} of them outside it "
+                   f"(meta.adapted: all)")
+        return Adaptation(kind="gradient", learner=self.name, steps=self.steps, lr=self.lr,
+                          adapted=self.adapted_set, per_param_lr=self._rates(),
+                          not_exportable=why)
 
     def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
         fast, q_feats = self.adapt(model, batch)
@@ -163,7 +187,7 @@ class ReptileLearner(GradientLearner):
 
     def __init__(self, model: Estimator, *, adapted: str, steps: int, lr: float) -> None:
         super().__init__(model, adapted=adapted, steps=steps, lr=lr, first_order=True,
-                         learn_lr=False)
+                         learn_lr=False, name="reptile")
 
     def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
         whole = TaskBatch(
@@ -188,7 +212,7 @@ class ReptileLearner(GradientLearner):
 
 
 class RidgeLearner(nn.Module):
-    """Closed-form output-layer adaptation (:func:`metarec.meta.inner.ridge_head`).
+    """Closed-form output-layer adaptation (:func:`metarec.adaptation.ridge.ridge_head`).
 
     Meta-parameters: the model's (towers, hidden layers, the output layer as the ridge prior)
     and ``log_lam``, the log of one penalty per output weight and one for the bias, trained by
@@ -212,6 +236,9 @@ class RidgeLearner(nn.Module):
     def ridge_lambda(self) -> Tensor:
         """(H + 1,) penalties: one per output weight, the bias's last."""
         return self.log_lam.exp()
+
+    def adaptation(self) -> Adaptation:
+        return Adaptation(kind="ridge", learner="ridge", ridge_lambda=self.ridge_lambda())
 
     def scores(self, model: Estimator, batch: TaskBatch) -> Tensor:
         return ridge_head(model, model.embed(batch.user_cat, batch.support_items),
@@ -244,30 +271,92 @@ class GlobalLearner(nn.Module):
     def predict(self, model: Estimator, batch: TaskBatch) -> Tensor:
         return model(batch.user_cat, batch.query_items).detach()
 
+    def adaptation(self) -> Adaptation:
+        return Adaptation(kind="none", learner="global")
+
+
+# --------------------------------------------------------------------------- registry
+
+Builder = Callable[[Estimator, MetaConfig], nn.Module]
+
+
+@dataclass(frozen=True)
+class LearnerEntry:
+    """A registered learner: its builder, and whether it is a baseline (no meta-learning,
+    so not a value of ``meta.learner``)."""
+
+    build: Builder
+    baseline: bool = False
+
+
+REGISTRY: dict[str, LearnerEntry] = {}
+
+
+def register_learner(name: str, *, baseline: bool = False) -> Callable[[Builder], Builder]:
+    """Decorator: register ``builder(model, cfg) -> learner`` under ``name``."""
+    def add(builder: Builder) -> Builder:
+        if name in REGISTRY:
+            raise ValueError(f"learner {name!r} is registered twice")
+        REGISTRY[name] = LearnerEntry(builder, baseline)
+        return builder
+    return add
+
+
+def _gradient(model: Estimator, cfg: MetaConfig, name: str, *, adapted: str | None = None,
+              first_order: bool | None = None, learn_lr: bool = False) -> GradientLearner:
+    """A :class:`GradientLearner` from ``cfg``; ``adapted``/``first_order`` override it."""
+    return GradientLearner(model, adapted=cfg.adapted if adapted is None else adapted,
+                           first_order=cfg.first_order if first_order is None else first_order,
+                           learn_lr=learn_lr, steps=cfg.inner_steps, lr=cfg.inner_lr,
+                           output_bias_lr=cfg.output_bias_lr,
+                           support_loss_weight=cfg.support_loss_weight,
+                           rank_loss_weight=cfg.rank_loss_weight,
+                           output_weight_lr=cfg.output_weight_lr, name=name)
+
+
+@register_learner("maml")
+def _maml(model: Estimator, cfg: MetaConfig) -> nn.Module:
+    return _gradient(model, cfg, "maml")
+
+
+@register_learner("fomaml")
+def _fomaml(model: Estimator, cfg: MetaConfig) -> nn.Module:
+    return _gradient(model, cfg, "fomaml", first_order=True)
+
+
+@register_learner("melu")
+def _melu(model: Estimator, cfg: MetaConfig) -> nn.Module:
+    return _gradient(model, cfg, "melu", adapted="decision")
+
+
+@register_learner("metasgd")
+def _metasgd(model: Estimator, cfg: MetaConfig) -> nn.Module:
+    return _gradient(model, cfg, "metasgd", learn_lr=True)
+
+
+@register_learner("reptile")
+def _reptile(model: Estimator, cfg: MetaConfig) -> nn.Module:
+    return ReptileLearner(model, adapted=cfg.adapted, steps=cfg.inner_steps, lr=cfg.inner_lr)
+
+
+@register_learner("ridge")
+def _ridge(model: Estimator, cfg: MetaConfig) -> nn.Module:
+    return RidgeLearner(model, lam=cfg.ridge_lambda, bias_lam=cfg.ridge_bias_lambda,
+                        rank_loss_weight=cfg.rank_loss_weight)
+
+
+@register_learner("global", baseline=True)
+def _global(model: Estimator, cfg: MetaConfig) -> nn.Module:
+    return GlobalLearner()
+
+
+LEARNERS = tuple(REGISTRY)
+META_LEARNERS = tuple(n for n, e in REGISTRY.items() if not e.baseline)
+
 
 def build_learner(model: Estimator, cfg: MetaConfig, name: str | None = None) -> nn.Module:
     """The learner ``name`` (default ``cfg.learner``) configured from ``cfg``."""
     name = cfg.learner if name is None else name
-    common = dict(steps=cfg.inner_steps, lr=cfg.inner_lr)
-    bias = dict(output_bias_lr=cfg.output_bias_lr, support_loss_weight=cfg.support_loss_weight,
-                rank_loss_weight=cfg.rank_loss_weight, output_weight_lr=cfg.output_weight_lr)
-    if name == "maml":
-        return GradientLearner(model, adapted=cfg.adapted, first_order=cfg.first_order,
-                               learn_lr=False, **common, **bias)
-    if name == "fomaml":
-        return GradientLearner(model, adapted=cfg.adapted, first_order=True, learn_lr=False,
-                               **common, **bias)
-    if name == "melu":
-        return GradientLearner(model, adapted="decision", first_order=cfg.first_order,
-                               learn_lr=False, **common, **bias)
-    if name == "metasgd":
-        return GradientLearner(model, adapted=cfg.adapted, first_order=cfg.first_order,
-                               learn_lr=True, **common, **bias)
-    if name == "reptile":
-        return ReptileLearner(model, adapted=cfg.adapted, **common)
-    if name == "ridge":
-        return RidgeLearner(model, lam=cfg.ridge_lambda, bias_lam=cfg.ridge_bias_lambda,
-                            rank_loss_weight=cfg.rank_loss_weight)
-    if name == "global":
-        return GlobalLearner()
-    raise ValueError(f"unknown learner {name!r}; choose one of {', '.join(LEARNERS)}")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown learner {name!r}; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name].build(model, cfg)

@@ -35,10 +35,10 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from metarec.adaptation import mlp
+from metarec.adaptation.mlp import DECISION_PREFIX
 from metarec.config import ModelConfig
 from metarec.data.arrays import FeatureArrays
-
-DECISION_PREFIX = "decision."
 
 
 class Estimator(nn.Module):
@@ -237,18 +237,9 @@ class Estimator(nn.Module):
                 for i, layer in enumerate(self.decision) for k in ("weight", "bias")}
 
     def decide(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        """Decision MLP from explicit parameters: (..., K, feature_dim) -> (..., K) scores.
-
-        Written out layer by layer (x @ W.T + b, ReLU between layers, none after the last) so
-        that its gradient can be written analytically for the ONNX export.
-        """
-        n = len(self.decision)
-        h = x
-        for i in range(n):
-            h = h @ params[f"{DECISION_PREFIX}{i}.weight"].T + params[f"{DECISION_PREFIX}{i}.bias"]
-            if i < n - 1:
-                h = torch.relu(h)
-        return h.squeeze(-1)
+        """Decision MLP from explicit parameters: (..., K, feature_dim) -> (..., K) scores
+        (:func:`metarec.adaptation.mlp.scores`, whose backward the ONNX export writes out)."""
+        return mlp.scores(params, x, len(self.decision))
 
     def forward(self, user_cat: Tensor, item_rows: Tensor, feats: Tensor | None = None) -> Tensor:
         """Scores of (user, item) pairs: (..., Fu) users, (..., K) items -> (..., K) ratings.

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from metarec.config import Config, ExportConfig
+from metarec.export.runtime import PARITY_FILE
 from metarec.io import write_json
 from metarec.pipeline.inputs import Inputs, load_inputs
 from metarec.pipeline.train import load_meta_model
-
-PARITY_FILE = "parity.json"
 
 
 def export_model(cfg: Config, inputs: Inputs | None = None,

@@ -1,0 +1,131 @@
+"""Ridge adaptation (R2-D2, Bertinetto et al., ICLR 2019): the output layer in closed form.
+
+The ridge regression of a task's support residuals on the decision MLP's last hidden features
+(plus a constant 1 for the bias), shrunk toward the meta-learned output layer by per-dimension
+penalties ``lam`` (H + 1,). With w0 = concat(W_out, b_out), Hs the support features and m the
+mask::
+
+    dw = (Hs^T diag(m) Hs + diag(lam))^-1 Hs^T diag(m) (r - offset - Hs w0)
+    score = offset + Hq (w0 + dw)
+
+No support rating (all m = 0) gives dw = 0: the unadapted model's scores.
+
+PyTorch: :func:`ridge_head` (``torch.linalg.solve`` in float32). ONNX: :func:`emit` solves the
+(H+1)x(H+1) system with matrix products only: Newton-Schulz iterations for the inverse
+(X <- X (2I - A X) from X = I / ||A||_F, which converges for symmetric positive definite A),
+then iterative refinement; ``ITERATIONS`` covers condition numbers beyond 1e6 in float32.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from metarec.adaptation.graph import CANDIDATES, SUPPORT
+from metarec.adaptation.mlp import bias_name, emit_hidden, hidden, weight_name
+
+if TYPE_CHECKING:
+    from metarec.adaptation.graph import GraphBuilder, TaskGraph, Weights
+    from metarec.adaptation.spec import Adaptation
+
+ITERATIONS = 40  # Newton-Schulz steps for the inverse
+REFINEMENTS = 2
+
+
+# --------------------------------------------------------------------------- PyTorch
+
+
+def hidden_features(params: Mapping[str, Tensor], x: Tensor, n_layers: int) -> Tensor:
+    """The last hidden layer plus a constant 1: (..., K, F) -> (..., K, H + 1).
+
+    The output layer is a linear head on these features (its weights and bias as one vector).
+    """
+    h = hidden(params, x, n_layers)
+    return torch.cat([h, torch.ones_like(h[..., :1])], -1)
+
+
+def ridge_head(model: nn.Module, support_feats: Tensor, support_items: Tensor,
+               support_ratings: Tensor, support_mask: Tensor, query_feats: Tensor,
+               query_items: Tensor, lam: Tensor) -> Tensor:
+    """Closed-form adaptation of the output layer for N tasks -> (N, Q) scores.
+
+    Shapes: ``support_feats`` (N, S, F) tower features, items/ratings/mask (N, S);
+    ``query_feats`` (N, Q, F), ``query_items`` (N, Q); ``lam`` (H + 1,) > 0.
+    """
+    params = model.decision_params()
+    n = len(model.decision)
+    w0 = torch.cat([params[weight_name(n - 1)][0], params[bias_name(n - 1)]])
+    hs = hidden_features(params, support_feats, n)  # (N, S, H1)
+    hq = hidden_features(params, query_feats, n)  # (N, Q, H1)
+    # The linear system in float32 even under bf16 autocast: a bf16 Gram matrix is too coarse.
+    with torch.autocast(hs.device.type, enabled=False):
+        hs, hq, w0, lam = hs.float(), hq.float(), w0.float(), lam.float()
+        mask = support_mask.float()
+        resid = (support_ratings.float() - model.offset(support_items).float() - hs @ w0) * mask
+        hm = hs * mask.unsqueeze(-1)
+        a = hm.transpose(1, 2) @ hs + torch.diag_embed(lam).expand(hs.shape[0], -1, -1)
+        b = (hm.transpose(1, 2) @ resid.unsqueeze(-1)).squeeze(-1)  # (N, H1)
+        dw = torch.linalg.solve(a, b)
+        return model.offset(query_items).float() + hq @ w0 + (hq * dw.unsqueeze(1)).sum(-1)
+
+
+def reference_scores(model: nn.Module, adaptation: Adaptation, user_cat: Tensor,
+                     items: Tensor, ratings: Tensor, mask: Tensor, candidates: Tensor) -> Tensor:
+    """:func:`ridge_head` for one task: (Fu,), (S,) x3, (C,) -> (C,)."""
+    with torch.no_grad():
+        return ridge_head(model, model.embed(user_cat[None], items[None]), items[None],
+                          ratings[None], mask[None], model.embed(user_cat[None], candidates[None]),
+                          candidates[None], adaptation.ridge_lambda)[0]
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def _emit_hidden_features(g: GraphBuilder, x: str, weights: Weights, rows: str) -> str:
+    """(K, F) -> (K, H + 1): :func:`hidden_features` in the graph."""
+    h = emit_hidden(g, x, weights)
+    ones = g.op("Expand", "one_1x1", g.op("Concat", g.op("Shape", rows), "axis_one", axis=0))
+    return g.op("Concat", h, ones, axis=1)
+
+
+def _emit_solve(g: GraphBuilder, a: str, b: str, k: int) -> str:
+    """x = A^-1 b for (k, k) SPD ``a`` and (k, 1) ``b`` by Newton-Schulz and refinement."""
+    g.const("ridge_eye2", (2.0 * np.eye(k)).astype(np.float32))
+    norm = g.op("Sqrt", g.op("ReduceSum", g.op("Mul", a, a), keepdims=0))
+    x = g.op("Div", g.const("ridge_eye", np.eye(k, dtype=np.float32)), norm)
+    for _ in range(ITERATIONS):
+        x = g.op("MatMul", x, g.op("Sub", "ridge_eye2", g.op("MatMul", a, x)))
+    dw = g.op("MatMul", x, b)
+    for _ in range(REFINEMENTS):
+        dw = g.op("Add", dw, g.op("MatMul", x, g.op("Sub", b, g.op("MatMul", a, dw))))
+    return dw
+
+
+def emit(task: TaskGraph, adaptation: Adaptation) -> str:
+    """:func:`ridge_head` for one task with standard ONNX ops -> (C,) candidate scores."""
+    lam = adaptation.ridge_lambda.detach().float().cpu().numpy()
+    k = task.n_hidden + 1
+    if lam.shape != (k,) or not np.all(lam > 0):
+        raise ValueError(f"ridge_lambda must hold {k} positive values, got shape {lam.shape}")
+    g = task.g
+    g.const("ridge_lam", np.diag(lam))
+    wt_out, b_out = task.weights[-1]
+    w0 = g.op("Concat", wt_out, g.op("Unsqueeze", b_out, "axis_zero"), axis=0)  # (H1, 1)
+    hs = _emit_hidden_features(g, task.features(SUPPORT), task.weights, SUPPORT)  # (S, H1)
+    hq = _emit_hidden_features(g, task.features(CANDIDATES), task.weights, CANDIDATES)  # (C, H1)
+    base_s = g.op("Reshape", g.op("MatMul", hs, w0), "minus_one")  # (S,)
+    s_off = task.offset(SUPPORT)
+    if s_off is not None:
+        base_s = g.op("Add", base_s, s_off)
+    resid = g.op("Mul", g.op("Sub", "support_ratings", base_s), "support_mask")  # (S,)
+    hm = g.op("Mul", hs, g.op("Unsqueeze", "support_mask", "axis_one"))  # (S, H1)
+    hmt = g.op("Transpose", hm, perm=[1, 0])
+    a = g.op("Add", g.op("MatMul", hmt, hs), "ridge_lam")  # (H1, H1)
+    b = g.op("MatMul", hmt, g.op("Unsqueeze", resid, "axis_one"))  # (H1, 1)
+    dw = _emit_solve(g, a, b, k)
+    scores = g.op("Reshape", g.op("MatMul", hq, g.op("Add", w0, dw)), "minus_one")  # (C,)
+    c_off = task.offset(CANDIDATES)
+    return scores if c_off is None else g.op("Add", scores, c_off)

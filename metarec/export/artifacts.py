@@ -1,0 +1,97 @@
+"""``export_onnx``: the two graphs and ``metadata.json`` written into an export directory."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import onnx
+
+from metarec.adaptation.spec import Adaptation
+from metarec.data.arrays import FeatureArrays
+from metarec.export.onnx_graph import build_graph, check_stackable
+from metarec.export.runtime import (ADAPT_INPUTS, FORMAT_VERSION, METADATA_FILE, MODEL_FILE,
+                                    SCORER_FILE, SCORER_INPUTS)
+from metarec.io import atomic_dir, write_json
+from metarec.models.estimator import Estimator
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where an export went: the directory and its three files, plus the metadata written."""
+
+    out_dir: Path
+    model_path: Path
+    scorer_path: Path
+    metadata_path: Path
+    metadata: dict[str, Any] = field(repr=False)
+
+
+def _check(model: Estimator, adaptation: Adaptation, features: FeatureArrays,
+           user_encoders: Sequence[Mapping[str, Any]] | None) -> None:
+    if not adaptation.exportable:
+        raise ValueError(f"cannot export learner {adaptation.learner!r}: "
+                         f"{adaptation.not_exportable}")
+    check_stackable(model)
+    n_items = int(model.item_table.shape[0])
+    if len(features.item_ids) != n_items or len(features.user_fields) != len(model.user_emb):
+        raise ValueError(f"features ({len(features.item_ids)} items, {len(features.user_fields)} "
+                         f"user fields) do not match the model ({n_items} items, "
+                         f"{len(model.user_emb)} user fields)")
+    if user_encoders is not None:
+        cols = [e["column"] for e in user_encoders]
+        if tuple(cols) != tuple(features.user_fields):
+            raise ValueError(f"user encoders {cols} do not match user fields {features.user_fields}")
+
+
+def export_onnx(model: Estimator, adaptation: Adaptation, features: FeatureArrays,
+                out_dir: str | Path, *, opset: int = DEFAULT_OPSET,
+                user_encoders: Sequence[Mapping[str, Any]] | None = None,
+                titles: Mapping[int, str] | None = None,
+                rating_range: tuple[float, float] = (1.0, 5.0),
+                extra: Mapping[str, Any] | None = None) -> ExportResult:
+    """Write ``model.onnx``, ``scorer.onnx`` and ``metadata.json`` into ``out_dir`` atomically.
+
+    Args:
+        model: the trained estimator (evaluation mode is irrelevant: it has no dropout).
+        adaptation: ``learner.adaptation()``: what the graph computes on the support set
+            (refused with its reason when ``adaptation.not_exportable``).
+        features: the arrays the model was built from (item/user ids and fields).
+        user_encoders: ``FeatureEncoders.to_dict()["user"]``, to encode a request's user
+            attributes at serving time (None: requests carry no user features).
+        titles: canonical item id -> title, shown by ``metarec recommend`` and the API.
+        rating_range: (min, max) rating a request may carry (the training scale).
+        extra: more JSON-able metadata (lineage: dataset hash, git sha...).
+    """
+    _check(model, adaptation, features, user_encoders)
+    model_proto = build_graph(model, adaptation, opset)
+    scorer_proto = build_graph(model, None, opset)
+    item_ids = [int(i) for i in features.item_ids]
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "model_file": MODEL_FILE, "scorer_file": SCORER_FILE, "opset": opset,
+        "inputs": list(ADAPT_INPUTS), "scorer_inputs": list(SCORER_INPUTS), "output": "scores",
+        "adaptation": adaptation.to_dict(),
+        "item_ids": item_ids,
+        "titles": None if titles is None else [titles.get(i) for i in item_ids],
+        "user_fields": list(features.user_fields),
+        "user_cardinality": [int(c) for c in features.user_cardinality],
+        "user_encoders": None if user_encoders is None else [dict(e) for e in user_encoders],
+        "rating_range": [float(rating_range[0]), float(rating_range[1])],
+        "extra": dict(extra or {}),
+    }
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        onnx.save_model(model_proto, tmp / MODEL_FILE)
+        onnx.save_model(scorer_proto, tmp / SCORER_FILE)
+        write_json(tmp / METADATA_FILE, metadata)
+    log.info("exported %d items, %s adaptation of learner %s -> %s", len(item_ids),
+             adaptation.kind, adaptation.learner, out_dir)
+    return ExportResult(out_dir, out_dir / MODEL_FILE, out_dir / SCORER_FILE,
+                        out_dir / METADATA_FILE, metadata)
