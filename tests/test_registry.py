@@ -152,17 +152,31 @@ def _local(uri: str) -> Path:
     return Path(unquote(urlparse(uri).path))
 
 
-def test_upload_failure_midway_leaves_no_alias(cfg, tmp_path):
+def _squat_in_upload(what: str):
+    """Something squats where the upload of a new version must write: a directory where
+    model.onnx goes (the local store's copy "succeeds" into it, so the created version fails
+    verification and is deleted before any alias moves), or a file where the encoders/ folder
+    goes (the upload raises partway through)."""
+    def squat(run_artifacts: Path) -> None:
+        if what == "model.onnx":
+            (run_artifacts / "model" / "model.onnx").mkdir(parents=True)
+        else:
+            (run_artifacts / "model").mkdir(parents=True)
+            (run_artifacts / "model" / "encoders").write_text("not a folder")
+    return squat
+
+
+@pytest.mark.parametrize(("squatted", "error", "match"), [
+    ("model.onnx", reg.RegistryError, "missing \\['model.onnx'\\]"),
+    ("encoders", OSError, None)])
+def test_failed_upload_registers_nothing_and_moves_no_alias(cfg, tmp_path, squatted, error,
+                                                            match):
     _, v1 = train_and_register(cfg, tmp_path, 0.8, "good")
     report = make_report(0.7)
     decision = gate(report, None, POLICY)
     run_id = reg.log_training_run(cfg, params={}, report=report, decision=decision)
-    # A directory squats where model.onnx must go: the local artifact store's copy "succeeds"
-    # (it drops the file inside that directory) but model/model.onnx is not the model file.
-    # The version gets created, fails verification and is deleted before any alias moves.
-    run_artifacts = _local(reg.client(cfg).get_run(run_id).info.artifact_uri)
-    (run_artifacts / "model" / "model.onnx").mkdir(parents=True)
-    with pytest.raises(reg.RegistryError, match="missing \\['model.onnx'\\]"):
+    _squat_in_upload(squatted)(_local(reg.client(cfg).get_run(run_id).info.artifact_uri))
+    with pytest.raises(error, match=match):
         reg.register_if_passed(cfg, run_id, model_dir(tmp_path, "half"), decision)
     assert [v.version for v in reg.list_models(cfg)] == [v1]
     assert reg.aliases(cfg) == {"challenger": v1}
@@ -189,21 +203,6 @@ def test_auto_promote_and_empty_model_dir(cfg, tmp_path):
                                auto_promote=True)
     assert reg.aliases(cfg) == {"champion": v}
     assert reg.history(cfg)[0]["actor"] == "auto_promote"
-
-
-def test_upload_error_registers_nothing(cfg, tmp_path):
-    _, v1 = train_and_register(cfg, tmp_path, 0.8, "good")
-    report = make_report(0.7)
-    decision = gate(report, None, POLICY)
-    run_id = reg.log_training_run(cfg, params={}, report=report, decision=decision)
-    # A file squats where the encoders/ folder must go: the upload raises partway through.
-    run_artifacts = _local(reg.client(cfg).get_run(run_id).info.artifact_uri)
-    (run_artifacts / "model").mkdir(parents=True)
-    (run_artifacts / "model" / "encoders").write_text("not a folder")
-    with pytest.raises(OSError):
-        reg.register_if_passed(cfg, run_id, model_dir(tmp_path, "half"), decision)
-    assert [v.version for v in reg.list_models(cfg)] == [v1]
-    assert reg.aliases(cfg) == {"challenger": v1}
 
 
 def test_cli_models_promote_rollback(cfg, tmp_path):

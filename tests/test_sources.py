@@ -106,46 +106,44 @@ def _copy(fixtures, name, tmp_path):
     return dest
 
 
-def test_missing_file_named(fixtures, tmp_path):
-    d = _copy(fixtures, "ml100k_grouplens", tmp_path)
-    (d / "u.user").unlink()
-    with pytest.raises(DataSourceError, match=r"u\.user: file not found"):
-        read_ml100k(d)
+def _unlink(name):
+    return lambda d: (d / name).unlink()
 
 
-def test_wrong_separator_named(fixtures, tmp_path):
-    d = _copy(fixtures, "ml1m", tmp_path)
-    (d / "ratings.dat").write_text("1,10,5,978300760\n")
-    with pytest.raises(DataSourceError, match=r"ratings\.dat: line 1 has 1 fields.*wrong separator"):
-        read_ml1m(d)
+def _write(name, text):
+    return lambda d: (d / name).write_text(text)
 
 
-def test_wrong_encoding_named(fixtures, tmp_path):
-    d = _copy(fixtures, "ml100k_recbole", tmp_path)
-    (d / "ml-100k.item").write_bytes((d / "ml-100k.item").read_text().encode("latin-1"))
-    with pytest.raises(DataSourceError, match=r"ml-100k\.item: not valid utf-8.*encoding"):
-        read_ml100k(d)
+def _to_latin1(name):
+    return lambda d: (d / name).write_bytes((d / name).read_text().encode("latin-1"))
 
 
-def test_missing_column_named(fixtures, tmp_path):
-    d = _copy(fixtures, "csv", tmp_path)
-    (d / "ratings.csv").write_text("uid,iid,score,when\n7,100,4,1\n")
-    with pytest.raises(DataSourceError, match=r"ratings\.csv: missing column\(s\) \['stars'\]"):
-        read_csv_source(d, CSV_CFG)
+# (fixture folder, how the file is broken, reader, what the error must say)
+BROKEN = {
+    "missing file": ("ml100k_grouplens", _unlink("u.user"), read_ml100k,
+                     r"u\.user: file not found"),
+    "wrong separator": ("ml1m", _write("ratings.dat", "1,10,5,978300760\n"), read_ml1m,
+                        r"ratings\.dat: line 1 has 1 fields.*wrong separator"),
+    "wrong encoding": ("ml100k_recbole", _to_latin1("ml-100k.item"), read_ml100k,
+                       r"ml-100k\.item: not valid utf-8.*encoding"),
+    "missing column": ("csv", _write("ratings.csv", "uid,iid,score,when\n7,100,4,1\n"),
+                       lambda d: read_csv_source(d, CSV_CFG),
+                       r"ratings\.csv: missing column\(s\) \['stars'\]"),
+    "csv wrong separator": ("csv", _write("ratings.csv", "uid;iid;stars;when\n7;100;4;1\n"),
+                            lambda d: read_csv_source(d, CSV_CFG), "wrong separator"),
+    "non-numeric rating": ("csv", _write("ratings.csv", "uid,iid,stars,when\n7,100,five,1\n"),
+                           lambda d: read_csv_source(d, CSV_CFG),
+                           r"ratings\.csv: column 'rating' must hold numbers.*five"),
+}
 
 
-def test_csv_wrong_separator_hint(fixtures, tmp_path):
-    d = _copy(fixtures, "csv", tmp_path)
-    (d / "ratings.csv").write_text("uid;iid;stars;when\n7;100;4;1\n")
-    with pytest.raises(DataSourceError, match="wrong separator"):
-        read_csv_source(d, CSV_CFG)
-
-
-def test_non_numeric_rating_named(fixtures, tmp_path):
-    d = _copy(fixtures, "csv", tmp_path)
-    (d / "ratings.csv").write_text("uid,iid,stars,when\n7,100,five,1\n")
-    with pytest.raises(DataSourceError, match=r"ratings\.csv: column 'rating' must hold numbers.*five"):
-        read_csv_source(d, CSV_CFG)
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_file_is_named(fixtures, tmp_path, case):
+    folder, break_it, read, match = BROKEN[case]
+    d = _copy(fixtures, folder, tmp_path)
+    break_it(d)
+    with pytest.raises(DataSourceError, match=match):
+        read(d)
 
 
 def test_unknown_layout(tmp_path):

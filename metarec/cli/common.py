@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from typing import Iterator
 
 import click
 
@@ -37,3 +39,14 @@ def config_of(ctx: click.Context) -> Config:
 def fail(exc: Exception) -> click.ClickException:
     """A library error as a one-line CLI error naming its kind (no traceback)."""
     return click.ClickException(f"{type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def reported(*kinds: type[Exception]) -> Iterator[None]:
+    """Turn the library's expected errors (``ValueError``, ``RuntimeError``, ``OSError`` and
+    any ``kinds``) raised in the block into one-line CLI errors; anything else is a bug and
+    keeps its traceback."""
+    try:
+        yield
+    except (ValueError, RuntimeError, OSError, *kinds) as exc:
+        raise fail(exc) from None

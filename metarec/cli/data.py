@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from metarec.cli.common import config_of, fail
+from metarec.cli.common import config_of, reported
 from metarec.config import Config
 
 
@@ -36,10 +36,8 @@ def data_fetch(ctx: click.Context, dataset: str | None, path: Path | None, recor
 
     cfg = config_of(ctx)
     data_cfg = dataclasses.replace(cfg.data, dataset=dataset) if dataset else cfg.data
-    try:
+    with reported():
         res = fetch(data_cfg, path=path, record=record)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise fail(exc) from None
     state = "recorded as a new version in data.dvc" if res.recorded else "matches data.dvc"
     click.echo(f"{data_cfg.dataset}: {res.data_dir} from {res.source}; md5 {res.md5} ({state})")
 
@@ -51,10 +49,8 @@ def data_prepare(ctx: click.Context) -> None:
     from metarec.data.prepare import prepare_dataset
 
     cfg = config_of(ctx)
-    try:
+    with reported():
         tables = prepare_dataset(cfg.data)
-    except (ValueError, OSError) as exc:
-        raise fail(exc) from None
     click.echo(f"{tables.name}: {json.dumps(tables.summary())} -> {cfg.data.prepared_dir}")
 
 
@@ -81,7 +77,7 @@ def data_validate(ctx: click.Context, interactions: Path | None, users: Path | N
     out = artifacts if artifacts is not None else Path(cfg.validation.out_dir)
     if interactions is None and (users is not None or items is not None):
         raise click.UsageError("--users/--items need --interactions")
-    try:
+    with reported():
         if interactions is None:
             report = val.validate_tables(read_tables(cfg.data.prepared_dir), cfg.validation,
                                           cfg.tasks, out)
@@ -91,8 +87,6 @@ def data_validate(ctx: click.Context, interactions: Path | None, users: Path | N
                 *frames, cfg=cfg.validation, spec=val.spec_from_csv(cfg.data.csv),
                 min_ratings=cfg.tasks.min_ratings, max_ratings=cfg.tasks.max_ratings,
                 columns=cfg.data.csv.columns, artifact_dir=out)
-    except (ValueError, OSError) as exc:
-        raise fail(exc) from None
     click.echo(report.to_json() if as_json else report.to_text())
     if not as_json:
         click.echo(f"full GX result: {out / val.GX_RESULT_FILE}")
@@ -105,13 +99,11 @@ def _dvc_transfer(ctx: click.Context, verb: str, remote: str | None, endpoint: s
     from metarec.dvc import RemoteSettings, pull_data, push_data, remote_from_env
 
     cfg = config_of(ctx)
-    try:
+    with reported():
         settings = (RemoteSettings(url=remote, endpoint_url=endpoint or "") if remote
                     else remote_from_env())
         move = push_data if verb == "push" else pull_data
         out = move(".", settings, targets=(cfg.data.dvc_file,))
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise fail(exc) from None
     click.echo(out.strip() or f"{verb}: up to date")
 
 
@@ -156,10 +148,8 @@ def features_build(ctx: click.Context) -> None:
 
     cfg = config_of(ctx)
     start = time.perf_counter()
-    try:
+    with reported():
         feats = prepare_features(cfg.features, cfg.tasks, cfg.seed, _prepared_tables(cfg))
-    except (ValueError, OSError) as exc:
-        raise fail(exc) from None
     dim = None if feats.item_text is None else feats.item_text.shape[1]
     click.echo(f"{len(feats.user_ids)} users x {len(feats.user_fields)} fields, "
                f"{len(feats.item_ids)} items x {len(feats.item_fields)} fields + "
@@ -179,10 +169,8 @@ def tasks_build(ctx: click.Context) -> None:
     from metarec.pipeline.tasks import build_task_sets
 
     cfg = config_of(ctx)
-    try:
+    with reported():
         sets = build_task_sets(cfg, _prepared_tables(cfg))
-    except (ValueError, OSError) as exc:
-        raise fail(exc) from None
     counts = {name: len(t) for name, t in sets.items() if "@" not in name}
     click.echo(f"{cfg.tasks.protocol}: {json.dumps(counts)} tasks (+ k-shot variants "
                f"{list(cfg.tasks.kshots)}) -> {cfg.tasks.out_dir}")

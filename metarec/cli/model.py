@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from metarec.cli.common import config_of, fail
+from metarec.cli.common import config_of, reported
 
 
 @click.command("train")
@@ -17,7 +17,7 @@ def train_cmd(ctx: click.Context, no_resume: bool, baselines: bool) -> None:
     from metarec.pipeline.train import train_baseline_models, train_meta_model
 
     cfg = config_of(ctx)
-    try:
+    with reported():
         summary = train_meta_model(cfg, resume=not no_resume)
         click.echo(f"{summary['learner']}: {summary['steps']} steps, best validation MAE "
                    f"{summary['best_valid_mae']:.4f} at step {summary['best_step']}")
@@ -25,8 +25,6 @@ def train_cmd(ctx: click.Context, no_resume: bool, baselines: bool) -> None:
             base = train_baseline_models(cfg)
             click.echo(f"baselines {', '.join(base['baselines'])}: global network "
                        f"validation MAE {base['global_valid_mae']:.4f}")
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise fail(exc) from None
 
 
 @click.command("evaluate")
@@ -36,11 +34,9 @@ def evaluate_cmd(ctx: click.Context) -> None:
     from metarec.pipeline.evaluate import evaluate_models, gate_decision
 
     cfg = config_of(ctx)
-    try:
+    with reported():
         report = evaluate_models(cfg)
         decision = gate_decision(cfg, report)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise fail(exc) from None
     click.echo(report.to_markdown())
     click.echo(f"gate: {'PASSED' if decision.passed else 'FAILED'}")
     for reason in decision.reasons:
@@ -54,10 +50,8 @@ def export_cmd(ctx: click.Context) -> None:
     from metarec.pipeline.export import export_model
 
     cfg = config_of(ctx)
-    try:
+    with reported():
         result, parity = export_model(cfg)
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise fail(exc) from None
     click.echo(f"{result.model_path}, {result.scorer_path}: parity max |err| "
                f"{parity.max_abs_err:.2e} (tol {parity.tol:g}) -> "
                f"{'passed' if parity.passed else 'FAILED'}")
@@ -73,10 +67,8 @@ def register_cmd(ctx: click.Context) -> None:
     from metarec.pipeline.register import register_candidate
 
     cfg = config_of(ctx)
-    try:
+    with reported():
         done = register_candidate(cfg, data_hash=dataset_hash_or_none(cfg.data))
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise fail(exc) from None
     if not done.registered:
         raise click.ClickException("gate failed; run logged as " + done.run_id +
                                    ", nothing registered:\n" + "\n".join(done.decision.reasons))

@@ -6,16 +6,14 @@ import json
 
 import click
 
-from metarec.cli.common import config_of, fail
+from metarec.cli.common import config_of, reported
 
 
 def _registry_call(fn, *args, **kwargs):
     from metarec.registry import RegistryError
 
-    try:
+    with reported(RegistryError):
         return fn(*args, **kwargs)
-    except (RegistryError, ValueError, OSError) as exc:
-        raise fail(exc) from None
 
 
 @click.command("models")

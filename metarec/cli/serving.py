@@ -6,7 +6,7 @@ import json
 
 import click
 
-from metarec.cli.common import config_of, fail
+from metarec.cli.common import config_of, reported
 
 
 def _parse_ratings(text: str) -> dict[int, float]:
@@ -44,13 +44,11 @@ def recommend_cmd(ctx: click.Context, model_uri: str | None, user_json: str | No
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--user") from None
     if user is not None and not isinstance(user, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--user")
-    try:
+    with reported(RequestError):
         rec = Recommender.load(model_uri or cfg.serve.model_uri,
                                tracking_uri=cfg.tracking.tracking_uri, threads=cfg.serve.threads,
                                max_ratings=cfg.serve.max_ratings)
         items = rec.recommend(user, _parse_ratings(ratings), k=k, exclude_seen=not include_seen)
-    except (RequestError, ValueError, OSError) as exc:
-        raise fail(exc) from None
     if as_json:
         click.echo(json.dumps([i.to_dict() for i in items], indent=2))
         return
