@@ -57,3 +57,13 @@ def test_bad_params_named(workdir):
     (workdir / "params.yaml").write_text("data:\n  datset: ml-1m\n")
     res = CliRunner().invoke(main, ["data", "prepare"])
     assert res.exit_code != 0 and "'data.datset'" in res.output
+
+
+def test_python_dash_m_runs_the_cli():
+    """`python -m metarec.cli` is the same CLI (benchmarks start the server this way)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "metarec.cli", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "pipeline" in out and "register" in out
