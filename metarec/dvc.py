@@ -97,7 +97,7 @@ def record_version(data_dir: str | Path, root: str | Path = ".") -> DvcOut:
     return read_dvc_file(root / f"{rel}.dvc")
 
 
-def dataset_hash(dvc_file: str | Path = "data.dvc") -> str:
+def dataset_hash(dvc_file: str | Path) -> str:
     """The dataset version recorded in data.dvc (the lineage key for every model)."""
     return read_dvc_file(dvc_file).md5
 

@@ -154,3 +154,17 @@ def test_params_file_named_on_the_cli_reaches_every_asset(project):
     run = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db").get_run(summary["mlflow_run_id"])
     assert float(run.data.params["train.lr"]) == 0.00037
     assert run.data.params["meta.learner"] == cfg.meta.learner
+
+
+def test_config_resource_reads_the_file_once_per_run(tmp_path):
+    """Every asset of a run gets the configuration the run started with: the params file is
+    read when the resource is set up, not again by each asset."""
+    from orchestration.resources import MetarecConfig
+
+    params = tmp_path / "p.yaml"
+    params.write_text("seed: 1\n")
+    resource = MetarecConfig(params=str(params))
+    resource.setup_for_execution(dg.build_init_resource_context())
+    first = resource.load()
+    params.write_text("seed: 2\n")  # edited while the run is going
+    assert resource.load() is first and first.seed == 1
