@@ -91,7 +91,8 @@ def ml100k_5to500(dest: Path, prepared: Path, seed: int = 0, share: float = 0.3,
                   low: tuple[int, int] = (5, 12), high: int = 500,
                   query_size: int = 4) -> Variant:
     """Users with 5..500 ratings: a seeded ``share`` of users keep a random 5..12 of their
-    ratings; users above ``high`` keep a random ``high``. The task window is 5..500.
+    ratings; users above ``high`` keep a random ``high``; users below 5 are dropped. The task
+    window is 5..500.
 
     ``query_size`` is 4 because metarec needs a task to have more ratings than its query set
     (metarec.data.tasks.build_tasks): a 5-rating user keeps one support rating. Stresses both
@@ -100,6 +101,8 @@ def ml100k_5to500(dest: Path, prepared: Path, seed: int = 0, share: float = 0.3,
     """
     tables = load_prepared(prepared)
     inter = tables.interactions.sort_values(["user_id", "item_id"]).reset_index(drop=True)
+    sizes = inter.groupby("user_id")["item_id"].transform("size")
+    inter = inter[sizes >= low[0]].reset_index(drop=True)  # none in ML-100K (20+ each)
     rng = np.random.default_rng([seed, 3])
     users = np.sort(inter.user_id.unique())
     short = set(users[rng.random(len(users)) < share].tolist())

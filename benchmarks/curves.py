@@ -1,0 +1,305 @@
+"""Adaptation curves of the default model and its baselines on a dataset of the suite, over seeds.
+
+For a dataset (``ml100k``: the default MovieLens-100K; or a variant of ``benchmarks/suite``) and
+each seed, runs the library stages in a temporary workspace: prepare (+ the variant's generator),
+validate (GX), features, tasks, train the meta-model and the baselines, evaluate. Reads the
+adaptation curves of the evaluation report (``curves[scenario][method][k][metric]``, k in 0, 1,
+3, 5, 10, all) by metric name and writes, per scenario, method and k, the mean over seeds and
+the spread (min..max, std) of MAE and nDCG@3 to ``benchmarks/results/curves_<dataset>.json``
+and a markdown table beside it.
+
+For ``lowrank`` it adds the oracle that knows the true factors (its MAE: the conditional median,
+:func:`suite.oracle_predict`; its nDCG@3: ranked by the latent rating) on the same test tasks,
+and the fraction of the item_mean -> oracle MAE gap each method closes at every k.
+
+The variant dataset is generated once (``--variant-seed``); a seed changes the split, the task
+draws, the initial weights and the curves' support subsets. Bootstrap intervals are switched off
+(``evaluation.bootstrap_samples: 0``; the curves carry none). Nothing is logged to MLflow.
+
+    .venv/bin/python benchmarks/curves.py --dataset lowrank --seeds 0 --max-steps 400
+    .venv/bin/python benchmarks/curves.py --dataset ml100k-5to500 --set meta.learner=maml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import suite  # noqa: E402
+
+from metarec.config import Config, config_from_dict  # noqa: E402
+
+METRICS = ("mae", "ndcg_at_3")
+BASE = "item_mean"  # the gap closed is measured from this baseline to the oracle
+log = logging.getLogger("curves")
+
+
+def _override(raw: dict[str, Any], assignments: list[str]) -> None:
+    """Apply ``section.key=value`` (value parsed as YAML) to the raw params mapping."""
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects section.key=value, got {item!r}")
+        *path, leaf = key.split(".")
+        node = raw
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+
+
+def _workspace_params(raw: dict[str, Any], ws: Path, raw_dir: Path, seed: int) -> dict[str, Any]:
+    """Every output of the run inside ``ws``; the embedding cache stays the repository's."""
+    cache = Path(raw.get("features", {}).get("cache_dir", ".metarec-cache/embeddings"))
+    return suite.merge(raw, {
+        "seed": seed,
+        "data": {"raw_dir": str(raw_dir), "prepared_dir": str(ws / "prepared")},
+        "validation": {"out_dir": str(ws / "validation"), "data_docs": False},
+        "features": {"out_dir": str(ws / "features"), "cache_dir": str(cache.resolve())},
+        "tasks": {"out_dir": str(ws / "tasks"), "seed": None},
+        "train": {"out_dir": str(ws / "train"), "progress": False},
+        "evaluation": {"out_dir": str(ws / "evaluation"), "bootstrap_samples": 0},
+    })
+
+
+def run_seed(cfg: Config, ws: Path, truth: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """The stages on one seed; returns the report's curves (as JSON) and the oracle's."""
+    from metarec.data.prepare import prepare_dataset
+    from metarec.data.validation import raise_if_failed, validate_tables
+    from metarec.features.build import prepare_features
+    from metarec.pipeline.evaluate import evaluate_models
+    from metarec.pipeline.inputs import load_inputs
+    from metarec.pipeline.tasks import build_task_sets
+    from metarec.pipeline.train import train_baseline_models, train_meta_model
+
+    t0 = time.time()
+    tables = prepare_dataset(cfg.data, root=ws)
+    raise_if_failed(validate_tables(tables, cfg.validation, cfg.tasks, cfg.validation.out_dir))
+    features = prepare_features(cfg.features, cfg.tasks, cfg.seed, tables)
+    build_task_sets(cfg, tables, features)
+    inputs = load_inputs(cfg.features, cfg.tasks)
+    t1 = time.time()
+    summary = train_meta_model(cfg, inputs, resume=False, track=False)
+    baselines = train_baseline_models(cfg, inputs)
+    t2 = time.time()
+    evaluate_models(cfg, inputs)
+    raw = json.loads((Path(cfg.evaluation.out_dir) / "report.json").read_text())
+    out = {"curves": raw.get("curves", {}), "candidate": raw.get("candidate"),
+           "tasks": {s: len(inputs.sets[s]) for s in inputs.scenarios},
+           "training": {"steps": summary["steps"], "best_step": summary["best_step"],
+                        "best_valid_mae": round(summary["best_valid_mae"], 4),
+                        "train_tasks": summary["train_tasks"],
+                        "global_steps": baselines["global_steps"]},
+           "seconds": {"data": round(t1 - t0, 1), "train": round(t2 - t1, 1),
+                       "evaluate": round(time.time() - t2, 1)}}
+    if truth is not None:
+        out["oracle"] = {s: oracle_metrics(truth, inputs.sets[s], inputs.features.item_ids)
+                         for s in inputs.scenarios}
+    return out
+
+
+def oracle_metrics(truth: dict[str, np.ndarray], tasks, item_ids: np.ndarray) -> dict[str, float]:
+    """The oracle on the query sets of ``tasks``: MAE of the conditional median, nDCG@3 of the
+    latent rating (it ignores the support set, so one value serves every k)."""
+    from metarec.evaluation.scoring import evaluate_predictions
+
+    users = np.broadcast_to(tasks.user_ids[:, None], tasks.query_items.shape)
+    items = item_ids[tasks.query_items]
+    median = suite.oracle_predict(truth, users, items)
+    score = suite.oracle_score(truth, users, items)
+    mae = evaluate_predictions(median, tasks.query_ratings, tasks.query_mask, names=["mae"])
+    ndcg = evaluate_predictions(score, tasks.query_ratings, tasks.query_mask,
+                                names=["ndcg_at_3"])
+    return {"mae": mae.metrics["mae"], "ndcg_at_3": ndcg.metrics["ndcg_at_3"]}
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, float)
+    return {"mean": round(float(a.mean()), 4), "min": round(float(a.min()), 4),
+            "max": round(float(a.max()), 4), "std": round(float(a.std(ddof=0)), 4),
+            "n": int(a.size)}
+
+
+def _gap(method: float, base: float, oracle: float) -> float:
+    """Fraction of the base -> oracle MAE gap a method closes (1 = oracle, 0 = base)."""
+    return (base - method) / (base - oracle)
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{scenario: {method: {k: {metric: spread}}}}`` over seeds, read by metric name, plus the
+    oracle and the gap closed where the runs have an oracle."""
+    out: dict[str, Any] = {}
+    for scenario in runs[0]["curves"]:
+        by_method: dict[str, Any] = {}
+        for method in runs[0]["curves"][scenario]:
+            by_k: dict[str, Any] = {}
+            for k in runs[0]["curves"][scenario][method]:
+                cells = {}
+                for metric in METRICS:
+                    vals = [r["curves"][scenario][method][k].get(metric) for r in runs
+                            if k in r["curves"].get(scenario, {}).get(method, {})]
+                    vals = [v for v in vals if v is not None and np.isfinite(v)]
+                    if vals:
+                        cells[metric] = _spread(vals)
+                if "oracle" in runs[0] and "mae" in cells and BASE in runs[0]["curves"][scenario]:
+                    gaps = [_gap(r["curves"][scenario][method][k]["mae"],
+                                 r["curves"][scenario][BASE][k]["mae"],
+                                 r["oracle"][scenario]["mae"]) for r in runs]
+                    cells["gap_closed"] = _spread(gaps)
+                by_k[k] = cells
+            by_method[method] = by_k
+        if "oracle" in runs[0]:
+            by_method["oracle"] = {"all": {m: _spread([r["oracle"][scenario][m] for r in runs])
+                                           for m in METRICS}}
+        out[scenario] = by_method
+    return out
+
+
+def _cell(c: dict[str, float] | None) -> str:
+    if not c:
+        return "-"
+    return f"{c['mean']:.4f}" if c["n"] == 1 else f"{c['mean']:.4f} ({c['min']:.3f}..{c['max']:.3f})"
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """Per scenario, one table per metric: methods as rows, support sizes k as columns."""
+    lines = [f"# Adaptation curves: {result['dataset']} ({result['protocol']})", "",
+             f"Seeds {result['seeds']}; cells: mean over seeds (min..max). "
+             f"Command: `{result['command']}`. Machine: {result['machine']}.", ""]
+    for scenario, by_method in result["curves"].items():
+        ks = sorted({k for c in by_method.values() for k in c if k != "all"}, key=int) + ["all"]
+        tasks = result["runs"][0]["tasks"].get(scenario)
+        for metric in (*METRICS, "gap_closed"):
+            rows = [(m, c) for m, c in by_method.items() if any(metric in v for v in c.values())]
+            if not rows:
+                continue
+            lines += [f"## {scenario} ({tasks} tasks): {metric}", "",
+                      "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
+                      "|---|" + "---|" * len(ks)]
+            for method, curve in rows:
+                label = f"**{method}**" if method == result["candidate"] else method
+                cells = [_cell(curve.get(k, {}).get(metric)) if method != "oracle"
+                         else _cell(curve["all"].get(metric)) for k in ks]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append("")
+    lines.append("mae: lower is better; ndcg_at_3 (MeLU's graded nDCG@3): higher is better."
+                 + (" gap_closed: (item_mean MAE - method MAE) / (item_mean MAE - oracle MAE);"
+                    " oracle: MAE of the conditional median given the true factors, nDCG@3 of"
+                    " the latent rating (support-free: one value for every k)."
+                    if "oracle" in result["runs"][0] else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _machine() -> str:
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores"
+            f" (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
+            f"{_device()}")
+
+
+def _device() -> str:
+    import torch
+
+    return f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+
+
+def _git_sha() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
+                              capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _dataset(args: argparse.Namespace, root: Path) -> tuple[dict[str, Any], Path, Any]:
+    """(params overrides, raw_dir, variant or None) of the requested dataset."""
+    if args.dataset == "ml100k":
+        data = Path(args.data_dir).resolve()
+        if not (data / "ml-100k").is_dir():
+            raise SystemExit(f"{data}/ml-100k missing: run `metarec data fetch` first")
+        return {"data": {"dataset": "ml-100k"}}, data, None
+    options = {}
+    for item in args.option:
+        key, _, value = item.partition("=")
+        options[key] = yaml.safe_load(value)
+    variant = suite.generate(args.dataset, root / "data" / "csv", prepared=Path(args.prepared),
+                             seed=args.variant_seed, **options)
+    return variant.params, root / "data", variant
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="ml100k", choices=["ml100k", *suite.VARIANTS])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--protocol", choices=["user-split", "melu"], default="user-split")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--max-steps", type=int, default=None, help="train.max_steps (quick runs)")
+    ap.add_argument("--prepared", default="artifacts/prepared",
+                    help="canonical ML-100K tables (the ML-100K variants' source)")
+    ap.add_argument("--data-dir", default="data", help="raw data dir holding ml-100k/ (ml100k)")
+    ap.add_argument("--variant-seed", type=int, default=0, help="seed of the variant's generator")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="generator option, e.g. n_users=800 (lowrank)")
+    ap.add_argument("--work-dir", default=None, help="keep the workspace here (default: temp)")
+    ap.add_argument("--out-dir", default=str(HERE / "results"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    start = time.time()
+    root = Path(args.work_dir or tempfile.mkdtemp(prefix="metarec-curves-")).resolve()
+    try:
+        overrides, raw_dir, variant = _dataset(args, root)
+        truth = suite.load_truth(variant.truth) if variant and variant.truth else None
+        base = suite.merge(yaml.safe_load(Path(args.params).read_text()), overrides)
+        base.setdefault("tasks", {})["protocol"] = args.protocol
+        _override(base, args.set)
+        if args.max_steps is not None:
+            base.setdefault("train", {})["max_steps"] = args.max_steps
+        runs = []
+        for seed in args.seeds:
+            ws = root / f"seed{seed}"
+            cfg = config_from_dict(_workspace_params(base, ws, raw_dir, seed), args.params)
+            log.info("seed %d: %s in %s", seed, args.dataset, ws)
+            runs.append({"seed": seed, **run_seed(cfg, ws, truth)})
+            log.info("seed %d done: %s", seed, runs[-1]["seconds"])
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    suffix = "" if args.protocol == "user-split" else f"_{args.protocol}"
+    result = {"dataset": args.dataset, "protocol": args.protocol, "seeds": args.seeds,
+              "candidate": runs[0]["candidate"], "metrics": list(METRICS),
+              "command": "python benchmarks/curves.py " + " ".join(argv or sys.argv[1:]),
+              "machine": _machine(), "git": _git_sha(),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "wall_seconds": round(time.time() - start, 1),
+              "variant": variant.stats if variant else None,
+              "overrides": {"set": args.set, "max_steps": args.max_steps,
+                            "options": args.option},
+              "curves": aggregate(runs), "runs": runs}
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"curves_{args.dataset}{suffix}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(to_markdown(result))
+    print(to_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""benchmarks/suite: each variant is deterministic for its seed, is read and accepted by metarec's
+CSV source and data contracts, and keeps its defining property; the lowrank oracle is good.
+
+The ML-100K variants run on the RecBole-layout ML-100K fixture, grown in the same layout by a
+seeded block of users (the fixture alone has 3 users and 5 ratings: too few for a task window).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from benchmarks.suite import (generate, load_truth, merge, oracle_predict, oracle_score,
+                              within_user_quintiles)
+from metarec.config import config_from_dict
+from metarec.data.sources import read_ml100k, read_source
+from metarec.data.tables import write_tables
+from metarec.data.validation import validate_tables
+from tests.conftest import FIXTURES, REPO
+
+LOWRANK = {"n_users": 160, "n_items": 120, "per_user": 30}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """Canonical tables of the ML-100K fixture + 60 seeded users with 20..150 ratings."""
+    raw = tmp_path_factory.mktemp("ml100k")
+    shutil.copytree(FIXTURES / "ml100k_recbole", raw, dirs_exist_ok=True)
+    rng = np.random.default_rng(7)
+    n_items = 200
+    with open(raw / "ml-100k.item", "a", encoding="utf-8") as f:
+        for i in range(14, 14 + n_items):
+            f.write(f"{i}\tFilm {i}\t{rng.integers(1950, 1998)}\tDrama Comedy\n")
+    with open(raw / "ml-100k.user", "a", encoding="utf-8") as f:
+        for u in range(4, 64):
+            f.write(f"{u}\t{rng.integers(18, 60)}\t{'MF'[u % 2]}\twriter\t{10000 + u}\n")
+    with open(raw / "ml-100k.inter", "a", encoding="utf-8") as f:
+        for u in range(4, 64):
+            for i in rng.choice(n_items, size=int(rng.integers(20, 151)), replace=False):
+                f.write(f"{u}\t{14 + i}\t{rng.integers(1, 6)}\t{880000000 + u * 1000 + i}\n")
+    dest = tmp_path_factory.mktemp("prepared")
+    write_tables(read_ml100k(raw), dest)
+    return dest
+
+
+def _read_and_validate(variant) -> pd.DataFrame:
+    """The variant through `data.dataset: csv` and the GX data contracts; its interactions."""
+    raw = merge(yaml.safe_load((REPO / "params.yaml").read_text()), variant.params)
+    cfg = config_from_dict(raw)
+    tables = read_source(dataclasses.replace(cfg.data, raw_dir=str(variant.folder.parent)))
+    report = validate_tables(tables, dataclasses.replace(cfg.validation, data_docs=False),
+                             cfg.tasks)
+    assert report.passed, [f.__dict__ for f in report.failures]
+    assert len(tables.items) and tables.items.text.str.len().min() > 0
+    return tables.interactions
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("name,options", [("ml100k-quintile", {}), ("ml100k-halfstar", {}),
+                                          ("ml100k-5to500", {"high": 100}),
+                                          ("lowrank", LOWRANK)])
+def test_variant_is_deterministic_and_accepted(name, options, prepared, tmp_path):
+    first = generate(name, tmp_path / "a" / "csv", prepared=prepared, seed=1, **options)
+    again = generate(name, tmp_path / "b" / "csv", prepared=prepared, seed=1, **options)
+    assert _digest(first.folder) == _digest(again.folder)
+    assert first.params == again.params and first.params["data"]["dataset"] == "csv"
+    if name != "ml100k-quintile":  # the quintile rule has nothing random
+        other = generate(name, tmp_path / "c" / "csv", prepared=prepared, seed=2, **options)
+        assert _digest(other.folder) != _digest(first.folder)
+    _read_and_validate(first)
+
+
+def test_quintiles_hand_computed():
+    frame = pd.DataFrame({"user_id": [1] * 10 + [2] * 5,
+                          "rating": [*np.arange(10, 0, -1), 1, 1, 1, 1, 5]})
+    # user 1: distinct ratings, two per quintile; user 2: the four tied 1s share mid-rank 2.5,
+    # ceil(5 * 2 / 5) = 2, and the 5 (rank 5) is ceil(5 * 4.5 / 5) = 5.
+    assert within_user_quintiles(frame).tolist() == [5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 2, 2, 2, 2, 5]
+
+
+def test_quintile_variant_is_per_user_quintiles(prepared, tmp_path):
+    inter = _read_and_validate(generate("ml100k-quintile", tmp_path / "csv", prepared=prepared))
+    source = pd.read_parquet(prepared / "interactions.parquet")
+    both = source.merge(inter, on=["user_id", "item_id"], suffixes=("_src", ""))
+    assert len(both) == len(source) and set(inter.rating) == {1, 2, 3, 4, 5}
+    for _, g in both.groupby("user_id"):
+        if len(g) < 10:
+            continue
+        order = g.sort_values("rating_src")
+        assert order.rating.is_monotonic_increasing  # the user's order is kept
+        assert abs(g.rating.mean() - 3.0) < 0.5  # no user bias left
+    assert both.groupby("user_id").rating.mean().std() < 0.2
+
+
+def test_halfstar_variant_is_on_the_half_grid(prepared, tmp_path):
+    variant = generate("ml100k-halfstar", tmp_path / "csv", prepared=prepared)
+    assert variant.params["validation"]["rating_min"] == 0.5
+    inter = _read_and_validate(variant)
+    source = pd.read_parquet(prepared / "interactions.parquet")
+    both = source.merge(inter, on=["user_id", "item_id"], suffixes=("_src", ""))
+    assert inter.rating.between(0.5, 5.0).all() and (inter.rating * 2 % 1 == 0).all()
+    drop = both.rating_src - both.rating
+    assert set(drop.round(3)) == {0.0, 0.5} and 0.4 < (drop > 0).mean() < 0.6
+
+
+def test_5to500_variant_spans_the_window(prepared, tmp_path):
+    variant = generate("ml100k-5to500", tmp_path / "csv", prepared=prepared, high=100)
+    assert variant.params["tasks"]["min_ratings"] == 5
+    assert variant.params["tasks"]["query_size"] < 5  # a 5-rating user still has a task
+    counts = _read_and_validate(variant).groupby("user_id").size()
+    assert counts.min() >= 5 and counts.max() == 100
+    assert 0.15 < (counts <= 12).mean() < 0.45  # the seeded 30% short users
+    source = pd.read_parquet(prepared / "interactions.parquet")
+    assert (source.groupby("user_id").size() > 100).any()  # the cap did something
+
+
+def test_lowrank_oracle_beats_item_mean_on_held_out_ratings(tmp_path):
+    variant = generate("lowrank", tmp_path / "csv", seed=0, n_users=400, n_items=300)
+    inter = pd.read_csv(variant.folder / "interactions.csv")
+    held = np.random.default_rng(0).random(len(inter)) < 0.2
+    train, test = inter[~held], inter[held]
+    glob = train.rating.mean()
+    stats = train.groupby("item_id").rating.agg(["sum", "count"])
+    shrunk = (stats["sum"] + 5 * glob) / (stats["count"] + 5)  # item_mean's shrinkage
+    item_mean = test.item_id.map(shrunk).fillna(glob).to_numpy()
+    truth = load_truth(variant.truth)
+    oracle = oracle_predict(truth, test.user_id.to_numpy(), test.item_id.to_numpy())
+    mae_item = np.abs(item_mean - test.rating).mean()
+    mae_oracle = np.abs(oracle - test.rating).mean()
+    assert mae_oracle < 0.55 and mae_item > 1.0 and mae_item - mae_oracle > 0.45
+    # The conditional median is the MAE-optimal point prediction: the latent mean is worse.
+    latent = np.clip(oracle_score(truth, test.user_id.to_numpy(), test.item_id.to_numpy()), 1, 5)
+    assert np.abs(latent - test.rating).mean() > mae_oracle
+
+
+def test_curves_aggregate_reads_by_metric_name_and_closes_the_gap():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import curves
+
+    def run(seed, learner_mae):
+        curve = {"ridge": {"0": {"mae": 1.1, "ndcg_at_3": 0.5, "new_metric": 1.0},
+                           "all": {"mae": learner_mae, "ndcg_at_3": 0.6}},
+                 "item_mean": {"0": {"mae": 1.1, "ndcg_at_3": 0.5},
+                               "all": {"mae": 1.1, "ndcg_at_3": 0.5}}}
+        return {"seed": seed, "curves": {"test": curve}, "tasks": {"test": 3},
+                "oracle": {"test": {"mae": 0.5, "ndcg_at_3": 0.9}}}
+
+    agg = curves.aggregate([run(0, 0.8), run(1, 1.0)])["test"]
+    assert agg["ridge"]["all"]["mae"]["mean"] == pytest.approx(0.9)
+    assert agg["ridge"]["all"]["mae"]["min"] == pytest.approx(0.8)
+    # (1.1 - 0.8) / (1.1 - 0.5) = 0.5 and (1.1 - 1.0) / 0.6 = 1/6
+    assert agg["ridge"]["all"]["gap_closed"]["mean"] == pytest.approx((0.5 + 1 / 6) / 2, abs=1e-4)
+    assert agg["oracle"]["all"]["mae"]["mean"] == pytest.approx(0.5)
+    assert "new_metric" not in agg["ridge"]["0"]
