@@ -180,7 +180,14 @@ def to_markdown(result: dict[str, Any]) -> str:
     """Per scenario, one table per metric: methods as rows, support sizes k as columns."""
     lines = [f"# Adaptation curves: {result['dataset']} ({result['protocol']})", "",
              f"Seeds {result['seeds']}; cells: mean over seeds (min..max). "
-             f"Command: `{result['command']}`. Machine: {result['machine']}.", ""]
+             f"Command: `{result['command']}`. Machine: {result['machine']}; "
+             f"{result['date']}, git {result['git']}, {result['wall_seconds']:.0f} s wall.", ""]
+    if result.get("variant"):
+        lines += ["Variant: " + json.dumps(result["variant"]), ""]
+    for run in result["runs"]:
+        lines.append(f"- seed {run['seed']}: training {json.dumps(run['training'])}, "
+                     f"seconds {json.dumps(run['seconds'])}")
+    lines.append("")
     for scenario, by_method in result["curves"].items():
         ks = sorted({k for c in by_method.values() for k in c if k != "all"}, key=int) + ["all"]
         tasks = result["runs"][0]["tasks"].get(scenario)

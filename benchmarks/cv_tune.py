@@ -6,7 +6,17 @@ on it) while the others train. Prints, per method, the mean of every metric over
 tasks and the paired difference to each baseline (candidate minus baseline, with its standard
 error over tasks), so that settings can be compared on ~5x more users than one validation set.
 
+``--dataset`` runs on a variant of ``benchmarks/suite`` instead of the configured dataset (the
+variant is generated from ``--prepared`` into ``--work-dir/<variant>``, prepared, validated, and
+its features and tasks built there), or on several: ``--dataset suite`` (ml100k and every
+variant) or a comma-separated list; the output is then one table per dataset plus ``suite``,
+each paired difference averaged over the datasets with equal weight (and the per-dataset means),
+to choose defaults that hold across the suite. The protocol's test users are never read on any
+dataset.
+
     .venv/bin/python benchmarks/cv_tune.py --folds 4 --set model.item_id=true
+    .venv/bin/python benchmarks/cv_tune.py --dataset lowrank --set model.item_factors=32
+    .venv/bin/python benchmarks/cv_tune.py --dataset suite --folds 3 --out cv_suite.json
 """
 
 from __future__ import annotations
@@ -14,14 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ml100k_quality as mq  # noqa: E402
+import suite  # noqa: E402
 
 from metarec.config import config_from_dict  # noqa: E402
 from metarec.data.arrays import TaskArrays  # noqa: E402
@@ -33,36 +46,44 @@ def _concat(a: TaskArrays, b: TaskArrays) -> TaskArrays:
     return TaskArrays(**{k: np.concatenate([v, getattr(b, k)], 0) for k, v in a.__dict__.items()})
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--protocol", choices=["user-split", "melu", "configured"], default="user-split")
-    ap.add_argument("--folds", type=int, default=4)
-    ap.add_argument("--learners", default=None)
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    ap.add_argument("--work-dir", default="artifacts/bench")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    raw = yaml.safe_load(Path(args.params).read_text())
-    if args.protocol != "configured":
-        raw.setdefault("tasks", {})["protocol"] = args.protocol
-    raw.setdefault("train", {})["progress"] = False
-    mq._override(raw, args.set)
-    cfg = config_from_dict(raw, args.params)
-    cfg, inputs = mq._inputs(cfg, Path(args.work_dir))
-    learners = args.learners.split(",") if args.learners else [cfg.meta.learner]
-    pool = _concat(inputs.train, inputs.valid)
+def variant_params(raw: dict[str, Any], name: str, prepared: Path, work: Path,
+                   protocol: str, seed: int = 0) -> dict[str, Any]:
+    """Generate variant ``name`` afresh under ``work`` and prepare + validate it; returns the
+    params (``raw`` + the variant's overrides) whose data, features and tasks live there."""
+    from metarec.data.prepare import prepare_dataset
+    from metarec.data.validation import raise_if_failed, validate_tables
+
+    shutil.rmtree(work, ignore_errors=True)
+    variant = suite.generate(name, work / "data" / "csv", prepared=prepared, seed=seed)
+    base = work / protocol  # where mq._inputs builds features and tasks
+    out = suite.merge(raw, variant.params)
+    out = suite.merge(out, {
+        "data": {"raw_dir": str(work / "data"), "prepared_dir": str(work / "prepared")},
+        "validation": {"out_dir": str(work / "validation"), "data_docs": False},
+        "features": {"out_dir": str(base / "features")},
+        "tasks": {"out_dir": str(base / "tasks")}})
+    cfg = config_from_dict(out, f"{name} params")
+    tables = prepare_dataset(cfg.data)
+    raise_if_failed(validate_tables(tables, cfg.validation, cfg.tasks))
+    return out
+
+
+def cross_validate(raw: dict[str, Any], source: str, folds: int, learners: str | None,
+                   work_dir: Path) -> dict[str, Any]:
+    """Means per method over the held-out folds and paired differences to each baseline."""
+    cfg = config_from_dict(raw, source)
+    cfg, inputs = mq._inputs(cfg, work_dir)
+    names = learners.split(",") if learners else [cfg.meta.learner]
+    pool = _concat(inputs.train, inputs.valid)  # the test users stay unread
     order = np.random.default_rng(1234).permutation(len(pool))
-    folds = np.array_split(order, args.folds)
     per_task: dict[str, list[dict[str, np.ndarray]]] = {}
-    for k, held in enumerate(folds):
+    for k, held in enumerate(np.array_split(order, folds)):
         rest = np.setdiff1d(order, held)
         inputs_k = mq.Inputs(features=inputs.features,
                              sets={"cv_train": pool.subset(rest), "cv_valid": pool.subset(held)},
                              training=("cv_train",), validation=("cv_valid",),
                              manifest=inputs.manifest)
-        table = mq.run(cfg, inputs_k, learners, "valid", baselines=True, per_task=True)
+        table = mq.run(cfg, inputs_k, names, "valid", baselines=True, per_task=True)
         print(f"fold {k}: " + json.dumps(table.pop("_training")), file=sys.stderr)
         for method, values in table.items():
             per_task.setdefault(method, []).append(values)
@@ -72,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                for m in methods}
     for m in methods:
         out[m] = {k: round(float(v.mean()), 4) for k, v in stacked[m].items() if k in PAIRED}
-    for cand in learners:
+    for cand in names:
         for base in methods:
             if base == cand:
                 continue
@@ -81,6 +102,62 @@ def main(argv: list[str] | None = None) -> int:
                 d = stacked[cand][k] - stacked[base][k]
                 diffs[k] = f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}"
             out[f"{cand} - {base}"] = diffs
+    return out
+
+
+def suite_summary(tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each paired difference averaged over the datasets (equal weight), with the per-dataset
+    means, e.g. ``{"ridge - item_mean": {"mae": {"mean": -0.01, "ml100k": -0.02, ...}}}``."""
+    pairs = [p for p in next(iter(tables.values())) if " - " in p]
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        out[pair] = {}
+        for metric in PAIRED:
+            per = {d: float(t[pair][metric].split(" ± ")[0]) for d, t in tables.items()
+                   if pair in t}
+            out[pair][metric] = {"mean": round(float(np.mean(list(per.values()))), 4), **per}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--protocol", choices=["user-split", "melu", "configured"], default="user-split")
+    ap.add_argument("--dataset", default="configured",
+                    help="configured (params.yaml's, e.g. ml100k), a suite variant "
+                    f"({', '.join(suite.VARIANTS)}), a comma-separated list, or suite")
+    ap.add_argument("--prepared", default="artifacts/prepared",
+                    help="canonical ML-100K tables the ML-100K variants are made from")
+    ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--learners", default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--work-dir", default="artifacts/bench")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    datasets = (["ml100k", *suite.VARIANTS] if args.dataset == "suite"
+                else args.dataset.split(","))
+    unknown = [d for d in datasets if d not in ("configured", "ml100k", *suite.VARIANTS)]
+    if unknown:
+        raise SystemExit(f"unknown dataset(s) {unknown}; choose from configured, ml100k, "
+                         f"{', '.join(suite.VARIANTS)} or suite")
+    raw = yaml.safe_load(Path(args.params).read_text())
+    if args.protocol != "configured":
+        raw.setdefault("tasks", {})["protocol"] = args.protocol
+    raw.setdefault("train", {})["progress"] = False
+    protocol = raw.get("tasks", {}).get("protocol", "user-split")
+    tables: dict[str, dict[str, Any]] = {}
+    for dataset in datasets:
+        params, work = raw, Path(args.work_dir)
+        if dataset in suite.VARIANTS:
+            work = Path(args.work_dir).resolve() / "suite" / dataset
+            params = variant_params(raw, dataset, Path(args.prepared), work, protocol)
+        params = suite.merge(params, {})
+        mq._override(params, args.set)  # --set wins over the variant's params
+        print(f"dataset {dataset}", file=sys.stderr)
+        tables[dataset] = cross_validate(params, args.params, args.folds, args.learners, work)
+    out: dict[str, Any] = (next(iter(tables.values())) if len(tables) == 1
+                           else {**tables, "suite": suite_summary(tables)})
     text = json.dumps(out, indent=1)
     print(text)
     if args.out:

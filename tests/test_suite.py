@@ -166,3 +166,14 @@ def test_curves_aggregate_reads_by_metric_name_and_closes_the_gap():
     assert agg["ridge"]["all"]["gap_closed"]["mean"] == pytest.approx((0.5 + 1 / 6) / 2, abs=1e-4)
     assert agg["oracle"]["all"]["mae"]["mean"] == pytest.approx(0.5)
     assert "new_metric" not in agg["ridge"]["0"]
+
+
+def test_cv_suite_summary_weights_datasets_equally():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import cv_tune
+
+    def table(d):
+        return {"ridge - item_mean": {m: f"{d:+.4f} ± 0.0100" for m in cv_tune.PAIRED}}
+
+    out = cv_tune.suite_summary({"ml100k": table(-0.02), "lowrank": table(0.04)})
+    assert out["ridge - item_mean"]["mae"] == {"mean": 0.01, "ml100k": -0.02, "lowrank": 0.04}
