@@ -173,7 +173,9 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _cell(c: dict[str, float] | None) -> str:
     if not c:
         return "-"
-    return f"{c['mean']:.4f}" if c["n"] == 1 else f"{c['mean']:.4f} ({c['min']:.3f}..{c['max']:.3f})"
+    if c["n"] == 1:
+        return f"{c['mean']:.4f}"
+    return f"{c['mean']:.4f} ({c['min']:.3f}..{c['max']:.3f})"
 
 
 def to_markdown(result: dict[str, Any]) -> str:

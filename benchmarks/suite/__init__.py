@@ -16,9 +16,9 @@ deterministic. Datasets never go into git: write them under an ignored or tempor
   of the window (one support rating; 400+ support ratings) in one model.
 - ``lowrank``: synthetic users x items (default 1,500 x 1,200, ~60 ratings per user, 13..100)
   from known 8-dimensional user and item factors plus noise, side information carrying no
-  signal (random titles, texts and genre; a weakly informative user segment). An oracle knowing
-  the factors reaches MAE ~0.45, the mean baselines ~1.10: stresses learning collaborative
-  structure from ratings alone. :mod:`.lowrank` has the oracle.
+  signal (random titles, texts, genre and year; a weakly informative user segment). An oracle
+  knowing the factors reaches MAE ~0.45, the mean baselines ~1.10: stresses learning
+  collaborative structure from ratings alone. :mod:`.lowrank` has the oracle.
 
 The ML-100K variants read the canonical tables that ``metarec data prepare`` wrote for the
 default dataset (``prepared``: e.g. ``artifacts/prepared``).

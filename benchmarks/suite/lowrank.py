@@ -10,10 +10,10 @@ user-item interaction <p_u, q_i>, which only collaborative structure (items' fac
 from other users' ratings, and the user's support set) recovers. With the defaults an oracle
 reaches MAE ~0.45 while item_mean, user_mean and the global median sit at ~1.10.
 
-Side information carries (almost) no signal: item titles and texts are random words and a
-random ``genre`` tag, drawn independently of the factors; users have a random ``age`` and a
-``segment`` (the quadrant of their first two factors, replaced by a random quadrant for half
-of the users: weakly informative).
+Side information carries (almost) no signal: item titles and texts are random words, with a
+random ``genre`` tag and release ``year`` (1985..2000), drawn independently of the factors;
+users have a random ``age`` and a ``segment`` (the quadrant of their first two factors, replaced
+by a random quadrant for half of the users: weakly informative).
 
 The oracle (:func:`oracle_predict`) returns the conditional median of the rating given the true
 factors, clip(ceil(m - 1/2), 1, 5) = clip(round(m), 1, 5): rounding of a symmetric noise makes
@@ -83,13 +83,18 @@ def write_lowrank(dest: Path, seed: int = 0, n_users: int = 1500, n_items: int =
     item_frame = pd.DataFrame({"item_id": np.arange(1, n_items + 1), "title": titles,
                                "genre": [GENRES[g] for g in rng.integers(0, len(GENRES), n_items)],
                                "about": about})
+    # A release year without signal, so that the melu protocol (existing items: year <= 1996)
+    # can split the items too.
+    item_frame["year"] = rng.integers(1985, 2001, n_items)
     write_csv_dataset(dest, inter, user_frame, item_frame)
-    np.savez(dest / TRUTH_FILE, user_ids=np.arange(1, n_users + 1), item_ids=np.arange(1, n_items + 1),
+    np.savez(dest / TRUTH_FILE, user_ids=np.arange(1, n_users + 1),
+             item_ids=np.arange(1, n_items + 1),
              global_mean=global_mean, user_bias=b_u, item_bias=b_i, user_factors=p,
              item_factors=q, noise_sd=noise_sd)
     params = csv_params(rating_min=1, rating_max=5, min_ratings=min_ratings,
                         max_ratings=max_ratings, user_categorical=("segment",),
-                        user_numeric=("age",), item_categorical=("genre",))
+                        user_numeric=("age",), item_categorical=("genre",),
+                        item_numeric=("year",))
     stats = {"users": n_users, "items": int(np.unique(items).size), "ratings": int(len(m)),
              "ratings_per_user": [int(counts.min()), int(counts.max())], "rank": rank,
              "factor_sd": factor_sd, "noise_sd": noise_sd, "seed": seed}
