@@ -128,6 +128,16 @@ def oracle_metrics(truth: dict[str, np.ndarray], tasks, item_ids: np.ndarray) ->
     return {"mae": mae.metrics["mae"], "ndcg_at_3": ndcg.metrics["ndcg_at_3"]}
 
 
+def _number(value: Any) -> float | None:
+    """A curve cell as a float: a number, or a dict holding ``value``/``mean`` (a report that
+    grew intervals); anything else (missing, NaN) is None."""
+    if isinstance(value, dict):
+        value = value.get("value", value.get("mean"))
+    if isinstance(value, (int, float)) and np.isfinite(value):
+        return float(value)
+    return None
+
+
 def _spread(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, float)
     return {"mean": round(float(a.mean()), 4), "min": round(float(a.min()), 4),
@@ -151,14 +161,14 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             for k in runs[0]["curves"][scenario][method]:
                 cells = {}
                 for metric in METRICS:
-                    vals = [r["curves"][scenario][method][k].get(metric) for r in runs
+                    vals = [_number(r["curves"][scenario][method][k].get(metric)) for r in runs
                             if k in r["curves"].get(scenario, {}).get(method, {})]
-                    vals = [v for v in vals if v is not None and np.isfinite(v)]
+                    vals = [v for v in vals if v is not None]
                     if vals:
                         cells[metric] = _spread(vals)
                 if "oracle" in runs[0] and "mae" in cells and BASE in runs[0]["curves"][scenario]:
-                    gaps = [_gap(r["curves"][scenario][method][k]["mae"],
-                                 r["curves"][scenario][BASE][k]["mae"],
+                    gaps = [_gap(_number(r["curves"][scenario][method][k]["mae"]),
+                                 _number(r["curves"][scenario][BASE][k]["mae"]),
                                  r["oracle"][scenario]["mae"]) for r in runs]
                     cells["gap_closed"] = _spread(gaps)
                 by_k[k] = cells
