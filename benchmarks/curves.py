@@ -23,7 +23,6 @@ draws, the initial weights and the curves' support subsets. Bootstrap intervals 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -191,9 +190,10 @@ def _cell(c: dict[str, float] | None) -> str:
 def to_markdown(result: dict[str, Any]) -> str:
     """Per scenario, one table per metric: methods as rows, support sizes k as columns."""
     lines = [f"# Adaptation curves: {result['dataset']} ({result['protocol']})", "",
-             f"Seeds {result['seeds']}; cells: mean over seeds (min..max). "
-             f"Command: `{result['command']}`. Machine: {result['machine']}; "
-             f"{result['date']}, git {result['git']}, {result['wall_seconds']:.0f} s wall.", ""]
+             (f"Seeds {result['seeds']}; cells: mean over seeds (min..max). "
+              f"Command: `{result['command']}`. Machine: {result['machine']}; "
+              f"{result['date']}, git {result['git']}, {result['wall_seconds']:.0f} s wall."),
+             ""]
     if result.get("variant"):
         lines += ["Variant: " + json.dumps(result["variant"]), ""]
     for run in result["runs"]:

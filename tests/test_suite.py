@@ -18,8 +18,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from benchmarks.suite import (generate, load_truth, merge, oracle_predict, oracle_score,
-                              within_user_quintiles)
+from benchmarks.suite import (
+    generate,
+    load_truth,
+    merge,
+    oracle_predict,
+    oracle_score,
+    within_user_quintiles,
+)
 from metarec.config import config_from_dict
 from metarec.data.sources import read_ml100k, read_source
 from metarec.data.tables import write_tables
@@ -36,16 +42,16 @@ def prepared(tmp_path_factory) -> Path:
     shutil.copytree(FIXTURES / "ml100k_recbole", raw, dirs_exist_ok=True)
     rng = np.random.default_rng(7)
     n_items = 200
-    with open(raw / "ml-100k.item", "a", encoding="utf-8") as f:
-        for i in range(14, 14 + n_items):
-            f.write(f"{i}\tFilm {i}\t{rng.integers(1950, 1998)}\tDrama Comedy\n")
-    with open(raw / "ml-100k.user", "a", encoding="utf-8") as f:
-        for u in range(4, 64):
-            f.write(f"{u}\t{rng.integers(18, 60)}\t{'MF'[u % 2]}\twriter\t{10000 + u}\n")
-    with open(raw / "ml-100k.inter", "a", encoding="utf-8") as f:
-        for u in range(4, 64):
-            for i in rng.choice(n_items, size=int(rng.integers(20, 151)), replace=False):
-                f.write(f"{u}\t{14 + i}\t{rng.integers(1, 6)}\t{880000000 + u * 1000 + i}\n")
+    items = [f"{i}\tFilm {i}\t{rng.integers(1950, 1998)}\tDrama Comedy\n"
+             for i in range(14, 14 + n_items)]
+    users = [f"{u}\t{rng.integers(18, 60)}\t{'MF'[u % 2]}\twriter\t{10000 + u}\n"
+             for u in range(4, 64)]
+    ratings = [f"{u}\t{14 + i}\t{rng.integers(1, 6)}\t{880000000 + u * 1000 + i}\n"
+               for u in range(4, 64)
+               for i in rng.choice(n_items, size=int(rng.integers(20, 151)), replace=False)]
+    for name, lines in (("item", items), ("user", users), ("inter", ratings)):
+        with open(raw / f"ml-100k.{name}", "a", encoding="utf-8") as f:
+            f.writelines(lines)
     dest = tmp_path_factory.mktemp("prepared")
     write_tables(read_ml100k(raw), dest)
     return dest

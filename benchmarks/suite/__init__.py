@@ -30,12 +30,18 @@ default dataset (``prepared``: e.g. ``artifacts/prepared``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .layout import Variant, csv_params, merge, write_csv_dataset
 from .lowrank import load_truth, oracle_predict, oracle_score, write_lowrank
-from .movielens import ml100k_5to500, ml100k_halfstar, ml100k_quintile, within_user_quintiles
+from .movielens import (
+    ml100k_5to500,
+    ml100k_halfstar,
+    ml100k_quintile,
+    within_user_quintiles,
+)
 
 ML100K_VARIANTS: dict[str, Callable[..., Variant]] = {
     "ml100k-quintile": ml100k_quintile,

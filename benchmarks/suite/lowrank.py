@@ -95,7 +95,7 @@ def write_lowrank(dest: Path, seed: int = 0, n_users: int = 1500, n_items: int =
                         max_ratings=max_ratings, user_categorical=("segment",),
                         user_numeric=("age",), item_categorical=("genre",),
                         item_numeric=("year",))
-    stats = {"users": n_users, "items": int(np.unique(items).size), "ratings": int(len(m)),
+    stats = {"users": n_users, "items": int(np.unique(items).size), "ratings": len(m),
              "ratings_per_user": [int(counts.min()), int(counts.max())], "rank": rank,
              "factor_sd": factor_sd, "noise_sd": noise_sd, "seed": seed}
     return Variant("lowrank", dest, params, dest / TRUTH_FILE, stats)

@@ -38,7 +38,7 @@ def _items_frame(items: pd.DataFrame) -> pd.DataFrame:
     year = year.fillna(float(year.median())).astype("int64")
     return pd.DataFrame({"item_id": items["item_id"], "title": items["title"],
                          "year": year, "genres": [list(g) for g in items["genres"]],
-                         "about": [a[:-1] if a.endswith(".") else a for a in about]})
+                         "about": [a.removesuffix(".") for a in about]})
 
 
 def _write(name: str, dest: Path, tables: CanonicalTables, interactions: pd.DataFrame,
@@ -47,7 +47,7 @@ def _write(name: str, dest: Path, tables: CanonicalTables, interactions: pd.Data
     write_csv_dataset(dest, interactions, users, _items_frame(tables.items))
     counts = interactions.groupby("user_id").size()
     stats = {"users": int(counts.size), "items": int(interactions.item_id.nunique()),
-             "ratings": int(len(interactions)), "ratings_per_user": [int(counts.min()),
+             "ratings": len(interactions), "ratings_per_user": [int(counts.min()),
                                                                      int(counts.max())], **stats}
     return Variant(name, dest, params, None, stats)
 
