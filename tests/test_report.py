@@ -43,7 +43,8 @@ def test_report_roundtrip_markdown_and_files(tmp_path):
 OLD_REPORT = {
     "candidate": "ridge", "ci_level": 0.95,
     "counts": {"test": {"ridge": {"n_ratings": 580, "n_tasks": 58}}},
-    "curves": {"test": {"ridge": {"0": {"mae": 3.688}, "all": {"mae": 0.7746}}}},
+    "curves": {"test": {"ridge": {"0": {"mae": 3.688}, "10": {"mae": 0.809},
+                                  "3": {"mae": 0.878}, "all": {"mae": 0.7746}}}},
     "intervals": {"test": {"ridge": {"mae": [0.706, 0.8457]}}},
     "metrics": {"test": {"ridge": {"mae": 0.7746}, "item_mean": {"mae": 0.7931}}},
 }
@@ -53,7 +54,7 @@ def test_old_report_reads_back():
     old = Report.from_dict(OLD_REPORT)
     assert old.value("test", "ridge", "mae") == 0.7746 and old.value("test", "ridge", "mae", "0")
     assert old.curve_differences == {} and old.meta_training_gain is None and old.dropped == {}
-    assert old.shots("test") == ["0", "all"]
+    assert old.shots("test") == ["0", "3", "10", "all"]  # not the JSON's text order
     again = Report.from_dict(json.loads(old.to_json()))
     assert again == old and "dropped" not in old.to_dict()
     assert "### Cold-start curve" in old.to_markdown()

@@ -60,8 +60,9 @@ class PairedDifference:
 Differences = dict[str, dict[str, dict[str, dict[str, PairedDifference]]]]
 
 
-def _validate_dropped(raw: Any) -> dict[str, dict[str, int]]:
-    """The tasks manifest's ``dropped`` entry: ``{rule: {"users": int, "ratings": int}}``."""
+def dropped_counts(raw: Any) -> dict[str, dict[str, int]]:
+    """The tasks manifest's ``dropped`` entry checked: ``{rule: {"users": int, "ratings": int}}``
+    ({} when absent: manifests written before it existed); a malformed one is a ValueError."""
     if not isinstance(raw, Mapping):
         raise ValueError(f"'dropped' must be a mapping of rule -> counts, got {raw!r:.200}")
     out = {}
@@ -135,8 +136,11 @@ class Report:
         return None if v is None or not math.isfinite(float(v)) else float(v)
 
     def shots(self, scenario: str) -> list[str]:
-        """The candidate's support sizes of ``scenario``'s curve (["all"] without a curve)."""
-        return list(self.curves.get(scenario, {}).get(self.candidate, {})) or ["all"]
+        """The candidate's support sizes of ``scenario``'s curve in increasing order, "all"
+        last (["all"] without a curve; JSON sorts the keys as text)."""
+        keys = self.curves.get(scenario, {}).get(self.candidate, {})
+        return sorted(keys, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0)) \
+            or ["all"]
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "Report":
@@ -158,7 +162,7 @@ class Report:
                    bootstrap_samples=int(raw.get("bootstrap_samples", 0)),
                    meta_training_gain=None if gain is None else bool(gain),
                    training=dict(raw.get("training", {})),
-                   dropped=_validate_dropped(raw.get("dropped", {})))
+                   dropped=dropped_counts(raw.get("dropped", {})))
 
     def to_markdown(self) -> str:
         """Tables per scenario (full support, the curve, the differences) and the notes."""
