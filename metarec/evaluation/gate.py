@@ -34,9 +34,7 @@ from typing import Any, Mapping
 
 from metarec.config import GateConfig
 from metarec.evaluation.metrics import lower_is_better
-from metarec.evaluation.report import PairedDifference, Report
-
-ALL_SHOTS = "all"
+from metarec.evaluation.report import ALL_SHOTS, PairedDifference, Report
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 
+ALL_SHOTS = "all"  # the support-size key of a whole support set in curves and differences
+
+
 @dataclass(frozen=True)
 class MethodResult:
     """One method on one scenario: metric values, bootstrap intervals and sizes."""
@@ -125,13 +128,14 @@ class Report:
         return {f"{s}/{m}": float(v) for s, by in self.metrics.items()
                 for m, v in by.get(method, {}).items()}
 
-    def value(self, scenario: str, method: str, metric: str, shots: str = "all") -> float | None:
+    def value(self, scenario: str, method: str, metric: str,
+              shots: str = ALL_SHOTS) -> float | None:
         """A finite metric value at support size ``shots`` (None when absent or not finite).
 
         "all" falls back to the full-support ``metrics`` when the report has no curve there.
         """
         v = self.curves.get(scenario, {}).get(method, {}).get(shots, {}).get(metric)
-        if v is None and shots == "all":
+        if v is None and shots == ALL_SHOTS:
             v = self.metrics.get(scenario, {}).get(method, {}).get(metric)
         return None if v is None or not math.isfinite(float(v)) else float(v)
 
@@ -140,7 +144,7 @@ class Report:
         last (["all"] without a curve; JSON sorts the keys as text)."""
         keys = self.curves.get(scenario, {}).get(self.candidate, {})
         return sorted(keys, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0)) \
-            or ["all"]
+            or [ALL_SHOTS]
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "Report":

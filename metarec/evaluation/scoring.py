@@ -19,12 +19,10 @@ import numpy as np
 from metarec.config import EvaluationConfig
 from metarec.data.arrays import TaskArrays
 from metarec.evaluation.metrics import TaskScores, metric_names, task_scores
-from metarec.evaluation.report import (Differences, MethodResult, PairedDifference, Report,
-                                       build_report)
+from metarec.evaluation.report import (ALL_SHOTS, Differences, MethodResult, PairedDifference,
+                                       Report, build_report)
 
 log = logging.getLogger(__name__)
-
-ALL_SHOTS = "all"
 
 
 def resample_indices(n: int, samples: int, seed: int) -> np.ndarray:
