@@ -21,7 +21,7 @@ def pipeline() -> None:
 @click.pass_context
 def pipeline_run(ctx: click.Context, job: str, dagster_home: str | None, strict: bool) -> None:
     """Materialise the whole pipeline on the configured dataset, in this process."""
-    from orchestration.run import instance_for, run_retrain
+    from orchestration.run import GATE_CHECK, instance_for, run_retrain
 
     params = str(ctx.find_root().obj["params"])
     run = run_retrain(params, instance_for(dagster_home), job=job)
@@ -30,13 +30,16 @@ def pipeline_run(ctx: click.Context, job: str, dagster_home: str | None, strict:
         click.echo(f"materialized {asset}: {shown}")
     for check, passed in run.checks.items():
         click.echo(f"check {check}: {'passed' if passed else 'FAILED'}")
+        if not passed or check == GATE_CHECK:  # what failed; the gate's reasons either way
+            for line in run.check_details.get(check, []):
+                click.echo(f"  - {line}")
     if run.skipped:
         click.echo(f"skipped (upstream failed or blocked): {', '.join(run.skipped)}")
     click.echo(f"run {run.run_id}: {'success' if run.success else 'FAILED'} "
                f"in {run.seconds:.1f} s")
     if run.gate_blocked:
-        click.echo("gate: the new model did not beat the baselines/champion; nothing was "
-                   "registered (see artifacts/evaluation/report.md)")
+        click.echo("gate: the new model was refused (reasons above, also in the evaluation "
+                   "report.md); nothing was registered")
         if strict:
             raise click.ClickException("gate refused the candidate (--strict)")
         return

@@ -66,12 +66,17 @@ def data_contracts(metarec: MetarecConfig):
                              artifact_dir=cfg.validation.out_dir)
     for name in TABLES:
         failures = [f for f in report.failures if f.table == name]
+        # Each line names the table, the expectation, its column and how many rows failed, so
+        # `metarec pipeline run` can say what broke, not only that the check failed.
+        lines = [f"{f.table}: {f.expectation} ({f.column or 'table'})"
+                 + ("" if f.failing_count is None else f", {f.failing_count} rows failing")
+                 + f": {f.message}" for f in failures]
         yield dg.AssetCheckResult(
             asset_key=name, check_name="data_contract", passed=not failures,
             severity=dg.AssetCheckSeverity.ERROR,
             metadata={"failures": len(failures),
                       "report": dg.MetadataValue.md(
-                          "\n".join(f"- {f.message}" for f in failures) or "all expectations met")})
+                          "\n".join(f"- {line}" for line in lines) or "all expectations met")})
 
 
 @dg.asset(group_name=FEATURE_GROUP, deps=list(TABLES), code_version="1", kinds={"pytorch"},

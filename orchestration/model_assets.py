@@ -62,19 +62,24 @@ def evaluation_report(metarec: MetarecConfig) -> dg.MaterializeResult:
                 for m, v in by[report.candidate].items() if m in cfg.gate.metrics}
     return dg.MaterializeResult(metadata={
         **headline, "report": dg.MetadataValue.md(report.to_markdown()),
+        "meta_training_gain": str(report.meta_training_gain).lower(),
         "path": cfg.evaluation.out_dir})
 
 
 @dg.asset_check(asset=evaluation_report, blocking=True, name="gate",
-                description="The candidate beats every baseline and does not regress the "
-                            "champion beyond the configured margin, per scenario.")
+                description="The candidate holds against every baseline at every gated "
+                            "support size (gate.rule), does not regress the champion beyond "
+                            "the margin, and meta-training beat its start, per scenario.")
 def gate_check(metarec: MetarecConfig, mlflow: MlflowResource) -> dg.AssetCheckResult:
     from metarec.pipeline.evaluate import gate_decision
 
-    decision = gate_decision(run_config(metarec, mlflow))
+    cfg = run_config(metarec, mlflow)
+    decision = gate_decision(cfg)
     return dg.AssetCheckResult(
         passed=decision.passed,
-        metadata={"reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons))})
+        metadata={"reasons": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
+                  "rule": cfg.gate.rule, "checks": len(decision.checks),
+                  "failed_checks": sum(not c.passed for c in decision.checks)})
 
 
 @dg.asset(group_name=MODEL_GROUP, deps=[evaluation_report], code_version="1", kinds={"onnx"},

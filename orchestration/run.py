@@ -12,6 +12,7 @@ import dagster as dg
 
 DEFAULT_HOME = ".dagster"
 GATE_STEP = "evaluation_report_gate"
+GATE_CHECK = "evaluation_report:gate"
 
 
 @dataclass
@@ -23,6 +24,8 @@ class PipelineRun:
     seconds: float
     materialized: dict[str, dict[str, str]] = field(default_factory=dict)
     checks: dict[str, bool] = field(default_factory=dict)
+    # Per check, the lines of its markdown metadata: the gate's reasons, a contract's failures.
+    check_details: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
@@ -30,8 +33,18 @@ class PipelineRun:
     def gate_blocked(self) -> bool:
         """The run failed only because the gate refused the candidate: a normal outcome of a
         retrain (nothing registered, registry unchanged), not an error of the pipeline."""
-        return (not self.success and self.checks.get("evaluation_report:gate") is False
+        return (not self.success and self.checks.get(GATE_CHECK) is False
                 and self.failed == [GATE_STEP])
+
+
+def _text_lines(metadata: dict) -> list[str]:
+    """The lines of a check's markdown metadata, list markers stripped."""
+    lines = []
+    for value in metadata.values():
+        if isinstance(value, dg.MarkdownMetadataValue):
+            lines += [line.removeprefix("- ") for line in str(value.value).splitlines()
+                      if line.strip()]
+    return lines
 
 
 def instance_for(home: str | None = None) -> dg.DagsterInstance:
@@ -64,7 +77,9 @@ def run_retrain(params: str = "params.yaml", instance: dg.DagsterInstance | None
                 k: str(v.value)[:120] for k, v in mat.metadata.items()}
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             ev = event.event_specific_data
-            run.checks[f"{ev.asset_key.to_user_string()}:{ev.check_name}"] = ev.passed
+            name = f"{ev.asset_key.to_user_string()}:{ev.check_name}"
+            run.checks[name] = ev.passed
+            run.check_details[name] = _text_lines(ev.metadata)
         elif event.event_type_value == "STEP_SKIPPED":
             run.skipped.append(event.step_key)
         elif event.event_type_value == "STEP_FAILURE":

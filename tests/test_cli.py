@@ -42,6 +42,9 @@ def test_fetch_prepare_pipeline(workdir, fixtures):
     assert res.exit_code != 0
     assert "matches data.dvc" in res.output
     assert "check interactions:data_contract: FAILED" in res.output
+    # ... and names the failing expectation: table, expectation, column, what was counted.
+    assert ("  - interactions: enough task users (user_id): only 0 of 3 users have 13..100 "
+            "interactions") in res.output
 
 
 def test_mismatch_is_a_clear_cli_error(workdir, fixtures):
@@ -67,3 +70,52 @@ def test_python_dash_m_runs_the_cli():
     out = subprocess.run([sys.executable, "-m", "metarec.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "pipeline" in out and "register" in out
+
+
+REASON = ("test/mae@0 vs item_mean: 2.5945 vs 1.1047, difference +1.4898 [95% CI +1.1741, "
+          "+1.8096]: interval entirely on the worse side")
+
+
+def _refusal():
+    from metarec.evaluation.gate import GateCheck, GateDecision
+
+    check = GateCheck("test", "mae", "item_mean", 2.5945, 1.1047, False, REASON, "0",
+                      (1.1741, 1.8096))
+    return GateDecision(False, (REASON,), (check,))
+
+
+@pytest.mark.parametrize("command, exit_code", [("evaluate", 0), ("register", 1)])
+def test_model_commands_print_the_gate_reasons(workdir, monkeypatch, command, exit_code):
+    """`metarec evaluate` and `metarec register` print every reason of the verdict: scenario,
+    metric, k, baseline, both values and the interval (the stages themselves are stubbed)."""
+    import metarec.pipeline.evaluate as evaluate
+    import metarec.pipeline.register as register
+    from metarec.evaluation.report import Report
+
+    report = Report(candidate="ridge", metrics={"test": {"ridge": {"mae": 0.8}}})
+    monkeypatch.setattr(evaluate, "evaluate_models", lambda cfg: report)
+    monkeypatch.setattr(evaluate, "gate_decision", lambda cfg, rep=None: _refusal())
+    monkeypatch.setattr(register, "register_candidate", lambda cfg, data_hash: register
+                        .Registration(run_id="r1", version=None, decision=_refusal(),
+                                      data_hash=None))
+    res = CliRunner().invoke(main, [command])
+    assert res.exit_code == exit_code, res.output
+    assert f"gate: FAILED\n  - {REASON}\n" in res.output
+
+
+@pytest.mark.parametrize("strict, exit_code", [(False, 0), (True, 1)])
+def test_pipeline_run_prints_the_gate_reasons(workdir, monkeypatch, strict, exit_code):
+    import orchestration.run as orun
+
+    run = orun.PipelineRun("run1", False, 1.0,
+                           checks={"interactions:data_contract": True, orun.GATE_CHECK: False},
+                           check_details={"interactions:data_contract": ["all expectations met"],
+                                          orun.GATE_CHECK: [REASON]},
+                           failed=[orun.GATE_STEP])
+    monkeypatch.setattr(orun, "run_retrain", lambda params, instance, job: run)
+    monkeypatch.setattr(orun, "instance_for", lambda home: None)
+    res = CliRunner().invoke(main, ["pipeline", "run", *(["--strict"] if strict else [])])
+    assert res.exit_code == exit_code, res.output
+    assert f"check evaluation_report:gate: FAILED\n  - {REASON}\n" in res.output
+    assert "all expectations met" not in res.output  # a passed contract stays one line
+    assert "gate: the new model was refused" in res.output

@@ -4,6 +4,7 @@ stops everything downstream."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -112,6 +113,13 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     # One MLflow run per training: opened by meta_model, completed by registered_model.
     assert run.materialized["meta_model"]["mlflow_run_id"] == reg["mlflow_run_id"]
     assert float(run.materialized["onnx_model"]["parity_max_abs_err"]) <= 1e-4
+    gate_lines = run.check_details["evaluation_report:gate"]
+    assert gate_lines[0].startswith("all ") and "(paired_bootstrap rule)" in gate_lines[0]
+    report = json.loads((project / "artifacts/evaluation/report.json").read_text())
+    assert report["meta_training_gain"] is True and "dropped" not in report
+    assert set(report["curve_differences"]["test"]) == {"user_mean", "item_mean", "global",
+                                                        "finetune"}
+    assert "## Gate: PASSED" in (project / "artifacts/evaluation/report.md").read_text()
     tracking = load_config("params.yaml").tracking
     assert registry.aliases(tracking) == {"challenger": 1}
     (version,) = registry.list_models(tracking)
@@ -128,6 +136,9 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     assert not run.success
     assert run.checks["evaluation_report:gate"] is False
     assert run.gate_blocked  # `metarec pipeline run` reports it and exits 0 unless --strict
+    reasons = run.check_details["evaluation_report:gate"]
+    assert reasons and all(" vs " in r or "meta_training_gain" in r for r in reasons), reasons
+    assert "## Gate: FAILED" in (project / "artifacts/evaluation/report.md").read_text()
     assert not {"onnx_model", "registered_model"} & set(run.materialized)
     assert [v.version for v in registry.list_models(tracking)] == [1]
     assert registry.aliases(tracking)["champion"] == 1
@@ -168,3 +179,4 @@ def test_config_resource_reads_the_file_once_per_run(tmp_path):
     first = resource.load()
     params.write_text("seed: 2\n")  # edited while the run is going
     assert resource.load() is first and first.seed == 1
+

@@ -16,7 +16,9 @@ from metarec.config import GateConfig, TrackingConfig
 from metarec.evaluation.gate import GateDecision, gate
 from metarec.evaluation.report import Report
 
-POLICY = GateConfig(metrics=("mae",), baselines=("item_mean",), champion_margin=0.01)
+# The point rule on full-support reports: these tests are about the registry, not the curve.
+POLICY = GateConfig(metrics=("mae",), baselines=("item_mean",), champion_margin=0.01,
+                    rule="point")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,8 @@ def cfg(store, request):
 
 def make_report(mae: float) -> Report:
     return Report(candidate="melu", metrics={"warm": {"melu": {"mae": mae},
-                                                       "item_mean": {"mae": 0.95}}})
+                                                       "item_mean": {"mae": 0.95}}},
+                  meta_training_gain=True)
 
 
 def model_dir(tmp_path: Path, tag: str) -> Path:

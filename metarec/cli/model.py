@@ -38,6 +38,11 @@ def evaluate_cmd(ctx: click.Context) -> None:
         report = evaluate_models(cfg)
         decision = gate_decision(cfg, report)
     click.echo(report.to_markdown())
+    _echo_verdict(decision)
+
+
+def _echo_verdict(decision) -> None:
+    """The gate's verdict and every reason (metric, scenario, k, baseline, values, interval)."""
     click.echo(f"gate: {'PASSED' if decision.passed else 'FAILED'}")
     for reason in decision.reasons:
         click.echo(f"  - {reason}")
@@ -69,7 +74,8 @@ def register_cmd(ctx: click.Context) -> None:
     cfg = config_of(ctx)
     with reported():
         done = register_candidate(cfg, data_hash=dataset_hash_or_none(cfg.data))
+    _echo_verdict(done.decision)
     if not done.registered:
-        raise click.ClickException("gate failed; run logged as " + done.run_id +
-                                   ", nothing registered:\n" + "\n".join(done.decision.reasons))
+        raise click.ClickException(f"gate failed; run logged as {done.run_id}, nothing "
+                                   "registered (reasons above)")
     click.echo(f"registered version {done.version} as challenger (run {done.run_id})")

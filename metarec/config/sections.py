@@ -274,6 +274,9 @@ class EvaluationConfig:
     ks: tuple[int, ...] = (1, 3, 5)
     # Support sizes of the adaptation curves (metric against 0, 1, 3, 5, 10 and all ratings).
     curve_shots: tuple[int, ...] = (0, 1, 3, 5, 10)
+    # Metrics of the curves, each at every support size with the paired bootstrap difference
+    # (candidate minus baseline) to every other method; the gate reads its metrics here.
+    curve_metrics: tuple[str, ...] = ("mae", "ndcg_at_3", "ndcg_at_5")
     # Bootstrap resamples of the tasks for confidence intervals (0 disables the intervals).
     bootstrap_samples: int = 1000
     # Two-sided confidence level of the bootstrap intervals.
@@ -288,9 +291,18 @@ class EvaluationConfig:
 class GateConfig:
     """The registration gate (metarec.evaluation.gate): baselines to beat, champion margin."""
 
-    # The candidate must beat every baseline on each of these (mae/rmse: lower is better,
-    # everything else: higher is better).
+    # Metrics checked against every baseline at every gated support size (mae/rmse: lower is
+    # better, everything else: higher is better); each must be in evaluation.curve_metrics.
     metrics: tuple[str, ...] = ("mae", "ndcg_at_3")
+    # How a baseline comparison is decided at each support size. paired_bootstrap (default):
+    # refused when the paired interval of (candidate - baseline) lies entirely on the worse
+    # side, and at full support ("all") the point estimate must also be better; point: strictly
+    # better point estimate at every gated support size (fragile with few test users).
+    rule: Literal["point", "paired_bootstrap"] = "paired_bootstrap"
+    # Support sizes gated (0, 1, ..., "all"); empty: every size of the report's curves.
+    curve_shots: tuple[int | Literal["all"], ...] = ()
+    # true: accept a learner whose meta-training never beat its step-0 weights (best_step 0).
+    allow_no_training_gain: bool = False
     # Allowed regression against the current champion, in the metric's own unit.
     champion_margin: float = 0.01
     # Scenarios gated; empty: every scenario of the report.

@@ -142,17 +142,28 @@ class TaskScores:
 
     def aggregate(self, names: list[str], idx: np.ndarray | None = None) -> dict[str, float]:
         """Metric values over the tasks at ``idx`` (all tasks when None)."""
-        sel = slice(None) if idx is None else idx
-        n = float(self.count[sel].sum())
-        out: dict[str, float] = {}
-        for name in names:
-            if name == "mae":
-                out[name] = float(self.abs_err[sel].sum() / n) if n else float("nan")
-            elif name == "rmse":
-                out[name] = float(np.sqrt(self.sq_err[sel].sum() / n)) if n else float("nan")
-            else:
-                vals = self.ranking[name][sel]
-                out[name] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+        sel = np.arange(len(self.count)) if idx is None else np.asarray(idx)
+        return {name: float(v[0]) for name, v in self.resampled(names, sel[None, :]).items()}
+
+    def resampled(self, names: list[str], idx: np.ndarray) -> dict[str, np.ndarray]:
+        """(B,) values of each metric over B task selections ``idx`` (B, n) of task indices.
+
+        mae/rmse pool the ratings of the selected tasks; ranking metrics average the selected
+        tasks that have a value (NaN when none has). A task drawn twice counts twice.
+        """
+        n = self.count[idx].sum(1)
+        out: dict[str, np.ndarray] = {}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for name in names:
+                if name == "mae":
+                    out[name] = np.where(n > 0, self.abs_err[idx].sum(1) / n, np.nan)
+                elif name == "rmse":
+                    out[name] = np.where(n > 0, np.sqrt(self.sq_err[idx].sum(1) / n), np.nan)
+                else:
+                    vals = self.ranking[name][idx]
+                    seen = np.isfinite(vals)
+                    out[name] = np.where(seen.any(1), np.where(seen, vals, 0.0).sum(1)
+                                         / seen.sum(1), np.nan)
         return out
 
 

@@ -1,13 +1,18 @@
-"""The evaluation's output folder: report.json, report.md and PNG plots, written atomically."""
+"""The evaluation's output folder: report.json, report.md (with the gate's verdict once known)
+and PNG plots, written atomically."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metarec.evaluation.plots import plot_comparison, plot_curves
 from metarec.evaluation.report import Report
-from metarec.io import atomic_dir
+from metarec.io import atomic_dir, atomic_file
+
+if TYPE_CHECKING:
+    from metarec.evaluation.gate import GateDecision
 
 log = logging.getLogger(__name__)
 
@@ -34,3 +39,11 @@ def write_report(report: Report, out_dir: str | Path,
             plot_comparison(report, metric, tmp / f"scenarios_{metric}.png")
             names.append(f"scenarios_{metric}.png")
     return {n: out_dir / n for n in names}
+
+
+def write_verdict(report: Report, decision: "GateDecision", out_dir: str | Path) -> Path:
+    """Rewrite ``out_dir``/report.md with the gate's verdict and reasons appended; its path."""
+    dest = Path(out_dir) / "report.md"
+    with atomic_file(dest) as fh:
+        fh.write(report.to_markdown() + "\n" + decision.to_markdown())
+    return dest

@@ -23,9 +23,9 @@ def plot_curves(report: Report, metric: str, dest: Path) -> bool:
     fig, axes = plt.subplots(1, len(scenarios), figsize=(4.5 * len(scenarios), 3.6),
                              squeeze=False)
     for ax, scenario in zip(axes[0], scenarios):
+        labels = report.shots(scenario)
         for method, curve in report.curves[scenario].items():
-            labels = list(curve)
-            ax.plot(range(len(labels)), [curve[k].get(metric, np.nan) for k in labels],
+            ax.plot(range(len(labels)), [curve.get(k, {}).get(metric, np.nan) for k in labels],
                     marker="o", lw=2.2 if method == report.candidate else 1.2, label=method)
             ax.set_xticks(range(len(labels)), labels)
         ax.set_title(scenario)

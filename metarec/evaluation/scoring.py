@@ -5,7 +5,8 @@ A method is a function ``predict(tasks) -> (N, Q) scores`` for the query slots o
 :mod:`metarec.evaluation.metrics`. Bootstrap intervals resample whole tasks with replacement;
 adaptation curves cut each task's support set down to a seeded random subset of 0, 1, 3, ...
 ratings and keep the query set. One seed draws every method's resamples and subsets, so methods
-are compared on identical tasks.
+are compared on identical tasks: the curve differences (candidate minus baseline at each support
+size) are paired, each resample scoring both methods on the same task indices.
 """
 
 from __future__ import annotations
@@ -18,50 +19,74 @@ import numpy as np
 from metarec.config import EvaluationConfig
 from metarec.data.arrays import TaskArrays
 from metarec.evaluation.metrics import TaskScores, metric_names, task_scores
-from metarec.evaluation.report import MethodResult, Report, build_report
+from metarec.evaluation.report import (ALL_SHOTS, Differences, MethodResult, PairedDifference,
+                                       Report, build_report)
 
 log = logging.getLogger(__name__)
 
-ALL_SHOTS = "all"
+
+def resample_indices(n: int, samples: int, seed: int) -> np.ndarray:
+    """(samples, n) task indices drawn with replacement; one draw serves every method."""
+    if n == 0:
+        return np.zeros((0, 0), np.int64)
+    return np.random.default_rng(seed).integers(0, n, (samples, n))
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"ci_level must be in (0, 1), got {level}")
+
+
+def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float] | None:
+    """Two-sided percentile interval of (B,) draws; None when no draw is finite."""
+    _check_level(level)
+    if not np.isfinite(draws).any():
+        return None
+    alpha = (1.0 - level) / 2.0
+    return float(np.nanquantile(draws, alpha)), float(np.nanquantile(draws, 1.0 - alpha))
 
 
 def bootstrap_intervals(scores: TaskScores, names: list[str], samples: int, level: float,
                         seed: int) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap intervals over tasks (tasks resampled with replacement)."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"ci_level must be in (0, 1), got {level}")
-    n = len(scores.count)
-    if samples <= 0 or n == 0:
+    idx = resample_indices(len(scores.count), max(samples, 0), seed)
+    _check_level(level)
+    if len(idx) == 0:
         return {}
-    rng = np.random.default_rng(seed)
-    draws = {name: np.empty(samples) for name in names}
-    for b in range(samples):
-        vals = scores.aggregate(names, rng.integers(0, n, n))
-        for name in names:
-            draws[name][b] = vals[name]
-    alpha = (1.0 - level) / 2.0
-    return {name: (float(np.nanquantile(d, alpha)), float(np.nanquantile(d, 1.0 - alpha)))
-            for name, d in draws.items() if np.isfinite(d).any()}
+    draws = scores.resampled(names, idx)
+    return {name: iv for name in names if (iv := _percentiles(draws[name], level)) is not None}
 
 
-def evaluate_predictions(pred: np.ndarray, true: np.ndarray, mask: np.ndarray, *,
-                         names: list[str], bootstrap_samples: int = 0, ci_level: float = 0.95,
-                         seed: int = 0) -> MethodResult:
-    """Metrics ``names`` of (N, Q) predictions against true ratings, with bootstrap intervals."""
-    scores = task_scores(pred, true, mask, names)
+def paired_differences(candidate: TaskScores, baseline: TaskScores, names: list[str],
+                       idx: np.ndarray, level: float) -> dict[str, PairedDifference]:
+    """Candidate minus baseline per metric, both scored on the same (B, n) resampled tasks.
+
+    The interval is the percentile interval of the B differences (None when B is 0): identical
+    methods give 0 with a zero-width interval, whatever the resamples.
+    """
+    full_c, full_b = candidate.aggregate(names), baseline.aggregate(names)
+    draws_c = candidate.resampled(names, idx) if len(idx) else {}
+    draws_b = baseline.resampled(names, idx) if len(idx) else {}
+    return {name: PairedDifference(
+        full_c[name] - full_b[name],
+        _percentiles(draws_c[name] - draws_b[name], level) if len(idx) else None)
+        for name in names}
+
+
+def _scored_result(scores: TaskScores, names: list[str], bootstrap_samples: int,
+                   ci_level: float, seed: int) -> MethodResult:
     return MethodResult(metrics=scores.aggregate(names),
                         intervals=bootstrap_intervals(scores, names, bootstrap_samples,
                                                       ci_level, seed),
                         n_tasks=int(len(scores.count)), n_ratings=int(scores.count.sum()))
 
 
-def evaluate_method(predict: Callable[[TaskArrays], np.ndarray], tasks: TaskArrays,
-                    cfg: EvaluationConfig, seed: int) -> MethodResult:
-    """Evaluate ``predict(tasks) -> (N, Q) scores`` on ``tasks`` with the configured metrics."""
-    return evaluate_predictions(predict(tasks), tasks.query_ratings, tasks.query_mask,
-                                names=metric_names(cfg.metrics, cfg.ks),
-                                bootstrap_samples=cfg.bootstrap_samples, ci_level=cfg.ci_level,
-                                seed=seed)
+def evaluate_predictions(pred: np.ndarray, true: np.ndarray, mask: np.ndarray, *,
+                         names: list[str], bootstrap_samples: int = 0, ci_level: float = 0.95,
+                         seed: int = 0) -> MethodResult:
+    """Metrics ``names`` of (N, Q) predictions against true ratings, with bootstrap intervals."""
+    return _scored_result(task_scores(pred, true, mask, names), names, bootstrap_samples,
+                          ci_level, seed)
 
 
 def limit_support(tasks: TaskArrays, shots: int, seed: int) -> TaskArrays:
@@ -78,44 +103,69 @@ def limit_support(tasks: TaskArrays, shots: int, seed: int) -> TaskArrays:
     return out
 
 
+def curve_scores(predict: Callable[[TaskArrays], np.ndarray], tasks: TaskArrays,
+                 shots: tuple[int, ...], names: list[str], seed: int,
+                 full: TaskScores | None = None) -> dict[str, TaskScores]:
+    """Per-task scores after adapting to 0, 1, 3, ... support ratings and to all of them.
+
+    Returns ``{"0": scores, ..., "all": scores}``: the same tasks and query sets with the
+    support set cut down to a seeded random subset of each size; ``full``: the scores of the
+    whole support when already computed.
+    """
+    out: dict[str, TaskScores] = {}
+    for k in shots:
+        sub = limit_support(tasks, k, seed)
+        out[str(k)] = task_scores(predict(sub), sub.query_ratings, sub.query_mask, names)
+    out[ALL_SHOTS] = full if full is not None else task_scores(
+        predict(tasks), tasks.query_ratings, tasks.query_mask, names)
+    return out
+
+
 def adaptation_curve(predict: Callable[[TaskArrays], np.ndarray], tasks: TaskArrays,
                      shots: tuple[int, ...], names: list[str],
                      seed: int) -> dict[str, dict[str, float]]:
-    """Metrics after adapting to 0, 1, 3, ... support ratings and to all of them.
-
-    Returns ``{"0": {...}, "1": {...}, ..., "all": {...}}``: the same tasks and query sets with
-    the support set cut down to a seeded random subset of each size.
-    """
-    curve: dict[str, dict[str, float]] = {}
-    for k in shots:
-        sub = limit_support(tasks, k, seed)
-        curve[str(k)] = evaluate_predictions(predict(sub), sub.query_ratings, sub.query_mask,
-                                             names=names).metrics
-    curve[ALL_SHOTS] = evaluate_predictions(predict(tasks), tasks.query_ratings,
-                                            tasks.query_mask, names=names).metrics
-    return curve
+    """Metrics at each support size of :func:`curve_scores`: ``{"0": {...}, ..., "all": {...}}``."""
+    return {k: sc.aggregate(names)
+            for k, sc in curve_scores(predict, tasks, shots, names, seed).items()}
 
 
 def evaluate_all(predictors: Mapping[str, Callable[[TaskArrays], np.ndarray]],
                  scenarios: Mapping[str, TaskArrays], candidate: str, cfg: EvaluationConfig,
-                 seed: int) -> "Report":
-    """Every method on every scenario, with bootstrap intervals and adaptation curves.
+                 seed: int) -> Report:
+    """Every method on every scenario: bootstrap intervals, curves and paired differences.
 
     ``predictors``: ``{method: predict(tasks) -> (N, Q) scores}``, the candidate among them;
-    ``scenarios``: ``{scenario: test tasks}``. The same seed draws every method's resamples
-    and support subsets, so methods are compared on identical tasks.
+    ``scenarios``: ``{scenario: test tasks}``. One seed draws the support subsets and one set of
+    resampled task indices per scenario, shared by every method and support size, so methods
+    are compared on identical tasks; every method other than the candidate is a baseline of the
+    curve differences (candidate minus baseline, ``cfg.curve_metrics``).
     """
     names = metric_names(cfg.metrics, cfg.ks)
+    curve_names = list(cfg.curve_metrics)
+    scored = list(dict.fromkeys(names + curve_names))
+    if candidate not in predictors:
+        raise ValueError(f"no predictor for the candidate {candidate!r}")
     results: dict[str, dict[str, MethodResult]] = {}
     curves: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    diffs: Differences = {}
     for scenario, tasks in scenarios.items():
         if len(tasks) == 0:
             raise ValueError(f"scenario {scenario!r} has no tasks to evaluate")
-        results[scenario], curves[scenario] = {}, {}
+        idx = resample_indices(len(tasks), max(cfg.bootstrap_samples, 0), seed)
+        per_k: dict[str, dict[str, TaskScores]] = {}
+        results[scenario] = {}
         for method, predict in predictors.items():
             log.info("evaluating %s on %s (%d tasks)", method, scenario, len(tasks))
-            results[scenario][method] = evaluate_method(predict, tasks, cfg, seed)
-            if cfg.curve_shots:
-                curves[scenario][method] = adaptation_curve(predict, tasks, cfg.curve_shots,
-                                                            names, seed)
-    return build_report(results, candidate, curves, cfg.ci_level)
+            full = task_scores(predict(tasks), tasks.query_ratings, tasks.query_mask, scored)
+            results[scenario][method] = _scored_result(full, names, cfg.bootstrap_samples,
+                                                       cfg.ci_level, seed)
+            per_k[method] = curve_scores(predict, tasks, cfg.curve_shots, scored, seed, full)
+        curves[scenario] = {m: {k: sc.aggregate(curve_names) for k, sc in by_k.items()}
+                            for m, by_k in per_k.items()}
+        diffs[scenario] = {b: {k: paired_differences(per_k[candidate][k], sc, curve_names, idx,
+                                                     cfg.ci_level)
+                               for k, sc in by_k.items()}
+                           for b, by_k in per_k.items() if b != candidate}
+    return build_report(results, candidate, curves, cfg.ci_level, differences=diffs,
+                        curve_metrics=tuple(curve_names),
+                        bootstrap_samples=max(cfg.bootstrap_samples, 0))

@@ -1,20 +1,43 @@
 """The evaluation stage: the candidate and its baselines on every scenario, and the gate's
-verdict on the report (against the registry's champion)."""
+verdict on the report (against the registry's champion).
+
+The report also records whether meta-training beat its starting point (from the training's
+summary.json) and the users/ratings the data rules dropped (the tasks manifest's ``dropped``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from metarec.config import Config
 from metarec.data.arrays import TaskArrays
 from metarec.pipeline.inputs import Inputs, load_inputs
-from metarec.pipeline.train import load_baselines, load_meta_model
+from metarec.pipeline.train import load_baselines, load_meta_model, read_summary
+
+log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"
+
+
+def training_gain(summary: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """Whether meta-training beat its starting point, and the figures that say so.
+
+    ``best_step == 0``: the validated step-0 weights were never bettered, so the learner is
+    what meta-training started from. The figures: best step, steps, best validation MAE and
+    the step-0 validation MAE (the first entry of ``history`` at step 0, when logged).
+    """
+    start = [h["valid_mae"] for h in summary.get("history", [])
+             if h.get("step") == 0 and "valid_mae" in h]
+    figures = {k: summary[k] for k in ("best_step", "steps", "best_valid_mae") if k in summary}
+    if start:
+        figures["start_valid_mae"] = start[0]
+    return int(summary["best_step"]) > 0, figures
 
 
 def evaluate_models(cfg: Config, inputs: Inputs | None = None):
@@ -31,8 +54,27 @@ def evaluate_models(cfg: Config, inputs: Inputs | None = None):
     methods.update({n: b.predict for n, b in load_baselines(cfg, inputs).items()})
     report = evaluate_all(methods, {s: inputs.sets[s] for s in inputs.scenarios},
                           cfg.meta.learner, cfg.evaluation, cfg.seed)
+    report = annotate_report(report, _summary_or_none(cfg), inputs.manifest)
     write_report(report, cfg.evaluation.out_dir, cfg.evaluation.plot_metrics)
     return report
+
+
+def _summary_or_none(cfg: Config) -> dict[str, Any] | None:
+    try:
+        return read_summary(cfg)
+    except FileNotFoundError as exc:
+        log.warning("%s: the report cannot say whether meta-training gained", exc)
+        return None
+
+
+def annotate_report(report, summary: Mapping[str, Any] | None, manifest: Mapping[str, Any]):
+    """``report`` with the training gain (``summary``: summary.json, None when missing) and
+    the tasks manifest's ``dropped`` entry (absent in older manifests: nothing dropped)."""
+    from metarec.evaluation.report import dropped_counts
+
+    gain, figures = (None, {}) if summary is None else training_gain(summary)
+    return dataclasses.replace(report, meta_training_gain=gain, training=figures,
+                               dropped=dropped_counts(manifest.get("dropped", {})))
 
 
 def load_report(cfg: Config):
@@ -46,9 +88,13 @@ def load_report(cfg: Config):
 
 
 def gate_decision(cfg: Config, report=None):
-    """The gate verdict of ``report`` (default: the stored one) against the champion."""
+    """The gate verdict of ``report`` (default: the stored one) against the champion; the
+    verdict and its reasons are appended to evaluation.out_dir/report.md."""
     from metarec.evaluation.gate import gate
+    from metarec.evaluation.output import write_verdict
     from metarec.registry import champion_report
 
     report = report or load_report(cfg)
-    return gate(report, champion_report(cfg.tracking), cfg.gate)
+    decision = gate(report, champion_report(cfg.tracking), cfg.gate)
+    write_verdict(report, decision, cfg.evaluation.out_dir)
+    return decision
