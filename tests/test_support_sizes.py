@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from metarec.meta.inner import make_batch, sample_support, subsample_support, support_sizes
+from metarec.meta.inner import (
+    make_batch,
+    sample_support,
+    subsample_support,
+    support_sizes,
+)
 from metarec.meta.learners import META_LEARNERS, build_learner
 from metarec.models.estimator import build_model
 from metarec.training.loop import meta_train

@@ -2,8 +2,8 @@
 
 :class:`TaskBatch` holds N padded tasks as tensors (:func:`make_batch`; redrawn by :func:`resplit`
 and :func:`sample_support`); padded support/query slots carry mask 0 and contribute nothing to
-:func:`masked_mse` (the inner loop's objective and the query loss) or :func:`listnet_loss`. The inner loop itself is
-:func:`metarec.adaptation.gradient.adapt`.
+:func:`masked_mse` (the inner loop's objective and the query loss) or :func:`listnet_loss`.
+The inner loop itself is :func:`metarec.adaptation.gradient.adapt`.
 """
 
 from __future__ import annotations
