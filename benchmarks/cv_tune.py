@@ -1,10 +1,14 @@
 """K-fold cross-validation over the training + validation users, for tuning.
 
 The protocol's test users are never read: the training and validation tasks are pooled and
-split into ``--folds`` folds of users; each fold is held out once (early stopping and scoring
-on it) while the others train. Prints, per method, the mean of every metric over all held-out
-tasks and the paired difference to each baseline (candidate minus baseline, with its standard
-error over tasks), so that settings can be compared on ~5x more users than one validation set.
+split into ``--folds`` folds of users (users with ``tasks.max_ratings`` ratings or more only
+train); each fold is held out once (early stopping and scoring
+on it) while the others train. The held-out tasks are scored along the adaptation curve: with
+their support cut to each of ``evaluation.curve_shots`` random ratings (0, 1, 3, 5, 10; the
+evaluation's ``limit_support``) and with all of it (``all``). Prints, per support size and
+method, the mean of every metric over all held-out tasks and the paired difference to each
+baseline (candidate minus baseline, with its standard error over tasks), so that settings can
+be compared on ~5x more users than one validation set, and a markdown table of MAE / nDCG@3.
 
 ``--dataset`` runs on a variant of ``benchmarks/suite`` instead of the configured dataset (the
 variant is generated from ``--prepared`` into ``--work-dir/<variant>``, prepared, validated, and
@@ -18,6 +22,7 @@ dataset.
     .venv/bin/python benchmarks/cv_tune.py --dataset lowrank --set model.item_factors=32
     .venv/bin/python benchmarks/cv_tune.py --dataset suite --folds 3 --out cv_suite.json
 """
+
 
 from __future__ import annotations
 
@@ -38,12 +43,24 @@ import suite  # noqa: E402
 
 from metarec.config import config_from_dict  # noqa: E402
 from metarec.data.arrays import TaskArrays  # noqa: E402
+from metarec.evaluation.report import ALL_SHOTS  # noqa: E402
+from metarec.evaluation.scoring import limit_support  # noqa: E402
 
 PAIRED = ("mae", "ndcg_at_3", "ndcg_at_5", "precision_at_5")
 
 
-def _concat(a: TaskArrays, b: TaskArrays) -> TaskArrays:
-    return TaskArrays(**{k: np.concatenate([v, getattr(b, k)], 0) for k, v in a.__dict__.items()})
+def _concat(*parts: TaskArrays) -> TaskArrays:
+    return TaskArrays(**{k: np.concatenate([getattr(p, k) for p in parts], 0)
+                         for k in parts[0].__dict__})
+
+
+def _table(out: dict[str, dict], shots: list[str], methods: list[str]) -> str:
+    """Markdown: one row per method, MAE / nDCG@3 per support size."""
+    rows = ["| method | " + " | ".join(shots) + " |", "|---" * (len(shots) + 1) + "|"]
+    for m in methods:
+        rows.append(f"| {m} | " + " | ".join(
+            f"{out[k][m]['mae']:.3f} / {out[k][m]['ndcg_at_3']:.3f}" for k in shots) + " |")
+    return "\n".join(rows)
 
 
 def variant_params(raw: dict[str, Any], name: str, prepared: Path, work: Path,
@@ -70,52 +87,72 @@ def variant_params(raw: dict[str, Any], name: str, prepared: Path, work: Path,
 
 def cross_validate(raw: dict[str, Any], source: str, folds: int, learners: str | None,
                    work_dir: Path) -> dict[str, Any]:
-    """Means per method over the held-out folds and paired differences to each baseline."""
+    """Per support size: means per method over the held-out folds and paired differences to
+    each baseline (``{shot: {method | "cand - base": {metric: ...}}}``, plus ``"_table"``)."""
     cfg = config_from_dict(raw, source)
     cfg, inputs = mq._inputs(cfg, work_dir)
     names = learners.split(",") if learners else [cfg.meta.learner]
     pool = _concat(inputs.train, inputs.valid)  # the test users stay unread
-    order = np.random.default_rng(1234).permutation(len(pool))
+    # Folds of users by id; tasks whose support fills the width (users with max_ratings ratings
+    # or more, subsampled: training-only users) always train, so the held-out users are of the
+    # protocol's kind and the folds do not depend on how many such users the pool holds.
+    full = pool.support_mask.all(1)
+    held_ids = np.random.default_rng(1234).permutation(np.sort(pool.user_ids[~full]))
+    order = np.arange(len(pool))
+    fold_index = [np.nonzero(np.isin(pool.user_ids, ids))[0]
+                  for ids in np.array_split(held_ids, folds)]
+    shot_sizes = list(cfg.evaluation.curve_shots)
+    shots = [str(n) for n in shot_sizes] + [ALL_SHOTS]
     per_task: dict[str, list[dict[str, np.ndarray]]] = {}
-    for k, held in enumerate(np.array_split(order, folds)):
+    for k, held in enumerate(fold_index):
         rest = np.setdiff1d(order, held)
+        valid = pool.subset(held)
+        # The held-out tasks once per support size, stacked: (len(shots) + 1) * len(held) tasks.
+        curve = _concat(*(limit_support(valid, n, cfg.seed + k) for n in shot_sizes), valid)
         inputs_k = mq.Inputs(features=inputs.features,
-                             sets={"cv_train": pool.subset(rest), "cv_valid": pool.subset(held)},
+                             sets={"cv_train": pool.subset(rest), "cv_valid": valid,
+                                   "cv_curve": curve},
                              training=("cv_train",), validation=("cv_valid",),
                              manifest=inputs.manifest)
-        table = mq.run(cfg, inputs_k, names, "valid", baselines=True, per_task=True)
+        table = mq.run(cfg, inputs_k, names, "test", baselines=True, per_task=True)
         print(f"fold {k}: " + json.dumps(table.pop("_training")), file=sys.stderr)
         for method, values in table.items():
-            per_task.setdefault(method, []).append(values)
-    out: dict[str, dict] = {}
+            per_task.setdefault(method, []).append(
+                {m: v.reshape(len(shots), len(held)) for m, v in values.items()})
+    out: dict[str, Any] = {}
     methods = [m for m in per_task if not m.startswith("_")]
-    stacked = {m: {k: np.concatenate([f[k] for f in per_task[m]]) for k in per_task[m][0]}
-               for m in methods}
-    for m in methods:
-        out[m] = {k: round(float(v.mean()), 4) for k, v in stacked[m].items() if k in PAIRED}
-    for cand in names:
-        for base in methods:
-            if base == cand:
-                continue
-            diffs = {}
-            for k in PAIRED:
-                d = stacked[cand][k] - stacked[base][k]
-                diffs[k] = f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}"
-            out[f"{cand} - {base}"] = diffs
+    stacked = {m: {k: np.concatenate([f[k] for f in per_task[m]], 1) for k in per_task[m][0]}
+               for m in methods}  # (len(shots), tasks) per metric
+    for i, shot in enumerate(shots):
+        out[shot] = {m: {k: round(float(v[i].mean()), 4) for k, v in stacked[m].items()
+                         if k in PAIRED} for m in methods}
+        for cand in names:
+            for base in methods:
+                if base == cand:
+                    continue
+                diffs = {}
+                for k in PAIRED:
+                    d = stacked[cand][k][i] - stacked[base][k][i]
+                    diffs[k] = f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}"
+                out[shot][f"{cand} - {base}"] = diffs
+    out["_table"] = _table(out, shots, methods)
     return out
 
 
 def suite_summary(tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Each paired difference averaged over the datasets (equal weight), with the per-dataset
-    means, e.g. ``{"ridge - item_mean": {"mae": {"mean": -0.01, "ml100k": -0.02, ...}}}``."""
-    pairs = [p for p in next(iter(tables.values())) if " - " in p]
+    """Each paired difference at each support size averaged over the datasets (equal weight),
+    with the per-dataset means: ``{shot: {"ridge - item_mean": {"mae": {"mean": ..., ...}}}}``."""
+    first = next(iter(tables.values()))
     out: dict[str, Any] = {}
-    for pair in pairs:
-        out[pair] = {}
-        for metric in PAIRED:
-            per = {d: float(t[pair][metric].split(" ± ")[0]) for d, t in tables.items()
-                   if pair in t}
-            out[pair][metric] = {"mean": round(float(np.mean(list(per.values()))), 4), **per}
+    for shot in (s for s in first if not s.startswith("_")):
+        out[shot] = {}
+        for pair in (p for p in first[shot] if " - " in p):
+            out[shot][pair] = {}
+            for metric in PAIRED:
+                per = {d: float(t[shot][pair][metric].split(" ± ")[0])
+                       for d, t in tables.items() if pair in t.get(shot, {})}
+                out[shot][pair][metric] = {"mean": round(float(np.mean(list(per.values()))), 4),
+                                           **per}
     return out
 
 
@@ -158,8 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         tables[dataset] = cross_validate(params, args.params, args.folds, args.learners, work)
     out: dict[str, Any] = (next(iter(tables.values())) if len(tables) == 1
                            else {**tables, "suite": suite_summary(tables)})
+    tables_md = {d: t.pop("_table") for d, t in tables.items()}
     text = json.dumps(out, indent=1)
     print(text)
+    for dataset, table in tables_md.items():
+        print(f"\n{dataset}\n{table}")
     if args.out:
         Path(args.out).write_text(text + "\n")
     return 0

@@ -55,19 +55,22 @@ def pairs(df: pd.DataFrame) -> set[tuple[int, int]]:
     return set(zip(df["user_id"], df["item_id"]))
 
 
-def test_melu_scenarios_get_exactly_their_users_and_items():
-    split = melu()
+@pytest.mark.parametrize("seed", [0, 1])  # seed 1: user 5 (101 existing-item ratings) existing
+def test_melu_scenarios_get_exactly_their_users_and_items(seed):
+    split = melu(seed)
     new_users = set(range(1, 21)) - set(split.fit_user_ids)
     assert len(new_users) == 4  # 20 users, 20% new
     existing = set(split.fit_user_ids)
     assert set(split.fit_item_ids) == set(OLD_ITEMS)
     expected = {  # users whose count inside the scenario's cell lies in 13..100
         "warm|valid": {u for u in existing if in_range(COUNTS[u][0])},
+        "heavy": {u for u in existing if COUNTS[u][0] > 100},  # train only
         "user_cold": {u for u in new_users if in_range(COUNTS[u][0])},
         "item_cold": {u for u in existing if in_range(COUNTS[u][1])},
         "user_item_cold": {u for u in new_users if in_range(COUNTS[u][1])}}
     warm, valid = set(split.user_ids("warm")), set(split.user_ids("warm_valid"))
-    assert warm | valid == expected["warm|valid"] and not warm & valid
+    assert warm | valid == expected["warm|valid"] | expected["heavy"] and not warm & valid
+    assert expected["heavy"] <= warm
     n_warm = len(expected["warm|valid"])
     assert len(valid) == n_warm - int(np.round(0.9 * n_warm))  # the last piece takes the rest
     for name in ("user_cold", "item_cold", "user_item_cold"):
@@ -79,8 +82,9 @@ def test_melu_scenarios_get_exactly_their_users_and_items():
         # every task holds all of its user's ratings in the cell
         for user, size in df.groupby("user_id").size().items():
             assert size == COUNTS[user][0 if item_groups[name] is OLD_ITEMS else 1]
-    # users 1 (12 ratings), 5 (101) and 6's new-item cell (101) are out of range
-    assert 1 not in warm | valid and 5 not in warm | valid
+    # users 1 (12 ratings) and 6's new-item cell (101) are out of range; 5 (101 existing-item
+    # ratings) trains if it is an existing user, and never validates
+    assert 1 not in warm | valid and 5 not in valid and (5 in warm) == (5 in existing)
     assert 6 not in set(split.user_ids("item_cold"))
 
 
@@ -105,18 +109,61 @@ def test_melu_is_seeded():
 def test_user_split_8_1_1_over_eligible_users():
     split = user_split(make_tables(), seed=3)
     eligible = {u for u, (a, b) in COUNTS.items() if in_range(a + b + 1)}
+    heavy = {u for u, (a, b) in COUNTS.items() if a + b + 1 > 100}  # train only
     sets = {n: set(split.user_ids(n)) for n in ("train", "valid", "test")}
-    assert set.union(*sets.values()) == eligible
-    assert sum(map(len, sets.values())) == len(eligible)
+    assert heavy and set.union(*sets.values()) == eligible | heavy
+    assert sum(map(len, sets.values())) == len(eligible | heavy)
+    assert heavy <= sets["train"]
     n = len(eligible)
     cut1, cut2 = int(np.round(0.8 * n)), int(np.round(0.9 * n))
-    assert (len(sets["train"]), len(sets["valid"]), len(sets["test"])) == (cut1, cut2 - cut1,
-                                                                           n - cut2)
+    assert (len(sets["train"] - heavy), len(sets["valid"]), len(sets["test"])) == (
+        cut1, cut2 - cut1, n - cut2)
     tables = make_tables()
     for name, df in split.sets.items():  # a task keeps every rating of its user
         expect = tables.interactions[tables.interactions.user_id.isin(sets[name])]
         assert pairs(df) == pairs(expect)
     assert set(split.fit_user_ids) == sets["train"]
+
+
+def test_user_split_counts_what_each_rule_dropped():
+    split = user_split(make_tables(), seed=3, min_ratings=30)
+    few = [a + b + 1 for a, b in COUNTS.values() if a + b + 1 < 30]  # + the no-year rating
+    assert split.dropped == {"too_few_ratings": {"users": len(few), "ratings": sum(few)},
+                             "too_many_ratings": {"users": 0, "ratings": 0}}
+
+
+
+def test_heavy_users_leave_the_valid_and_test_users_as_they_were():
+    tables = make_tables()
+    heavy = [u for u, (a, b) in COUNTS.items() if a + b + 1 > 100]
+    light = make_tables()
+    light.interactions = light.interactions[~light.interactions.user_id.isin(heavy)]
+    a, b = user_split(tables, seed=3), user_split(light, seed=3)
+    for name in ("valid", "test"):
+        assert pairs(a.sets[name]) == pairs(b.sets[name]), name
+    assert set(a.user_ids("train")) == set(b.user_ids("train")) | set(heavy)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_melu_counts_what_each_rule_dropped(seed):
+    split = melu(seed)
+    existing = set(split.fit_user_ids)
+    few: dict[int, int] = {}
+    many: dict[int, int] = {}
+    for user, (n_old, n_new) in COUNTS.items():
+        for n, evaluated in ((n_old, user not in existing), (n_new, True)):
+            if 0 < n < 13:
+                few[user] = few.get(user, 0) + n
+            if n > 100 and evaluated:  # existing users' existing-item cell trains instead
+                many[user] = many.get(user, 0) + n
+    assert split.dropped == {
+        "no_release_year": {"users": len(COUNTS), "ratings": len(COUNTS)},
+        "too_few_ratings": {"users": len(few), "ratings": sum(few.values())},
+        "too_many_ratings": {"users": len(many), "ratings": sum(many.values())}}
+    assert (5 in set(split.user_ids("warm"))) == (5 in existing)
+    kept = sum(len(df) for df in split.sets.values())
+    total = len(make_tables().interactions)
+    assert kept + sum(v["ratings"] for v in split.dropped.values()) == total
 
 
 def test_bad_parameters_are_named():

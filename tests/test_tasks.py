@@ -11,7 +11,7 @@ import pytest
 
 from metarec.config import Config
 from metarec.data.splits import melu_split
-from metarec.data.tasks import build_tasks, kshot, load_tasks
+from metarec.data.tasks import build_split_tasks, build_tasks, dropped_by_width, kshot, load_tasks
 from metarec.pipeline.tasks import build_task_sets
 from metarec.features.build import build_features, prepare_features
 from tests.test_encoders import fake_encoder
@@ -83,6 +83,17 @@ def test_kshot_caps_support_with_a_subset(features):
                                   kshot(tasks, 3, 4).support_items)
 
 
+def test_support_width_drops_are_counted(features):
+    split = melu_split(make_tables(), seed=1, year_threshold=1997)  # user 5 trains with 101
+    sets = build_split_tasks(split, features, query_size=10, support_width=40)
+    lost = {name: {u: n - 50 for u, n in df.groupby("user_id").size().items() if n > 50}
+            for name, df in split.sets.items()}
+    assert lost["warm"][5] == 51
+    users = set().union(*lost.values())
+    assert dropped_by_width(split, sets) == {
+        "users": len(users), "ratings": sum(sum(v.values()) for v in lost.values())}
+
+
 def test_build_task_sets_end_to_end_deterministic(tmp_path):
     tables = make_tables()
     base = Config()
@@ -98,6 +109,8 @@ def test_build_task_sets_end_to_end_deterministic(tmp_path):
     manifest = json.loads(first["manifest.json"])
     assert manifest["sets"]["warm"]["tasks"] == len(sets["warm"])
     assert manifest["training"] == ["warm"] and manifest["seed"] == 0
+    assert manifest["dropped"] == {**melu_split(tables, seed=0, year_threshold=1997).dropped,
+                                   "support_width": {"users": 0, "ratings": 0}}
     for name, tasks in sets.items():
         assert tasks.query_mask.shape[1] == 10 and tasks.query_mask.all()
         if "@" not in name:  # every task holds 13..100 ratings of its user

@@ -222,7 +222,7 @@ class MetaConfig:
     # ridge learner: initial penalties of the closed-form output-layer adaptation, one for the
     # output weights and one for its bias (both meta-learned from there, per dimension).
     ridge_lambda: float = 1.0
-    ridge_bias_lambda: float = 0.1
+    ridge_bias_lambda: float = 10.0
     # Drop second-order terms for maml/metasgd ("fomaml" and "reptile" are first-order anyway).
     first_order: bool = False
     # Baseline "global + fine-tune": plain gradient steps on the support set at test time.
@@ -257,6 +257,16 @@ class TrainConfig:
     # Draw a fresh support/query split of every training task each time it is sampled (same
     # query size), so the outer loss sees all of a training user's ratings, not one fixed query.
     resplit: bool = True
+    # Support sizes seen in meta-training (metarec.meta.inner.sample_support), so that the model
+    # is trained for the few ratings a new user brings, 0 included (the 0-shot score is then
+    # the model's prior): with probability support_full_prob a task keeps its whole support,
+    # otherwise k ratings, k in 0..support_max_shots drawn `support_shots` ("uniform": each k
+    # equally likely; "log-uniform": P(k) ~ log((k+2)/(k+1)), small k most often), capped at the
+    # task's ratings. support_full_prob = 1 trains on full supports only (the former behaviour).
+    # Chosen by 4-fold CV over train+valid users (benchmarks/results/curve_cv.md).
+    support_full_prob: float = 0.5
+    support_max_shots: int = 10
+    support_shots: Literal["uniform", "log-uniform"] = "log-uniform"
     # Show a progress bar (only on a terminal).
     progress: bool = True
     out_dir: str = "artifacts/train"

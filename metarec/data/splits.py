@@ -17,11 +17,20 @@
     =================  ==============  ==========  ===========================================
 
     A user becomes a task of a scenario only if it has ``min_ratings..max_ratings`` ratings
-    *within that scenario* (as MeLU's dataset generator counts them).
+    *within that scenario* (as MeLU's dataset generator counts them); only ``warm`` (training)
+    also takes the existing users with more (their support is subsampled to the task width).
 
 ``user-split`` (the RecBole-MetaRec benchmark):
     Users with ``min_ratings..max_ratings`` interactions are split ``ratios`` (8:1:1) at random
-    into ``train``, ``valid`` and ``test``; every item is shared.
+    into ``train``, ``valid`` and ``test``; every item is shared. Users with more than
+    ``max_ratings`` join ``train`` (their support is subsampled to the task width), so the
+    valid/test users are those of the published protocol and only training gains.
+
+Each split counts what every rule dropped (:attr:`ColdStartSplit.dropped`, ``{rule: {"users",
+"ratings"}}``): ``too_few_ratings`` / ``too_many_ratings`` (a user's rows in a set or scenario
+cell outside ``min_ratings..max_ratings``) and, for ``melu``, ``no_release_year`` (ratings of
+items without a release year). ``users`` counts the distinct users that lost ratings to a rule,
+``ratings`` the ratings it removed.
 
 Encoders are fitted on ``fit_user_ids``/``fit_item_ids`` only: existing users and items for
 ``melu``, train users and the items they rated for ``user-split``.
@@ -31,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -57,6 +66,8 @@ class ColdStartSplit:
     sets: dict[str, pd.DataFrame]
     fit_user_ids: np.ndarray  # (Uf,) int64, sorted: users whose attributes fit the encoders
     fit_item_ids: np.ndarray  # (If,) int64, sorted: items whose attributes fit the encoders
+    # Per rule, the users and ratings it removed (module docstring); not part of the fingerprint.
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def training(self) -> tuple[str, ...]:
@@ -96,10 +107,23 @@ def _sorted(interactions: pd.DataFrame) -> pd.DataFrame:
             .reset_index(drop=True))
 
 
-def _eligible(interactions: pd.DataFrame, min_ratings: int, max_ratings: int) -> pd.DataFrame:
-    """The rows of users with min_ratings..max_ratings rows in ``interactions``."""
+def _by_size(interactions: pd.DataFrame, min_ratings: int, max_ratings: int
+             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The rows of users with fewer than min_ratings, min_ratings..max_ratings, and more than
+    max_ratings rows in ``interactions`` (too few, eligible, too many)."""
     sizes = interactions.groupby("user_id")["item_id"].transform("size")
-    return interactions[(sizes >= min_ratings) & (sizes <= max_ratings)].reset_index(drop=True)
+    return tuple(interactions[m].reset_index(drop=True)  # type: ignore[return-value]
+                 for m in (sizes < min_ratings, (sizes >= min_ratings) & (sizes <= max_ratings),
+                           sizes > max_ratings))
+
+
+def _tally(dropped: dict[str, list[pd.DataFrame]]) -> dict[str, dict[str, int]]:
+    """``{rule: rows it removed}`` -> ``{rule: {"users": distinct users, "ratings": rows}}``."""
+    out = {}
+    for rule, parts in dropped.items():
+        users = set().union(*(df["user_id"].unique().tolist() for df in parts)) if parts else set()
+        out[rule] = {"users": len(users), "ratings": int(sum(len(df) for df in parts))}
+    return out
 
 
 def _check(tables: CanonicalTables, min_ratings: int, max_ratings: int) -> pd.DataFrame:
@@ -132,14 +156,18 @@ def user_split(tables: CanonicalTables, *, seed: int, ratios: Sequence[float] = 
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-9:
         raise ValueError(f"split_ratios must be three non-negative fractions summing to 1, "
                          f"got {tuple(ratios)}")
-    inter = _eligible(_check(tables, min_ratings, max_ratings), min_ratings, max_ratings)
+    few, inter, many = _by_size(_check(tables, min_ratings, max_ratings), min_ratings,
+                                max_ratings)
     users = _shuffled(inter["user_id"].unique(), seed, 1)
     sets = {name: inter[inter["user_id"].isin(ids)].reset_index(drop=True)
             for name, ids in zip(USER_SPLIT_SETS, _cut(users, ratios))}
-    train = sets["train"]
+    train = sets["train"] = _sorted(pd.concat([sets["train"], many]))  # heavy users train
+    dropped = _tally({"too_few_ratings": [few], "too_many_ratings": []})
+    log.info("user-split dropped %s; %d users with more than %d ratings train", dropped,
+             many["user_id"].nunique(), max_ratings)
     return ColdStartSplit("user-split", seed, sets,
                           np.sort(train["user_id"].unique()).astype(np.int64),
-                          np.sort(train["item_id"].unique()).astype(np.int64))
+                          np.sort(train["item_id"].unique()).astype(np.int64), dropped)
 
 
 def melu_split(tables: CanonicalTables, *, seed: int, year_threshold: int,
@@ -163,26 +191,38 @@ def melu_split(tables: CanonicalTables, *, seed: int, year_threshold: int,
                            inter["user_id"].unique()).astype(np.int64)
     existing_users, new_users = _cut(_shuffled(all_users, seed, 2),
                                      (1 - new_user_fraction, new_user_fraction))
-    # Validation users: a random part of the existing users *with* a warm task.
-    warm_all = _eligible(inter[inter["user_id"].isin(existing_users)
-                               & inter["item_id"].isin(existing_items)], min_ratings, max_ratings)
+    dropped: dict[str, list[pd.DataFrame]] = {
+        "no_release_year": [inter[~inter["item_id"].isin(tables.items.loc[known, "item_id"])]],
+        "too_few_ratings": [], "too_many_ratings": []}
+
+    def cell(users: np.ndarray, items: np.ndarray, *, training: bool = False
+             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(eligible rows, rows of users with too many) of a cell; records what it drops."""
+        rows = inter[inter["user_id"].isin(users) & inter["item_id"].isin(items)]
+        few, ok, many = _by_size(rows, min_ratings, max_ratings)
+        dropped["too_few_ratings"].append(few)
+        if not training:
+            dropped["too_many_ratings"].append(many)
+        return ok, many
+
+    # Validation users: a random part of the existing users *with* a warm task (users with
+    # more warm ratings than max_ratings only train, so the held-out users are MeLU's).
+    warm_all, warm_many = cell(existing_users, existing_items, training=True)
     warm_train_users, valid_users = _cut(_shuffled(warm_all["user_id"].unique(), seed, 3),
                                          (1 - valid_fraction, valid_fraction))
-
-    def cell(users: np.ndarray, items: np.ndarray) -> pd.DataFrame:
-        rows = inter[inter["user_id"].isin(users) & inter["item_id"].isin(items)]
-        return _eligible(rows, min_ratings, max_ratings)
-
-    sets = {"warm": warm_all[warm_all["user_id"].isin(warm_train_users)].reset_index(drop=True),
+    sets = {"warm": _sorted(pd.concat([warm_all[warm_all["user_id"].isin(warm_train_users)],
+                                       warm_many])),
             "warm_valid": warm_all[warm_all["user_id"].isin(valid_users)].reset_index(drop=True),
-            "user_cold": cell(new_users, existing_items),
-            "item_cold": cell(existing_users, new_items),
-            "user_item_cold": cell(new_users, new_items)}
+            "user_cold": cell(new_users, existing_items)[0],
+            "item_cold": cell(existing_users, new_items)[0],
+            "user_item_cold": cell(new_users, new_items)[0]}
+    counts = _tally(dropped)
     log.info("melu split (items <= %d existing: %d existing / %d new items, %d existing / %d "
-             "new users): %s", year_threshold, len(existing_items), len(new_items),
+             "new users): %s; dropped %s", year_threshold, len(existing_items), len(new_items),
              len(existing_users), len(new_users),
-             {k: int(v["user_id"].nunique()) for k, v in sets.items()})
-    return ColdStartSplit("melu", seed, sets, existing_users, np.sort(existing_items).astype(np.int64))
+             {k: int(v["user_id"].nunique()) for k, v in sets.items()}, counts)
+    return ColdStartSplit("melu", seed, sets, existing_users,
+                          np.sort(existing_items).astype(np.int64), counts)
 
 
 def make_split(tables: CanonicalTables, tasks_cfg: TasksConfig, seed: int) -> ColdStartSplit:

@@ -11,7 +11,9 @@ K-shot variants of every evaluation set (all but the training set) are named ``<
 the same tasks and queries with the support capped at ``k`` random ratings.
 
 Artifacts in ``cfg.tasks.out_dir``: one ``<name>.npz`` per set and ``manifest.json`` (counts
-per set, seeds, data/encoder/split hashes), byte-identical for the same data and seed.
+per set, seeds, data/encoder/split hashes, and under ``"dropped"`` the users and ratings each
+rule removed, ``{rule: {"users": int, "ratings": int}}``: the split's rules and
+``support_width``, :func:`dropped_by_width`), byte-identical for the same data and seed.
 """
 
 from __future__ import annotations
@@ -134,6 +136,21 @@ def build_split_tasks(split: ColdStartSplit, features: FeatureArrays, *, query_s
             for k in kshots:
                 sets[f"{name}@k{k}"] = kshot(tasks, k, split.seed + _salt(f"{name}@k{k}"))
     return sets
+
+
+def dropped_by_width(split: ColdStartSplit, sets: dict[str, TaskArrays]) -> dict[str, int]:
+    """The users and ratings of ``split`` that no task holds: support ratings beyond the
+    support width (users with more than ``max_ratings`` ratings train on a random subset).
+    ``users`` counts distinct users, ``ratings`` every rating left out."""
+    users: set[int] = set()
+    ratings = 0
+    for name, df in split.sets.items():
+        tasks = sets[name]  # one task per user, in user-id order
+        held = tasks.support_mask.sum(1) + tasks.query_mask.sum(1)
+        lost = df.groupby("user_id").size().sort_index().to_numpy() - held
+        users |= set(tasks.user_ids[lost > 0].tolist())
+        ratings += int(lost.sum())
+    return {"users": len(users), "ratings": ratings}
 
 
 def task_counts(sets: dict[str, TaskArrays]) -> dict[str, dict[str, int]]:

@@ -1,14 +1,15 @@
 """Task batches and the losses of the inner and outer loops.
 
-:class:`TaskBatch` holds N padded tasks as tensors (:func:`make_batch`, :func:`resplit`);
-padded support/query slots carry mask 0 and contribute nothing to :func:`masked_mse` (the
-inner loop's objective and the query loss) or :func:`listnet_loss`. The inner loop itself is
-:func:`metarec.adaptation.gradient.adapt`.
+:class:`TaskBatch` holds N padded tasks as tensors (:func:`make_batch`; redrawn by :func:`resplit`
+and :func:`sample_support`); padded support/query slots carry mask 0 and contribute nothing to
+:func:`masked_mse` (the inner loop's objective and the query loss) or :func:`listnet_loss`.
+The inner loop itself is :func:`metarec.adaptation.gradient.adapt`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -84,6 +85,64 @@ def resplit(batch: TaskBatch, keys: Tensor) -> TaskBatch:
                      support_items=items[:, q:], support_ratings=ratings[:, q:],
                      support_mask=mask[:, q:], query_items=items[:, :q],
                      query_ratings=ratings[:, :q], query_mask=mask[:, :q])
+
+
+SHOT_DISTRIBUTIONS = ("uniform", "log-uniform")
+
+
+def support_sizes(available: Tensor, draws: Tensor, *, full_prob: float, max_shots: int,
+                  dist: str) -> Tensor:
+    """Support sizes (N,) int64 of N tasks with ``available`` (N,) real support ratings.
+
+    ``draws`` (N, 2) uniform numbers in [0, 1). A task keeps its whole support when its first
+    draw is below ``full_prob``; otherwise it keeps k ratings, k in 0..``max_shots`` drawn from
+    the second: ``uniform`` (each k equally likely) or ``log-uniform``
+    (k = floor((K + 2)^u) - 1, P(k) proportional to log((k + 2) / (k + 1)): small supports,
+    the ones a new user has, are the most frequent). k is capped at the task's available ratings.
+    """
+    if not 0.0 <= full_prob <= 1.0:
+        raise ValueError(f"support full probability must lie in [0, 1], got {full_prob}")
+    if max_shots < 0:
+        raise ValueError(f"support max shots must be >= 0, got {max_shots}")
+    if dist not in SHOT_DISTRIBUTIONS:
+        raise ValueError(f"unknown support-size distribution {dist!r}; "
+                         f"expected one of {SHOT_DISTRIBUTIONS}")
+    available = available.long()
+    u = draws.to(torch.float64)
+    if dist == "uniform":
+        k = torch.floor(u[:, 1] * (max_shots + 1))
+    else:
+        k = torch.floor(torch.exp(u[:, 1] * math.log(max_shots + 2))) - 1
+    k = torch.minimum(k.long().clamp(0, max_shots), available)
+    return torch.where(u[:, 0] < full_prob, available, k)
+
+
+def subsample_support(batch: TaskBatch, sizes: Tensor, keys: Tensor) -> TaskBatch:
+    """``batch`` with each task's support mask cut to ``sizes`` (N,) real ratings.
+
+    The ratings kept are those with the smallest ``keys`` (N, S) among the real slots; the
+    others (and the padding) get mask 0. Items, ratings and the query are untouched, so masked
+    slots are ignored exactly like padding (as :func:`metarec.evaluation.scoring.limit_support`
+    does for the evaluation curves). Size 0 gives an all-zero support mask.
+    """
+    mask = batch.support_mask
+    if keys.shape != mask.shape or sizes.shape != mask.shape[:1]:
+        raise ValueError(f"subsample_support: keys {tuple(keys.shape)} / sizes "
+                         f"{tuple(sizes.shape)} do not match the support {tuple(mask.shape)}")
+    keys = torch.where(mask > 0, keys.to(mask.device, torch.float32), 2.0)  # padding ranks last
+    rank = torch.argsort(torch.argsort(keys, dim=1), dim=1)
+    kept = (rank < sizes.to(mask.device).unsqueeze(1)) & (mask > 0)
+    return replace(batch, support_mask=kept.to(mask.dtype))
+
+
+def sample_support(batch: TaskBatch, draws: Tensor, *, full_prob: float, max_shots: int,
+                   dist: str) -> TaskBatch:
+    """``batch`` with support sizes drawn by :func:`support_sizes` (meta-training for every
+    support size a user may bring, 0 included). ``draws`` (N, 2 + S) uniform numbers: two for
+    the size, S keys choosing which ratings stay (:func:`subsample_support`)."""
+    sizes = support_sizes(batch.support_mask.sum(1).round().long().cpu(), draws[:, :2].cpu(),
+                          full_prob=full_prob, max_shots=max_shots, dist=dist)
+    return subsample_support(batch, sizes, draws[:, 2:])
 
 
 def masked_mse(scores: Tensor, ratings: Tensor, mask: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ from metarec.config import Config
 from metarec.data.arrays import FeatureArrays, TaskArrays
 from metarec.data.splits import split_from_config
 from metarec.data.tables import CanonicalTables, tables_fingerprint
-from metarec.data.tasks import build_split_tasks, save_tasks
+from metarec.data.tasks import build_split_tasks, dropped_by_width, save_tasks
 from metarec.features.build import load_features, read_features_manifest
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,9 @@ def build_task_sets(cfg: Config, tables: CanonicalTables,
              "data_hash": tables_fingerprint(tables), "encoder_hash": manifest["encoder_hash"],
              "training": list(split.training), "validation": list(split.validation),
              "min_ratings": cfg.tasks.min_ratings, "max_ratings": cfg.tasks.max_ratings,
-             "kshots": list(cfg.tasks.kshots), "dataset": tables.name}
+             "kshots": list(cfg.tasks.kshots), "dataset": tables.name,
+             "dropped": {**split.dropped, "support_width": dropped_by_width(split, sets)}}
+    log.info("dropped (rule: users, ratings): %s", extra["dropped"])
     save_tasks(sets, cfg.tasks.out_dir, extra)
     log.info("tasks (%s): %s", split.protocol,
              {n: len(t) for n, t in sets.items() if "@" not in n})

@@ -3,10 +3,11 @@
 ``meta_train`` runs AdamW on the meta-parameters (the model's and the learner's own, such as
 Meta-SGD's rates), bf16 autocast on CUDA, gradient clipping, validation every ``eval_every``
 steps (and once before the first step) with early stopping on the validation MAE, optional
-fresh support/query resplits of the training tasks at every draw, and resumable checkpoints: a
-run interrupted and resumed from its last checkpoint ends with exactly the parameters of an
-uninterrupted run with the same seed (task sampling and resplits use their own seeded
-generator, saved in the checkpoint).
+fresh support/query resplits of the training tasks at every draw, support sizes drawn over the
+whole few-shot range (``train.support_*``, :func:`metarec.meta.inner.sample_support`), and
+resumable checkpoints: a run interrupted and resumed from its last checkpoint ends with exactly
+the parameters of an uninterrupted run with the same seed (task sampling, resplits and support
+sizes use their own seeded generator, saved in the checkpoint).
 Metrics go to callbacks ``(step, metrics) -> None``; MLflow logging is one such callback.
 """
 
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from metarec.config import TrainConfig
 from metarec.data.arrays import TaskArrays
 from metarec.io import load_state, save_state
-from metarec.meta.inner import make_batch, resplit
+from metarec.meta.inner import make_batch, resplit, sample_support
 from metarec.models.estimator import Estimator
 
 if TYPE_CHECKING:
@@ -110,6 +111,20 @@ def fit_item_stats(model: Estimator, train_tasks: TaskArrays) -> None:
                          user_index=torch.as_tensor(users, dtype=torch.long))
 
 
+@torch.no_grad()
+def init_output_bias(model: Estimator, train_tasks: TaskArrays) -> None:
+    """Start the decision MLP's output bias at the mean training rating (support and query).
+
+    The unadapted model, the prediction for a user without ratings, then starts at the rating
+    scale's centre (the item's shrunk mean with ``item_offset``) instead of near 0, a prior
+    that AdamW's small steps would need thousands of steps to reach.
+    """
+    sm, qm = train_tasks.support_mask.astype(bool), train_tasks.query_mask.astype(bool)
+    ratings = np.concatenate([train_tasks.support_ratings[sm], train_tasks.query_ratings[qm]])
+    if len(ratings):
+        model.decision[-1].bias.fill_(float(ratings.astype(np.float64).mean()))
+
+
 def _sampler_next(order: Tensor, pos: int, n: int, k: int, gen: torch.Generator
                   ) -> tuple[np.ndarray, Tensor, int]:
     """Next k task indices from epoch-wise permutations of n tasks (reshuffled per epoch)."""
@@ -145,6 +160,7 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
                          f"{len(valid_tasks)}")
     device = resolve_device(cfg.device)
     fit_item_stats(model, train_tasks)
+    init_output_bias(model, train_tasks)
     model.to(device).train()
     learner.to(device)
     torch.manual_seed(seed)
@@ -152,7 +168,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     params = [p for m in (model, learner) for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(train_tasks)
-    width = train_tasks.support_items.shape[1] + train_tasks.query_items.shape[1]
+    support_width = train_tasks.support_items.shape[1]
+    width = support_width + train_tasks.query_items.shape[1]
     order, pos, step, bad = torch.randperm(n, generator=gen), 0, 0, 0
     history: list[dict[str, float]] = []
     best = dict(mae=math.inf, step=0, model=_cpu_state(model), learner=_cpu_state(learner))
@@ -196,12 +213,18 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     while step < cfg.max_steps and not stopped:
         index, order, pos = _sampler_next(order, pos, n, cfg.tasks_per_batch, gen)
         keys = torch.rand(len(index), width, generator=gen) if cfg.resplit else None
+        draws = (torch.rand(len(index), 2 + support_width, generator=gen)
+                 if cfg.support_full_prob < 1 else None)
         if world is not None:
             index = world.shard(index)
             keys = None if keys is None else world.shard(keys)
+            draws = None if draws is None else world.shard(draws)
         batch = make_batch(model.user_table, train_tasks, index, device)
         if keys is not None:
             batch = resplit(batch, keys)
+        if draws is not None:
+            batch = sample_support(batch, draws, full_prob=cfg.support_full_prob,
+                                   max_shots=cfg.support_max_shots, dist=cfg.support_shots)
         with _autocast(device, cfg.amp):
             loss = learner.meta_loss(model, batch)
         if not torch.isfinite(loss):
