@@ -23,7 +23,6 @@ dataset.
     .venv/bin/python benchmarks/cv_tune.py --dataset suite --folds 3 --out cv_suite.json
 """
 
-
 from __future__ import annotations
 
 import argparse

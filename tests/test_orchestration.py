@@ -116,7 +116,11 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     gate_lines = run.check_details["evaluation_report:gate"]
     assert gate_lines[0].startswith("all ") and "(paired_bootstrap rule)" in gate_lines[0]
     report = json.loads((project / "artifacts/evaluation/report.json").read_text())
-    assert report["meta_training_gain"] is True and "dropped" not in report
+    assert report["meta_training_gain"] is True
+    # What the split and the task build dropped travels from the tasks manifest to the report.
+    manifest = json.loads((project / "artifacts/tasks/manifest.json").read_text())
+    assert report["dropped"] == manifest["dropped"] and report["dropped"]
+    assert all(set(v) == {"users", "ratings"} for v in report["dropped"].values())
     assert set(report["curve_differences"]["test"]) == {"user_mean", "item_mean", "global",
                                                         "finetune"}
     assert "## Gate: PASSED" in (project / "artifacts/evaluation/report.md").read_text()

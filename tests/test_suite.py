@@ -178,8 +178,11 @@ def test_cv_suite_summary_weights_datasets_equally():
     sys.path.insert(0, str(REPO / "benchmarks"))
     import cv_tune
 
-    def table(d):
-        return {"ridge - item_mean": {m: f"{d:+.4f} ± 0.0100" for m in cv_tune.PAIRED}}
+    def table(d):  # cross_validate's shape: per support size, then method or pair
+        pair = {"ridge - item_mean": {m: f"{d:+.4f} ± 0.0100" for m in cv_tune.PAIRED}}
+        return {"0": pair, "all": pair, "_table": "| markdown |"}
 
     out = cv_tune.suite_summary({"ml100k": table(-0.02), "lowrank": table(0.04)})
-    assert out["ridge - item_mean"]["mae"] == {"mean": 0.01, "ml100k": -0.02, "lowrank": 0.04}
+    assert set(out) == {"0", "all"}
+    assert out["all"]["ridge - item_mean"]["mae"] == {"mean": 0.01, "ml100k": -0.02,
+                                                      "lowrank": 0.04}
