@@ -184,15 +184,16 @@ def test_item_ids_and_pure_svd_factors_enter_the_item_tower() -> None:
     from metarec.config import ModelConfig
     from metarec.models.estimator import _pure_svd
 
-    # PureSVD on a rank-one residual matrix: the first factor is the item pattern, item 3 (no
-    # rating) is zero, signs are fixed, and the second column (beyond the rank) is zero.
+    # PureSVD on a rank-one residual matrix: the first factor is the item pattern (unit RMS
+    # over the 3 rated items), item 3 (no rating) is zero, signs are fixed, and the second
+    # column (beyond the rank) is zero.
     items = torch.tensor([0, 1, 2, 0, 1, 2])
     users = torch.tensor([0, 0, 0, 1, 1, 1])
     # user 1's residuals are half of user 0's: (5, 3, 2) - 10/3 and (23, 17, 14) / 6 - 3
     ratings = torch.tensor([5.0, 3.0, 2.0, 23 / 6, 17 / 6, 14 / 6], dtype=torch.float64)
     fac = _pure_svd(items, ratings, users, 4, 2)
     pattern = torch.tensor([5.0, -1.0, -4.0], dtype=torch.float64)
-    torch.testing.assert_close(fac[:3, 0], pattern / pattern.norm(), rtol=0, atol=1e-9,
+    torch.testing.assert_close(fac[:3, 0], pattern / pattern.norm() * 3 ** 0.5, rtol=0, atol=1e-9,
                                check_dtype=False)
     assert float(fac[3].abs().sum()) == 0.0 and float(fac[:, 1].abs().max()) < 1e-9
     features = tiny_features()

@@ -192,6 +192,10 @@ class ModelConfig:
     # (PureSVD), fitted with the item statistics; items without training ratings get zeros.
     # 0 disables.
     item_factors: int = 0
+    # The ridge head's features are concat(last hidden layer, item factors, 1): its closed form
+    # then fits each user's weights on the item factors (the low-rank part p_u . q_i of the
+    # ratings) from the support set. Needs item_factors > 0; other learners ignore it.
+    head_factors: bool = False
 
 
 @dataclass(frozen=True)

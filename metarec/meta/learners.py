@@ -227,14 +227,14 @@ class RidgeLearner(nn.Module):
                              f"{bias_lam}")
         if rank_loss_weight < 0:
             raise ValueError(f"rank_loss_weight must be >= 0, got {rank_loss_weight}")
-        width = model.decision[-1].in_features
+        width = model.head_width  # last hidden width (+ item factors with head_factors)
         init = torch.full((width + 1,), math.log(lam))
         init[-1] = math.log(bias_lam)
         self.log_lam = nn.Parameter(init)
         self.rank_loss_weight = float(rank_loss_weight)
 
     def ridge_lambda(self) -> Tensor:
-        """(H + 1,) penalties: one per output weight, the bias's last."""
+        """(head_width + 1,) penalties: one per head weight, the bias's last."""
         return self.log_lam.exp()
 
     def adaptation(self) -> Adaptation:

@@ -18,6 +18,9 @@ item tower through a Linear, so the ONNX export (which runs the item tower once)
 score, so the MLP learns a residual on the item mean; ``model.item_id`` adds a learned item-id
 embedding and ``model.item_factors`` PureSVD factors of the training rating matrix to the item
 tower (both zero for items without training ratings, so new items are scored from features).
+``model.head_factors`` also hands the raw item factors to the ridge head
+(:mod:`metarec.adaptation.ridge`), whose closed form then fits a user's factor vector on them:
+the collaborative part ``p_u . q_i`` of a low-rank rating, recovered from the support set.
 ``model.item_norm`` LayerNorms the item tower output and ``model.embedding_std`` scales the
 embedding initialisation, so that the decision MLP's input has a controlled scale and inner
 learning rates behave the same whatever the number of fields.
@@ -61,6 +64,8 @@ class Estimator(nn.Module):
         item_id: learned per-item embedding in the item tower (masked to zero for items
             without training ratings by the ``item_known`` buffer).
         item_factors: width of the PureSVD item factors in the item tower (0: none).
+        head_factors: the ridge head's features include the item factors (see
+            :meth:`head_features`; needs item_factors).
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class Estimator(nn.Module):
         item_offset: bool = False,
         item_id: bool = False,
         item_factors: int = 0,
+        head_factors: bool = False,
     ) -> None:
         super().__init__()
         _check_table("user_cat", user_cat, user_cardinality)
@@ -121,6 +127,9 @@ class Estimator(nn.Module):
             raise ValueError(f"item_factors must be >= 0, got {item_factors}")
         self.register_buffer("item_fac", torch.zeros(n_items, item_factors) if item_factors else None)
         self.fac_proj = nn.Linear(item_factors, embedding_dim) if item_factors else None
+        if head_factors and not item_factors:
+            raise ValueError("head_factors needs item_factors > 0 (the factors it hands over)")
+        self.head_factors = bool(head_factors)
         item_width = embedding_dim * (len(item_cardinality) + len(self.multi_names) + int(item_id)
                                       + int(item_factors > 0))
         item_width += (0 if item_text is None else text_proj_dim) + (embedding_dim if item_stats else 0)
@@ -183,6 +192,18 @@ class Estimator(nn.Module):
             parts.append(self.id_emb(item_rows) * self.item_known[item_rows].unsqueeze(-1))
         out = torch.cat(parts, dim=-1)
         return out if self.item_norm is None else self.item_norm(out)
+
+    @property
+    def head_width(self) -> int:
+        """Weights of the ridge head besides the bias: the last hidden width H, plus the item
+        factors' width when ``head_factors``."""
+        extra = self.item_fac.shape[1] if self.head_factors else 0
+        return int(self.decision[-1].in_features) + extra
+
+    def head_features(self, item_rows: Tensor) -> Tensor | None:
+        """(..., K) item rows -> (..., K, f) item factors the ridge head adds to the last
+        hidden features, or None without ``head_factors``."""
+        return self.item_fac[item_rows] if self.head_factors else None
 
     @property
     def fits_training_ratings(self) -> bool:
@@ -262,7 +283,9 @@ class Estimator(nn.Module):
 def _pure_svd(item_rows: Tensor, ratings: Tensor, users: Tensor, n_items: int, k: int) -> Tensor:
     """(n_items, k) item factors: right singular vectors times singular values (relative to
     the largest) of the dense users x items matrix of ratings minus each user's mean rating,
-    zeros where unrated (PureSVD, Cremonesi et al. 2010). Columns beyond the rank are zero.
+    zeros where unrated (PureSVD, Cremonesi et al. 2010), times sqrt(number of rated items) so
+    that the first column has unit root mean square over the rated items (unit-scale inputs for
+    the tower's Linear and the ridge head). Columns beyond the rank are zero.
     Dense: users x items float64 (ML-1M: 6,040 x 3,706, 180 MB); far larger catalogues would need
     a sparse truncated SVD."""
     if users.shape != item_rows.shape:
@@ -277,7 +300,8 @@ def _pure_svd(item_rows: Tensor, ratings: Tensor, users: Tensor, n_items: int, k
     k_eff = min(k, s.shape[0])
     out = torch.zeros(n_items, k, dtype=torch.float64)
     if k_eff and float(s[0]) > 0:
-        out[:, :k_eff] = vh[:k_eff].T * (s[:k_eff] / s[0])
+        rated = float((torch.bincount(item_rows, minlength=n_items) > 0).sum())
+        out[:, :k_eff] = vh[:k_eff].T * (s[:k_eff] / s[0]) * rated ** 0.5
     # Singular vectors have an arbitrary sign: fix it (largest |entry| positive) so that the
     # same ratings always give the same factors.
     sign = torch.sign(out.gather(0, out.abs().argmax(0, keepdim=True)))
@@ -319,4 +343,5 @@ def build_model(features: FeatureArrays, cfg: ModelConfig) -> Estimator:
         item_offset=cfg.item_offset,
         item_id=cfg.item_id,
         item_factors=cfg.item_factors,
+        head_factors=cfg.head_factors,
     )
