@@ -196,6 +196,11 @@ class ModelConfig:
     # then fits each user's weights on the item factors (the low-rank part p_u . q_i of the
     # ratings) from the support set. Needs item_factors > 0; other learners ignore it.
     head_factors: bool = False
+    # Alternating least-squares sweeps refining the PureSVD item factors on the observed
+    # ratings only (PureSVD's zero-filled matrix shrinks sparsely rated items' factors), and
+    # the ridge penalty of each sweep's solves. 0 sweeps: plain PureSVD.
+    item_factors_als: int = 0
+    item_factors_reg: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -227,6 +232,8 @@ class MetaConfig:
     # output weights and one for its bias (both meta-learned from there, per dimension).
     ridge_lambda: float = 1.0
     ridge_bias_lambda: float = 0.1
+    # ridge learner with model.head_factors: initial penalty of the item-factor weights.
+    ridge_factor_lambda: float = 1.0
     # Drop second-order terms for maml/metasgd ("fomaml" and "reptile" are first-order anyway).
     first_order: bool = False
     # Baseline "global + fine-tune": plain gradient steps on the support set at test time.

@@ -220,15 +220,17 @@ class RidgeLearner(nn.Module):
     """
 
     def __init__(self, model: Estimator, *, lam: float, bias_lam: float,
-                 rank_loss_weight: float = 0.0) -> None:
+                 rank_loss_weight: float = 0.0, factor_lam: float | None = None) -> None:
         super().__init__()
-        if lam <= 0 or bias_lam <= 0:
-            raise ValueError(f"ridge_lambda and ridge_bias_lambda must be > 0, got {lam} and "
-                             f"{bias_lam}")
+        factor_lam = lam if factor_lam is None else factor_lam
+        if lam <= 0 or bias_lam <= 0 or factor_lam <= 0:
+            raise ValueError(f"ridge_lambda, ridge_bias_lambda and ridge_factor_lambda must be "
+                             f"> 0, got {lam}, {bias_lam} and {factor_lam}")
         if rank_loss_weight < 0:
             raise ValueError(f"rank_loss_weight must be >= 0, got {rank_loss_weight}")
         width = model.head_width  # last hidden width (+ item factors with head_factors)
         init = torch.full((width + 1,), math.log(lam))
+        init[model.decision[-1].in_features:-1] = math.log(factor_lam)  # the item factors
         init[-1] = math.log(bias_lam)
         self.log_lam = nn.Parameter(init)
         self.rank_loss_weight = float(rank_loss_weight)
@@ -342,7 +344,8 @@ def _reptile(model: Estimator, cfg: MetaConfig) -> nn.Module:
 @register_learner("ridge")
 def _ridge(model: Estimator, cfg: MetaConfig) -> nn.Module:
     return RidgeLearner(model, lam=cfg.ridge_lambda, bias_lam=cfg.ridge_bias_lambda,
-                        rank_loss_weight=cfg.rank_loss_weight)
+                        rank_loss_weight=cfg.rank_loss_weight,
+                        factor_lam=cfg.ridge_factor_lambda)
 
 
 @register_learner("global", baseline=True)
