@@ -21,23 +21,23 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import curves  # noqa: E402
-import cv_tune  # noqa: E402
-import ml100k_quality as mq  # noqa: E402
-import suite  # noqa: E402
+import curves
+import cv_tune
+import ml100k_quality as mq
+import suite
 
-from metarec.config import config_from_dict  # noqa: E402
-from metarec.evaluation.metrics import task_scores  # noqa: E402
-from metarec.evaluation.scoring import limit_support  # noqa: E402
-from metarec.meta.learners import build_learner  # noqa: E402
-from metarec.models.estimator import build_model  # noqa: E402
-from metarec.training.baselines import ItemMeanBaseline, task_ratings  # noqa: E402
-from metarec.training.loop import meta_train, predict  # noqa: E402
+from metarec.config import config_from_dict
+from metarec.evaluation.metrics import task_scores
+from metarec.evaluation.scoring import limit_support
+from metarec.meta.learners import build_learner
+from metarec.models.estimator import build_model
+from metarec.training.baselines import ItemMeanBaseline, task_ratings
+from metarec.training.loop import meta_train, predict
 
 SHOTS = (0, 1, 3, 5, 10, None)
 
 
-def main() -> int:
+def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="ml100k")
     ap.add_argument("--protocol", default="user-split")
@@ -99,12 +99,8 @@ def main() -> int:
         out["curves"]["gap_closed"] = {
             k: round(curves._gap(c["ridge"][k]["mae"], c["item_mean"][k]["mae"],
                                  c["oracle"][k]["mae"]), 4) for k in c["ridge"]}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return 0
+    print(json.dumps(out, indent=1), file=open(args.out, "w") if args.out else sys.stdout)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
