@@ -232,8 +232,12 @@ class MetaConfig:
     # output weights and one for its bias (both meta-learned from there, per dimension).
     ridge_lambda: float = 1.0
     ridge_bias_lambda: float = 0.1
-    # ridge learner with model.head_factors: initial penalty of the item-factor weights.
+    # ridge learner with model.head_factors: initial penalty of the item-factor weights, and
+    # how many times faster than the other meta-parameters these penalties are meta-learned
+    # (their log is rate x parameter): their right size differs by orders of magnitude between
+    # datasets (CV, pure factor ridge: ~3 on lowrank, 30+ on ML-100K).
     ridge_factor_lambda: float = 1.0
+    ridge_factor_lambda_rate: float = 1.0
     # Drop second-order terms for maml/metasgd ("fomaml" and "reptile" are first-order anyway).
     first_order: bool = False
     # Baseline "global + fine-tune": plain gradient steps on the support set at test time.
