@@ -196,6 +196,9 @@ class ModelConfig:
     # then fits each user's weights on the item factors (the low-rank part p_u . q_i of the
     # ratings) from the support set. Needs item_factors > 0; other learners ignore it.
     head_factors: bool = False
+    # The item factors also enter the item tower (through a Linear); false: only the ridge head
+    # reads them (with head_factors).
+    tower_factors: bool = True
     # Alternating least-squares sweeps refining the PureSVD item factors on the observed
     # ratings only (PureSVD's zero-filled matrix shrinks sparsely rated items' factors), and
     # the ridge penalty of each sweep's solves. 0 sweeps: plain PureSVD.

@@ -66,6 +66,7 @@ class Estimator(nn.Module):
         item_factors: width of the PureSVD item factors in the item tower (0: none).
         head_factors: the ridge head's features include the item factors (see
             :meth:`head_features`; needs item_factors).
+        tower_factors: the item factors enter the item tower (false: only the ridge head).
         item_factors_als: alternating least-squares sweeps refining the PureSVD factors on the
             observed ratings only (:func:`_als_refine`), with ridge ``item_factors_reg``.
     """
@@ -91,6 +92,7 @@ class Estimator(nn.Module):
         item_id: bool = False,
         item_factors: int = 0,
         head_factors: bool = False,
+        tower_factors: bool = True,
         item_factors_als: int = 0,
         item_factors_reg: float = 5.0,
     ) -> None:
@@ -130,7 +132,8 @@ class Estimator(nn.Module):
         if item_factors < 0:
             raise ValueError(f"item_factors must be >= 0, got {item_factors}")
         self.register_buffer("item_fac", torch.zeros(n_items, item_factors) if item_factors else None)
-        self.fac_proj = nn.Linear(item_factors, embedding_dim) if item_factors else None
+        tower_factors = bool(item_factors and tower_factors)
+        self.fac_proj = nn.Linear(item_factors, embedding_dim) if tower_factors else None
         if head_factors and not item_factors:
             raise ValueError("head_factors needs item_factors > 0 (the factors it hands over)")
         self.head_factors = bool(head_factors)
@@ -139,7 +142,7 @@ class Estimator(nn.Module):
                              f"{item_factors_als} and {item_factors_reg}")
         self.item_factors_als, self.item_factors_reg = int(item_factors_als), float(item_factors_reg)
         item_width = embedding_dim * (len(item_cardinality) + len(self.multi_names) + int(item_id)
-                                      + int(item_factors > 0))
+                                      + int(tower_factors))
         item_width += (0 if item_text is None else text_proj_dim) + (embedding_dim if item_stats else 0)
         self.item_norm = nn.LayerNorm(item_width) if item_norm and item_width else None
         if embedding_std <= 0:
@@ -386,6 +389,7 @@ def build_model(features: FeatureArrays, cfg: ModelConfig) -> Estimator:
         item_id=cfg.item_id,
         item_factors=cfg.item_factors,
         head_factors=cfg.head_factors,
+        tower_factors=cfg.tower_factors,
         item_factors_als=cfg.item_factors_als,
         item_factors_reg=cfg.item_factors_reg,
     )
