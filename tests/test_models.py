@@ -16,7 +16,8 @@ from metarec.models.estimator import build_model
 
 # MeLU's own estimator: no item statistics, residual offset or LayerNorm, PyTorch's embedding
 # initialisation (params.yaml's defaults add those; the tests that need them say so).
-PLAIN = dict(item_stats=False, item_offset=False, item_norm=False, embedding_std=1.0)
+PLAIN = dict(item_stats=False, item_offset=False, item_norm=False, embedding_std=1.0,
+             item_factors=0, head_factors=False)
 TINY = ModelConfig(embedding_dim=4, hidden=(8, 8), text_proj_dim=4, **PLAIN)
 
 
@@ -120,7 +121,8 @@ def test_index_beyond_cardinality_is_rejected() -> None:
 
 
 def test_item_stats_fit_by_hand_and_enter_the_item_tower() -> None:
-    cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True,
+    cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True, item_factors=0,
+                      head_factors=False,
                       item_stats_shrinkage=1.0, item_norm=True)
     torch.manual_seed(0)
     model = build_model(tiny_features(), cfg)
@@ -154,7 +156,8 @@ def test_item_stats_are_fitted_by_meta_train_and_saved_in_the_state_dict(source)
     from metarec.meta.learners import GlobalLearner
     from metarec.training.loop import meta_train
 
-    cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True,
+    cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True, item_factors=0,
+                      head_factors=False,
                       item_stats_from=source)
     model = build_model(tiny_features(), cfg)
     tasks = tiny_tasks()
@@ -199,7 +202,8 @@ def test_item_ids_and_pure_svd_factors_enter_the_item_tower() -> None:
     features = tiny_features()
     n = features.item_cat.shape[0]
     model = build_model(features, ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4,
-                                               item_id=True, item_factors=3, **PLAIN))
+                                               item_id=True, **{**PLAIN, "item_factors": 3},
+                                               tower_factors=True))
     assert model.feature_dim == 4 * (1 + 1 + 1 + 1 + 1) + 4 * 2  # year, genre, text, id, svd; users
     with pytest.raises(ValueError, match="user of every rating"):
         model.fit_item_stats(items, ratings.float(), 1.0)

@@ -35,7 +35,8 @@ def _model(seed: int = 0):
     model.fit_item_stats(items, torch.randint(1, 6, (160,), generator=gen).double(), 2.0,
                          user_index=torch.randint(0, 8, (160,), generator=gen))
     learner = build_learner(model, plain_meta(learner="ridge", ridge_lambda=0.5,
-                                              ridge_bias_lambda=0.05))
+                                              ridge_bias_lambda=0.05, ridge_factor_lambda=0.5,
+                                              ridge_factor_lambda_rate=1.0))
     with torch.no_grad():
         learner.log_lam.add_(torch.linspace(-1.0, 1.0, learner.log_lam.numel()))
     return model, features, learner
@@ -50,7 +51,7 @@ def test_the_penalties_cover_the_factors_and_unrated_items_have_none() -> None:
     assert float(fac[20:].abs().max()) == 0.0 and float(fac[:20].abs().max()) > 0.1
     with pytest.raises(ValueError, match="head_factors needs item_factors"):
         build_model(tiny_features(), ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4,
-                                                 head_factors=True))
+                                                 item_factors=0, head_factors=True))
 
 
 def test_factor_penalties_start_at_their_own_value_and_move_rate_times_faster() -> None:

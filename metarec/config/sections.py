@@ -191,19 +191,19 @@ class ModelConfig:
     # (scaled by their singular values) of the training users' mean-centred rating matrix
     # (PureSVD), fitted with the item statistics; items without training ratings get zeros.
     # 0 disables.
-    item_factors: int = 0
+    item_factors: int = 8
     # The ridge head's features are concat(last hidden layer, item factors, 1): its closed form
     # then fits each user's weights on the item factors (the low-rank part p_u . q_i of the
     # ratings) from the support set. Needs item_factors > 0; other learners ignore it.
-    head_factors: bool = False
+    head_factors: bool = True
     # The item factors also enter the item tower (through a Linear); false: only the ridge head
     # reads them (with head_factors).
-    tower_factors: bool = True
+    tower_factors: bool = False
     # Alternating least-squares sweeps refining the PureSVD item factors on the observed
     # ratings only (PureSVD's zero-filled matrix shrinks sparsely rated items' factors), and
     # the ridge penalty of each sweep's solves. 0 sweeps: plain PureSVD.
-    item_factors_als: int = 0
-    item_factors_reg: float = 5.0
+    item_factors_als: int = 3
+    item_factors_reg: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -239,8 +239,8 @@ class MetaConfig:
     # how many times faster than the other meta-parameters these penalties are meta-learned
     # (their log is rate x parameter): their right size differs by orders of magnitude between
     # datasets (CV, pure factor ridge: ~3 on lowrank, 30+ on ML-100K).
-    ridge_factor_lambda: float = 1.0
-    ridge_factor_lambda_rate: float = 1.0
+    ridge_factor_lambda: float = 100.0
+    ridge_factor_lambda_rate: float = 20.0
     # Drop second-order terms for maml/metasgd ("fomaml" and "reptile" are first-order anyway).
     first_order: bool = False
     # Baseline "global + fine-tune": plain gradient steps on the support set at test time.
