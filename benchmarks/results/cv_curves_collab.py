@@ -99,7 +99,8 @@ def main() -> None:
         out["curves"]["gap_closed"] = {
             k: round(curves._gap(c["ridge"][k]["mae"], c["item_mean"][k]["mae"],
                                  c["oracle"][k]["mae"]), 4) for k in c["ridge"]}
-    print(json.dumps(out, indent=1), file=open(args.out, "w") if args.out else sys.stdout)
+    text = json.dumps(out, indent=1)
+    _ = Path(args.out).write_text(text + "\n") if args.out else print(text)
 
 
 if __name__ == "__main__":
