@@ -141,7 +141,8 @@ def test_parity_with_item_stats_and_a_fixed_output_bias_rate(tmp_path: Path) -> 
                                               embedding_std=0.3)).eval()
     gen = torch.Generator().manual_seed(0)
     model.fit_item_stats(torch.randint(0, 20, (200,), generator=gen),
-                         torch.randint(1, 6, (200,), generator=gen).float(), 2.0)
+                         torch.randint(1, 6, (200,), generator=gen).float(), 2.0,
+                         user_index=torch.arange(200) % 9)
     cfg = plain_meta(learner="melu", inner_steps=2, inner_lr=0.05, output_bias_lr=0.5)
     adaptation = build_learner(model, cfg).adaptation()
     assert adaptation.per_param_lr is not None  # the fixed output-bias rate
@@ -163,7 +164,8 @@ def test_parity_with_item_offset_and_item_ids(tmp_path: Path) -> None:
                                               item_norm=True, embedding_std=0.3)).eval()
     gen = torch.Generator().manual_seed(1)
     rated = torch.randint(0, 15, (200,), generator=gen)  # items 15.. never rated: "new"
-    model.fit_item_stats(rated, torch.randint(1, 6, (200,), generator=gen).float(), 2.0)
+    model.fit_item_stats(rated, torch.randint(1, 6, (200,), generator=gen).float(), 2.0,
+                         user_index=torch.arange(200) % 9)
     n_items = features.item_cat.shape[0]
     assert model.offset(torch.arange(n_items))[:15].abs().sum() > 0
     assert torch.equal(model.offset(torch.arange(n_items))[15:], torch.zeros(n_items - 15))
@@ -192,7 +194,8 @@ def test_parity_of_the_ridge_learner(tmp_path: Path, offset: bool) -> None:
                                               item_norm=True, embedding_std=0.3)).eval()
     gen = torch.Generator().manual_seed(2)
     model.fit_item_stats(torch.randint(0, 25, (300,), generator=gen),
-                         torch.randint(1, 6, (300,), generator=gen).float(), 2.0)
+                         torch.randint(1, 6, (300,), generator=gen).float(), 2.0,
+                         user_index=torch.arange(300) % 9)
     cfg = plain_meta(learner="ridge", ridge_lambda=0.5, ridge_bias_lambda=0.05)
     learner = build_learner(model, cfg)
     with torch.no_grad():  # uneven learned penalties, as after meta-training
@@ -207,7 +210,7 @@ def test_parity_of_the_ridge_learner(tmp_path: Path, offset: bool) -> None:
     # the graph holds these penalties: others give other scores
     other = Adaptation(kind="ridge", learner="ridge", ridge_lambda=adaptation.ridge_lambda * 10)
     assert not parity_check(model, res, other, n_tasks=6).passed
-    with pytest.raises(ValueError, match="ridge_lambda must hold 9 positive values"):
+    with pytest.raises(ValueError, match=f"ridge_lambda must hold {learner.log_lam.numel()} positive values"):
         export_onnx(model, Adaptation(kind="ridge", learner="ridge",
                                       ridge_lambda=-adaptation.ridge_lambda), features,
                     tmp_path / "f")
@@ -230,7 +233,8 @@ def _trained_looking(name: str, adapted: str):
     model = build_model(features, OFFSET_MODEL).eval()
     gen = torch.Generator().manual_seed(3)
     model.fit_item_stats(torch.randint(0, 25, (300,), generator=gen),
-                         torch.randint(1, 6, (300,), generator=gen).float(), 2.0)
+                         torch.randint(1, 6, (300,), generator=gen).float(), 2.0,
+                         user_index=torch.arange(300) % 9)
     cfg = plain_meta(inner_steps=2, inner_lr=0.05, adapted=adapted, ridge_lambda=0.5)
     learner = build_learner(model, cfg, name)
     with torch.no_grad():

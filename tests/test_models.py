@@ -16,7 +16,8 @@ from metarec.models.estimator import build_model
 
 # MeLU's own estimator: no item statistics, residual offset or LayerNorm, PyTorch's embedding
 # initialisation (params.yaml's defaults add those; the tests that need them say so).
-PLAIN = dict(item_stats=False, item_offset=False, item_norm=False, embedding_std=1.0)
+PLAIN = dict(item_stats=False, item_offset=False, item_norm=False, embedding_std=1.0,
+             item_factors=0, head_factors=False)
 TINY = ModelConfig(embedding_dim=4, hidden=(8, 8), text_proj_dim=4, **PLAIN)
 
 
@@ -120,7 +121,8 @@ def test_index_beyond_cardinality_is_rejected() -> None:
 
 
 def test_item_stats_fit_by_hand_and_enter_the_item_tower() -> None:
-    cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True,
+    cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True, item_factors=0,
+                      head_factors=False,
                       item_stats_shrinkage=1.0, item_norm=True)
     torch.manual_seed(0)
     model = build_model(tiny_features(), cfg)
@@ -154,7 +156,8 @@ def test_item_stats_are_fitted_by_meta_train_and_saved_in_the_state_dict(source)
     from metarec.meta.learners import GlobalLearner
     from metarec.training.loop import meta_train
 
-    cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True,
+    cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True, item_factors=0,
+                      head_factors=False,
                       item_stats_from=source)
     model = build_model(tiny_features(), cfg)
     tasks = tiny_tasks()
@@ -184,21 +187,23 @@ def test_item_ids_and_pure_svd_factors_enter_the_item_tower() -> None:
     from metarec.config import ModelConfig
     from metarec.models.estimator import _pure_svd
 
-    # PureSVD on a rank-one residual matrix: the first factor is the item pattern, item 3 (no
-    # rating) is zero, signs are fixed, and the second column (beyond the rank) is zero.
+    # PureSVD on a rank-one residual matrix: the first factor is the item pattern (unit RMS
+    # over the 3 rated items), item 3 (no rating) is zero, signs are fixed, and the second
+    # column (beyond the rank) is zero.
     items = torch.tensor([0, 1, 2, 0, 1, 2])
     users = torch.tensor([0, 0, 0, 1, 1, 1])
     # user 1's residuals are half of user 0's: (5, 3, 2) - 10/3 and (23, 17, 14) / 6 - 3
     ratings = torch.tensor([5.0, 3.0, 2.0, 23 / 6, 17 / 6, 14 / 6], dtype=torch.float64)
     fac = _pure_svd(items, ratings, users, 4, 2)
     pattern = torch.tensor([5.0, -1.0, -4.0], dtype=torch.float64)
-    torch.testing.assert_close(fac[:3, 0], pattern / pattern.norm(), rtol=0, atol=1e-9,
+    torch.testing.assert_close(fac[:3, 0], pattern / pattern.norm() * 3 ** 0.5, rtol=0, atol=1e-9,
                                check_dtype=False)
     assert float(fac[3].abs().sum()) == 0.0 and float(fac[:, 1].abs().max()) < 1e-9
     features = tiny_features()
     n = features.item_cat.shape[0]
     model = build_model(features, ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4,
-                                               item_id=True, item_factors=3, **PLAIN))
+                                               item_id=True, **{**PLAIN, "item_factors": 3},
+                                               tower_factors=True))
     assert model.feature_dim == 4 * (1 + 1 + 1 + 1 + 1) + 4 * 2  # year, genre, text, id, svd; users
     with pytest.raises(ValueError, match="user of every rating"):
         model.fit_item_stats(items, ratings.float(), 1.0)

@@ -1,19 +1,23 @@
 """Ridge adaptation (R2-D2, Bertinetto et al., ICLR 2019): the output layer in closed form.
 
 The ridge regression of a task's support residuals on the decision MLP's last hidden features
-(plus a constant 1 for the bias), shrunk toward the meta-learned output layer by per-dimension
-penalties ``lam`` (H + 1,). With w0 = concat(W_out, b_out), Hs the support features and m the
-mask::
+(plus the item factors when the model has ``head_factors``, plus a constant 1 for the bias),
+shrunk toward the meta-learned output layer by per-dimension penalties ``lam`` (H + f + 1,).
+With w0 = concat(W_out, 0 (f,), b_out), Hs the support features and m the mask::
 
     dw = (Hs^T diag(m) Hs + diag(lam))^-1 Hs^T diag(m) (r - offset - Hs w0)
     score = offset + Hq (w0 + dw)
 
-No support rating (all m = 0) gives dw = 0: the unadapted model's scores.
+No support rating (all m = 0) gives dw = 0: the unadapted model's scores. With item factors q_i
+among the features, the closed form fits the user's p_u of a rating b_u + b_i + p_u . q_i (and
+the features of an item without training ratings carry zeros there: no collaborative term).
 
 PyTorch: :func:`ridge_head` (``torch.linalg.solve`` in float32). ONNX: :func:`emit` solves the
 (H+1)x(H+1) system with matrix products only: Newton-Schulz iterations for the inverse
 (X <- X (2I - A X) from X = I / ||A||_F, which converges for symmetric positive definite A),
-then iterative refinement; ``ITERATIONS`` covers condition numbers beyond 1e6 in float32.
+then iterative refinement; ``ITERATIONS`` covers condition numbers beyond 1e6 in float32. The
+item factors come from the initializer ``item_fac`` (I, f) that the export writes for such a
+model; f is the width of ``ridge_lambda`` beyond H + 1.
 """
 
 from __future__ import annotations
@@ -38,13 +42,22 @@ REFINEMENTS = 2
 # --------------------------------------------------------------------------- PyTorch
 
 
-def hidden_features(params: Mapping[str, Tensor], x: Tensor, n_layers: int) -> Tensor:
-    """The last hidden layer plus a constant 1: (..., K, F) -> (..., K, H + 1).
+def hidden_features(params: Mapping[str, Tensor], x: Tensor, n_layers: int,
+                    extra: Tensor | None = None) -> Tensor:
+    """The last hidden layer, ``extra`` (..., K, f) features if any, and a constant 1:
+    (..., K, F) -> (..., K, H + f + 1).
 
     The output layer is a linear head on these features (its weights and bias as one vector).
     """
     h = hidden(params, x, n_layers)
-    return torch.cat([h, torch.ones_like(h[..., :1])], -1)
+    parts = [h] if extra is None else [h, extra.to(h.dtype)]
+    return torch.cat([*parts, torch.ones_like(h[..., :1])], -1)
+
+
+def prior_weights(params: Mapping[str, Tensor], n_layers: int, n_extra: int) -> Tensor:
+    """(H + f + 1,) w0: the meta-learned output layer, zeros for the f extra features."""
+    w, b = params[weight_name(n_layers - 1)][0], params[bias_name(n_layers - 1)]
+    return torch.cat([w, w.new_zeros(n_extra), b])
 
 
 def ridge_head(model: nn.Module, support_feats: Tensor, support_items: Tensor,
@@ -53,13 +66,13 @@ def ridge_head(model: nn.Module, support_feats: Tensor, support_items: Tensor,
     """Closed-form adaptation of the output layer for N tasks -> (N, Q) scores.
 
     Shapes: ``support_feats`` (N, S, F) tower features, items/ratings/mask (N, S);
-    ``query_feats`` (N, Q, F), ``query_items`` (N, Q); ``lam`` (H + 1,) > 0.
+    ``query_feats`` (N, Q, F), ``query_items`` (N, Q); ``lam`` (model.head_width + 1,) > 0.
     """
     params = model.decision_params()
     n = len(model.decision)
-    w0 = torch.cat([params[weight_name(n - 1)][0], params[bias_name(n - 1)]])
-    hs = hidden_features(params, support_feats, n)  # (N, S, H1)
-    hq = hidden_features(params, query_feats, n)  # (N, Q, H1)
+    hs = hidden_features(params, support_feats, n, model.head_features(support_items))  # (N, S, H1)
+    hq = hidden_features(params, query_feats, n, model.head_features(query_items))  # (N, Q, H1)
+    w0 = prior_weights(params, n, hs.shape[-1] - model.decision[-1].in_features - 1)
     # The linear system in float32 even under bf16 autocast: a bf16 Gram matrix is too coarse.
     with torch.autocast(hs.device.type, enabled=False):
         hs, hq, w0, lam = hs.float(), hq.float(), w0.float(), lam.float()
@@ -84,11 +97,27 @@ def reference_scores(model: nn.Module, adaptation: Adaptation, user_cat: Tensor,
 # --------------------------------------------------------------------------- ONNX
 
 
-def _emit_hidden_features(g: GraphBuilder, x: str, weights: Weights, rows: str) -> str:
-    """(K, F) -> (K, H + 1): :func:`hidden_features` in the graph."""
+ITEM_FACTORS = "item_fac"  # (I, f) initializer of the item factors (head_factors models)
+
+
+def _emit_hidden_features(g: GraphBuilder, x: str, weights: Weights, rows: str,
+                          n_extra: int) -> str:
+    """(K, F) -> (K, H + f + 1): :func:`hidden_features` in the graph, the f item factors of
+    the item rows ``rows`` gathered from ``ITEM_FACTORS`` when f > 0."""
     h = emit_hidden(g, x, weights)
     ones = g.op("Expand", "one_1x1", g.op("Concat", g.op("Shape", rows), "axis_one", axis=0))
-    return g.op("Concat", h, ones, axis=1)
+    extra = [g.op("Gather", ITEM_FACTORS, rows, axis=0)] if n_extra else []
+    return g.op("Concat", h, *extra, ones, axis=1)
+
+
+def _n_extra(g: GraphBuilder, n_lam: int, n_hidden: int) -> int:
+    """f, the item factors' width: the penalties beyond H + 1, which the graph must hold."""
+    n_extra = n_lam - n_hidden - 1
+    widths = [t.dims[1] for t in g.inits if t.name == ITEM_FACTORS]
+    if n_extra != (widths[0] if widths else 0):
+        raise ValueError(f"ridge_lambda must hold {n_hidden + 1 + (widths[0] if widths else 0)} "
+                         f"positive values, got shape ({n_lam},)")
+    return n_extra
 
 
 def _emit_solve(g: GraphBuilder, a: str, b: str, k: int) -> str:
@@ -106,16 +135,18 @@ def _emit_solve(g: GraphBuilder, a: str, b: str, k: int) -> str:
 
 def emit(task: TaskGraph, adaptation: Adaptation) -> str:
     """:func:`ridge_head` for one task with standard ONNX ops -> (C,) candidate scores."""
-    lam = adaptation.ridge_lambda.detach().float().cpu().numpy()
-    k = task.n_hidden + 1
-    if lam.shape != (k,) or not np.all(lam > 0):
-        raise ValueError(f"ridge_lambda must hold {k} positive values, got shape {lam.shape}")
+    lam = adaptation.ridge_lambda.detach().float().cpu().numpy().reshape(-1)
     g = task.g
+    n_extra = _n_extra(g, lam.shape[0], task.n_hidden)
+    k = lam.shape[0]
+    if not np.all(lam > 0):
+        raise ValueError(f"ridge_lambda must hold {k} positive values, got shape {lam.shape}")
     g.const("ridge_lam", np.diag(lam))
     wt_out, b_out = task.weights[-1]
-    w0 = g.op("Concat", wt_out, g.op("Unsqueeze", b_out, "axis_zero"), axis=0)  # (H1, 1)
-    hs = _emit_hidden_features(g, task.features(SUPPORT), task.weights, SUPPORT)  # (S, H1)
-    hq = _emit_hidden_features(g, task.features(CANDIDATES), task.weights, CANDIDATES)  # (C, H1)
+    zeros = [g.const("ridge_w0_extra", np.zeros((n_extra, 1), np.float32))] if n_extra else []
+    w0 = g.op("Concat", wt_out, *zeros, g.op("Unsqueeze", b_out, "axis_zero"), axis=0)  # (H1, 1)
+    hs = _emit_hidden_features(g, task.features(SUPPORT), task.weights, SUPPORT, n_extra)
+    hq = _emit_hidden_features(g, task.features(CANDIDATES), task.weights, CANDIDATES, n_extra)
     base_s = g.op("Reshape", g.op("MatMul", hs, w0), "minus_one")  # (S,)
     s_off = task.offset(SUPPORT)
     if s_off is not None:

@@ -18,7 +18,8 @@ Inputs (item *rows*: ``metadata.json`` maps canonical item ids to rows and back)
 The item tower runs once at export: its output for every item row is an initializer
 ``item_feats`` (I, Ei), so item features and language-model embeddings live inside the graph.
 The user tower is a Gather into the stacked user embedding tables. Items with a residual
-offset (``model.item_offset``) carry it as an initializer ``item_offset`` (I,).
+offset (``model.item_offset``) carry it as an initializer ``item_offset`` (I,); a model whose
+ridge head reads the item factors (``model.head_factors``) carries them as ``item_fac`` (I, f).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from onnx import TensorProto, helper
 from metarec.adaptation.graph import GraphBuilder, TaskGraph
 from metarec.adaptation.kinds import KIND_FUNCTIONS
 from metarec.adaptation.mlp import bias_name, emit_candidate_scores, weight_name
+from metarec.adaptation.ridge import ITEM_FACTORS
 from metarec.adaptation.spec import Adaptation
 from metarec.export.runtime import ADAPT_INPUTS, SCORER_INPUTS
 from metarec.models.estimator import Estimator
@@ -84,6 +86,8 @@ def _task_graph(g: GraphBuilder, model: Estimator) -> TaskGraph:
                         g.const("user_shape", np.array([1, eu], np.int64)))  # (1, Eu)
     if offsets is not None:
         g.const("item_offset", offsets)
+    if model.head_factors:  # the ridge head's extra features (metarec.adaptation.ridge)
+        g.const(ITEM_FACTORS, model.item_fac.detach().float().cpu().numpy())
     params = model.decision_params()
     weights = tuple(
         (g.const(f"Wt_{i}", params[weight_name(i)].detach().float().cpu().numpy().T.copy()),

@@ -217,25 +217,38 @@ class RidgeLearner(nn.Module):
     Meta-parameters: the model's (towers, hidden layers, the output layer as the ridge prior)
     and ``log_lam``, the log of one penalty per output weight and one for the bias, trained by
     the same outer loop. The query loss is the MSE plus ``rank_loss_weight`` times ListNet.
+    With item factors among the head's features (``model.head_factors``), their penalties start
+    at ``factor_lam`` and their logs are ``factor_rate`` times their parameters: meta-learned
+    that much faster, as their right size differs by orders of magnitude between datasets.
     """
 
     def __init__(self, model: Estimator, *, lam: float, bias_lam: float,
-                 rank_loss_weight: float = 0.0) -> None:
+                 rank_loss_weight: float = 0.0, factor_lam: float | None = None,
+                 factor_rate: float = 1.0) -> None:
         super().__init__()
-        if lam <= 0 or bias_lam <= 0:
-            raise ValueError(f"ridge_lambda and ridge_bias_lambda must be > 0, got {lam} and "
-                             f"{bias_lam}")
+        factor_lam = lam if factor_lam is None else factor_lam
+        if factor_rate <= 0:
+            raise ValueError(f"ridge_factor_lambda_rate must be > 0, got {factor_rate}")
+        if lam <= 0 or bias_lam <= 0 or factor_lam <= 0:
+            raise ValueError(f"ridge_lambda, ridge_bias_lambda and ridge_factor_lambda must be "
+                             f"> 0, got {lam}, {bias_lam} and {factor_lam}")
+        if factor_rate <= 0:
+            raise ValueError(f"ridge_factor_lambda_rate must be > 0, got {factor_rate}")
         if rank_loss_weight < 0:
             raise ValueError(f"rank_loss_weight must be >= 0, got {rank_loss_weight}")
-        width = model.decision[-1].in_features
+        width = model.head_width  # last hidden width (+ item factors with head_factors)
         init = torch.full((width + 1,), math.log(lam))
+        rate = torch.ones(width + 1)
+        rate[model.decision[-1].in_features:-1] = factor_rate  # the item factors
+        init[model.decision[-1].in_features:-1] = math.log(factor_lam) / factor_rate
         init[-1] = math.log(bias_lam)
         self.log_lam = nn.Parameter(init)
+        self.register_buffer("lam_rate", rate, persistent=False)
         self.rank_loss_weight = float(rank_loss_weight)
 
     def ridge_lambda(self) -> Tensor:
-        """(H + 1,) penalties: one per output weight, the bias's last."""
-        return self.log_lam.exp()
+        """(head_width + 1,) penalties: one per head weight, the bias's last."""
+        return (self.log_lam * self.lam_rate).exp()
 
     def adaptation(self) -> Adaptation:
         return Adaptation(kind="ridge", learner="ridge", ridge_lambda=self.ridge_lambda())
@@ -342,7 +355,9 @@ def _reptile(model: Estimator, cfg: MetaConfig) -> nn.Module:
 @register_learner("ridge")
 def _ridge(model: Estimator, cfg: MetaConfig) -> nn.Module:
     return RidgeLearner(model, lam=cfg.ridge_lambda, bias_lam=cfg.ridge_bias_lambda,
-                        rank_loss_weight=cfg.rank_loss_weight)
+                        rank_loss_weight=cfg.rank_loss_weight,
+                        factor_lam=cfg.ridge_factor_lambda,
+                        factor_rate=cfg.ridge_factor_lambda_rate)
 
 
 @register_learner("global", baseline=True)

@@ -18,6 +18,9 @@ item tower through a Linear, so the ONNX export (which runs the item tower once)
 score, so the MLP learns a residual on the item mean; ``model.item_id`` adds a learned item-id
 embedding and ``model.item_factors`` PureSVD factors of the training rating matrix to the item
 tower (both zero for items without training ratings, so new items are scored from features).
+``model.head_factors`` also hands the raw item factors to the ridge head
+(:mod:`metarec.adaptation.ridge`), whose closed form then fits a user's factor vector on them:
+the collaborative part ``p_u . q_i`` of a low-rank rating, recovered from the support set.
 ``model.item_norm`` LayerNorms the item tower output and ``model.embedding_std`` scales the
 embedding initialisation, so that the decision MLP's input has a controlled scale and inner
 learning rates behave the same whatever the number of fields.
@@ -61,6 +64,11 @@ class Estimator(nn.Module):
         item_id: learned per-item embedding in the item tower (masked to zero for items
             without training ratings by the ``item_known`` buffer).
         item_factors: width of the PureSVD item factors in the item tower (0: none).
+        head_factors: the ridge head's features include the item factors (see
+            :meth:`head_features`; needs item_factors).
+        tower_factors: the item factors enter the item tower (false: only the ridge head).
+        item_factors_als: alternating least-squares sweeps refining the PureSVD factors on the
+            observed ratings only (:func:`_als_refine`), with ridge ``item_factors_reg``.
     """
 
     def __init__(
@@ -83,6 +91,10 @@ class Estimator(nn.Module):
         item_offset: bool = False,
         item_id: bool = False,
         item_factors: int = 0,
+        head_factors: bool = False,
+        tower_factors: bool = True,
+        item_factors_als: int = 0,
+        item_factors_reg: float = 5.0,
     ) -> None:
         super().__init__()
         _check_table("user_cat", user_cat, user_cardinality)
@@ -120,9 +132,17 @@ class Estimator(nn.Module):
         if item_factors < 0:
             raise ValueError(f"item_factors must be >= 0, got {item_factors}")
         self.register_buffer("item_fac", torch.zeros(n_items, item_factors) if item_factors else None)
-        self.fac_proj = nn.Linear(item_factors, embedding_dim) if item_factors else None
+        tower_factors = bool(item_factors and tower_factors)
+        self.fac_proj = nn.Linear(item_factors, embedding_dim) if tower_factors else None
+        if head_factors and not item_factors:
+            raise ValueError("head_factors needs item_factors > 0 (the factors it hands over)")
+        self.head_factors = bool(head_factors)
+        if item_factors_als < 0 or item_factors_reg <= 0:
+            raise ValueError("item_factors_als must be >= 0 and item_factors_reg > 0, got "
+                             f"{item_factors_als} and {item_factors_reg}")
+        self.item_factors_als, self.item_factors_reg = int(item_factors_als), float(item_factors_reg)
         item_width = embedding_dim * (len(item_cardinality) + len(self.multi_names) + int(item_id)
-                                      + int(item_factors > 0))
+                                      + int(tower_factors))
         item_width += (0 if item_text is None else text_proj_dim) + (embedding_dim if item_stats else 0)
         self.item_norm = nn.LayerNorm(item_width) if item_norm and item_width else None
         if embedding_std <= 0:
@@ -185,6 +205,18 @@ class Estimator(nn.Module):
         return out if self.item_norm is None else self.item_norm(out)
 
     @property
+    def head_width(self) -> int:
+        """Weights of the ridge head besides the bias: the last hidden width H, plus the item
+        factors' width when ``head_factors``."""
+        extra = self.item_fac.shape[1] if self.head_factors else 0
+        return int(self.decision[-1].in_features) + extra
+
+    def head_features(self, item_rows: Tensor) -> Tensor | None:
+        """(..., K) item rows -> (..., K, f) item factors the ridge head adds to the last
+        hidden features, or None without ``head_factors``."""
+        return self.item_fac[item_rows] if self.head_factors else None
+
+    @property
     def fits_training_ratings(self) -> bool:
         """Whether :meth:`fit_item_stats` has anything to fit (stats, ids or factors)."""
         return any(b is not None for b in (self.item_stats, self.item_known, self.item_fac))
@@ -223,8 +255,10 @@ class Estimator(nn.Module):
         if self.item_fac is not None:
             if user_index is None:
                 raise ValueError("fit_item_stats: item_factors need the user of every rating")
-            self.item_fac.copy_(_pure_svd(rows, r, user_index.long().cpu(), n,
-                                          self.item_fac.shape[1]).to(self.item_fac))
+            users = user_index.long().cpu()
+            fac = _pure_svd(rows, r, users, n, self.item_fac.shape[1])
+            fac = _als_refine(rows, r, users, fac, self.item_factors_reg, self.item_factors_als)
+            self.item_fac.copy_(fac.to(self.item_fac))
         if self.item_stats is None:
             return
         logc = torch.log1p(count) / torch.log1p(count.max())
@@ -262,7 +296,9 @@ class Estimator(nn.Module):
 def _pure_svd(item_rows: Tensor, ratings: Tensor, users: Tensor, n_items: int, k: int) -> Tensor:
     """(n_items, k) item factors: right singular vectors times singular values (relative to
     the largest) of the dense users x items matrix of ratings minus each user's mean rating,
-    zeros where unrated (PureSVD, Cremonesi et al. 2010). Columns beyond the rank are zero.
+    zeros where unrated (PureSVD, Cremonesi et al. 2010), times sqrt(number of rated items) so
+    that the first column has unit root mean square over the rated items (unit-scale inputs for
+    the tower's Linear and the ridge head). Columns beyond the rank are zero.
     Dense: users x items float64 (ML-1M: 6,040 x 3,706, 180 MB); far larger catalogues would need
     a sparse truncated SVD."""
     if users.shape != item_rows.shape:
@@ -277,11 +313,44 @@ def _pure_svd(item_rows: Tensor, ratings: Tensor, users: Tensor, n_items: int, k
     k_eff = min(k, s.shape[0])
     out = torch.zeros(n_items, k, dtype=torch.float64)
     if k_eff and float(s[0]) > 0:
-        out[:, :k_eff] = vh[:k_eff].T * (s[:k_eff] / s[0])
+        rated = float((torch.bincount(item_rows, minlength=n_items) > 0).sum())
+        out[:, :k_eff] = vh[:k_eff].T * (s[:k_eff] / s[0]) * rated ** 0.5
     # Singular vectors have an arbitrary sign: fix it (largest |entry| positive) so that the
     # same ratings always give the same factors.
     sign = torch.sign(out.gather(0, out.abs().argmax(0, keepdim=True)))
     return out * torch.where(sign == 0, 1.0, sign)
+
+
+def _als_refine(item_rows: Tensor, ratings: Tensor, users: Tensor, fac: Tensor, reg: float,
+                sweeps: int) -> Tensor:
+    """``sweeps`` alternating least-squares sweeps from the (n_items, k) item factors ``fac``
+    on the observed user-mean-centred ratings only (user factors given the items, then item
+    factors given the users, each a ridge solve with ``reg``), rescaled to unit root mean
+    square over the rated items. PureSVD fills the missing ratings with zeros, so its factors
+    of sparsely rated items are shrunk by their density; ALS fits the ratings that exist.
+    Items without ratings keep zeros. ``sweeps`` 0 returns ``fac`` unchanged."""
+    if sweeps == 0 or fac.shape[1] == 0:
+        return fac
+    _, uidx = torch.unique(users, return_inverse=True)
+    n_users, (n_items, k) = int(uidx.max()) + 1, fac.shape
+    user_mean = (torch.bincount(uidx, weights=ratings, minlength=n_users)
+                 / torch.bincount(uidx, minlength=n_users).double())
+    res = ratings - user_mean[uidx]
+    eye = reg * torch.eye(k, dtype=torch.float64)
+
+    def solve(rows: Tensor, n: int, other: Tensor) -> Tensor:
+        """Per row r in 0..n-1: argmin_x sum over its ratings (res - other . x)^2 + reg |x|^2."""
+        a = torch.zeros(n, k, k, dtype=torch.float64).index_add_(
+            0, rows, other[:, :, None] * other[:, None, :])
+        b = torch.zeros(n, k, dtype=torch.float64).index_add_(0, rows, other * res[:, None])
+        return torch.linalg.solve(a + eye, b)
+
+    for _ in range(sweeps):
+        user_fac = solve(uidx, n_users, fac[item_rows])
+        fac = solve(item_rows, n_items, user_fac[uidx])
+    rated = torch.bincount(item_rows, minlength=n_items) > 0
+    rms = fac[rated].pow(2).mean().sqrt()
+    return fac / rms if float(rms) > 0 else fac
 
 
 def _check_table(name: str, table: Tensor, cardinality: tuple[int, ...]) -> None:
@@ -319,4 +388,8 @@ def build_model(features: FeatureArrays, cfg: ModelConfig) -> Estimator:
         item_offset=cfg.item_offset,
         item_id=cfg.item_id,
         item_factors=cfg.item_factors,
+        head_factors=cfg.head_factors,
+        tower_factors=cfg.tower_factors,
+        item_factors_als=cfg.item_factors_als,
+        item_factors_reg=cfg.item_factors_reg,
     )
