@@ -41,25 +41,13 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import suite  # noqa: E402
+from ml100k_quality import _override  # noqa: E402  (one --set parser for every benchmark)
 
 from metarec.config import Config, config_from_dict  # noqa: E402
 
 METRICS = ("mae", "ndcg_at_3")
 BASE = "item_mean"  # the gap closed is measured from this baseline to the oracle
 log = logging.getLogger("curves")
-
-
-def _override(raw: dict[str, Any], assignments: list[str]) -> None:
-    """Apply ``section.key=value`` (value parsed as YAML) to the raw params mapping."""
-    for item in assignments:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects section.key=value, got {item!r}")
-        *path, leaf = key.split(".")
-        node = raw
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
 
 
 def _workspace_params(raw: dict[str, Any], ws: Path, raw_dir: Path, seed: int) -> dict[str, Any]:
