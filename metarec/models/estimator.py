@@ -364,6 +364,13 @@ def _check_table(name: str, table: Tensor, cardinality: tuple[int, ...]) -> None
                              f">= its cardinality {card}")
 
 
+# ModelConfig fields handed to the Estimator unchanged, by the same name.
+_MODEL_SETTINGS = ("embedding_dim", "text_proj_dim", "item_stats", "item_stats_shrinkage",
+                   "item_stats_from", "item_norm", "embedding_std", "item_offset", "item_id",
+                   "item_factors", "head_factors", "tower_factors", "item_factors_als",
+                   "item_factors_reg")
+
+
 def build_model(features: FeatureArrays, cfg: ModelConfig) -> Estimator:
     """An :class:`Estimator` sized from the features' cardinalities and ``cfg``."""
     text = None
@@ -377,19 +384,6 @@ def build_model(features: FeatureArrays, cfg: ModelConfig) -> Estimator:
         item_multi={k: torch.as_tensor(v, dtype=torch.long) for k, v in features.item_multi.items()},
         item_multi_cardinality=dict(features.item_multi_cardinality),
         item_text=text,
-        embedding_dim=cfg.embedding_dim,
-        text_proj_dim=cfg.text_proj_dim,
         hidden=tuple(cfg.hidden),
-        item_stats=cfg.item_stats,
-        item_stats_shrinkage=cfg.item_stats_shrinkage,
-        item_stats_from=cfg.item_stats_from,
-        item_norm=cfg.item_norm,
-        embedding_std=cfg.embedding_std,
-        item_offset=cfg.item_offset,
-        item_id=cfg.item_id,
-        item_factors=cfg.item_factors,
-        head_factors=cfg.head_factors,
-        tower_factors=cfg.tower_factors,
-        item_factors_als=cfg.item_factors_als,
-        item_factors_reg=cfg.item_factors_reg,
+        **{name: getattr(cfg, name) for name in _MODEL_SETTINGS},
     )
