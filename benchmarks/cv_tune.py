@@ -41,16 +41,11 @@ import ml100k_quality as mq  # noqa: E402
 import suite  # noqa: E402
 
 from metarec.config import config_from_dict  # noqa: E402
-from metarec.data.arrays import TaskArrays  # noqa: E402
 from metarec.evaluation.report import ALL_SHOTS  # noqa: E402
 from metarec.evaluation.scoring import limit_support  # noqa: E402
+from metarec.pipeline.inputs import concat_tasks  # noqa: E402
 
 PAIRED = ("mae", "ndcg_at_3", "ndcg_at_5", "precision_at_5")
-
-
-def _concat(*parts: TaskArrays) -> TaskArrays:
-    return TaskArrays(**{k: np.concatenate([getattr(p, k) for p in parts], 0)
-                         for k in parts[0].__dict__})
 
 
 def _table(out: dict[str, dict], shots: list[str], methods: list[str]) -> str:
@@ -91,7 +86,7 @@ def cross_validate(raw: dict[str, Any], source: str, folds: int, learners: str |
     cfg = config_from_dict(raw, source)
     cfg, inputs = mq._inputs(cfg, work_dir)
     names = learners.split(",") if learners else [cfg.meta.learner]
-    pool = _concat(inputs.train, inputs.valid)  # the test users stay unread
+    pool = concat_tasks([inputs.train, inputs.valid])  # the test users stay unread
     # Folds of users by id; tasks whose support fills the width (users with max_ratings ratings
     # or more, subsampled: training-only users) always train, so the held-out users are of the
     # protocol's kind and the folds do not depend on how many such users the pool holds.
@@ -107,7 +102,7 @@ def cross_validate(raw: dict[str, Any], source: str, folds: int, learners: str |
         rest = np.setdiff1d(order, held)
         valid = pool.subset(held)
         # The held-out tasks once per support size, stacked: (len(shots) + 1) * len(held) tasks.
-        curve = _concat(*(limit_support(valid, n, cfg.seed + k) for n in shot_sizes), valid)
+        curve = concat_tasks([*(limit_support(valid, n, cfg.seed + k) for n in shot_sizes), valid])
         inputs_k = mq.Inputs(features=inputs.features,
                              sets={"cv_train": pool.subset(rest), "cv_valid": valid,
                                    "cv_curve": curve},

@@ -25,11 +25,11 @@ class Inputs:
 
     @property
     def train(self) -> TaskArrays:
-        return _concat([self.sets[n] for n in self.training])
+        return concat_tasks([self.sets[n] for n in self.training])
 
     @property
     def valid(self) -> TaskArrays:
-        return _concat([self.sets[n] for n in self.validation])
+        return concat_tasks([self.sets[n] for n in self.validation])
 
     @property
     def scenarios(self) -> list[str]:
@@ -38,7 +38,8 @@ class Inputs:
         return sorted(n for n in self.sets if "@" not in n and n not in skip)
 
 
-def _concat(parts: list[TaskArrays]) -> TaskArrays:
+def concat_tasks(parts: list[TaskArrays]) -> TaskArrays:
+    """The task sets ``parts`` as one (rows stacked in order; one part is returned as is)."""
     if len(parts) == 1:
         return parts[0]
     return TaskArrays(**{k: np.concatenate([getattr(p, k) for p in parts])
