@@ -258,6 +258,21 @@ def test_support_loss_weight_adds_the_unadapted_support_mse() -> None:
         build_learner(model, plain_meta(learner="melu", support_loss_weight=-1.0))
 
 
+@pytest.mark.parametrize("name", ["melu", "ridge"])
+def test_prior_loss_weight_adds_the_unadapted_query_mse(name) -> None:
+    model, tasks = _setup(6)
+    batch = make_batch(model.user_table, tasks)
+    plain = build_learner(model, plain_meta(learner=name, inner_lr=0.05))
+    aux = build_learner(model, plain_meta(learner=name, inner_lr=0.05, prior_loss_weight=0.7))
+    with torch.no_grad():
+        prior = masked_mse(model(batch.user_cat, batch.query_items), batch.query_ratings,
+                           batch.query_mask).mean()
+        torch.testing.assert_close(aux.meta_loss(model, batch),
+                                   plain.meta_loss(model, batch) + 0.7 * prior)
+    with pytest.raises(ValueError, match="prior_loss_weight"):
+        build_learner(model, plain_meta(learner=name, prior_loss_weight=-1.0))
+
+
 def test_listnet_loss_by_hand_and_padding_ignored() -> None:
     from metarec.meta.inner import listnet_loss
 

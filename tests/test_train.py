@@ -146,3 +146,26 @@ def test_resuming_a_run_that_already_stopped_trains_nothing_more(tmp_path) -> No
     again = meta_train(*_fresh(), train, valid, cfg, seed=0, checkpoint_dir=tmp_path, resume=True,
                        callbacks=[lambda s, m: seen.append(s)])
     assert again.steps == 6 and again.history == first.history and seen == []
+
+
+def test_validation_averages_the_mae_over_the_configured_support_sizes() -> None:
+    from dataclasses import replace
+
+    from metarec.data.arrays import limit_support
+    from metarec.training.loop import valid_mae
+
+    valid = tiny_tasks(1, n=8)
+    model, learner = _fresh()
+    mask = valid.query_mask.astype(bool)
+
+    def mae(tasks) -> float:
+        return float(np.abs(predict(model, learner, tasks, CFG) - valid.query_ratings)[mask].mean())
+
+    full, none, two = mae(valid), mae(limit_support(valid, 0, 0)), mae(limit_support(valid, 2, 0))
+    assert none != full  # adaptation to the support changes the validation error
+    assert valid_mae(model, learner, valid, CFG) == pytest.approx(full)  # default ("all",)
+    curve = replace(CFG, valid_shots=(0, 2, "all"))
+    assert valid_mae(model, learner, valid, curve) == pytest.approx((none + two + full) / 3)
+    for bad in [(), (-1,), ("some",)]:
+        with pytest.raises(ValueError, match="valid_shots"):
+            valid_mae(model, learner, valid, replace(CFG, valid_shots=bad))

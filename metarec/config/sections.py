@@ -230,6 +230,10 @@ class MetaConfig:
     # Meta-loss += this weight * the support MSE of the unadapted initial weights (0: plain
     # query loss); gives every training rating a gradient, as the global baseline has.
     support_loss_weight: float = 0.0
+    # Meta-loss += this weight * the query MSE of the unadapted model (the 0-shot prior), for
+    # every task whatever its support size: the prior is trained as the global network is, and
+    # ridge shrinks towards it (maml, fomaml, melu, metasgd and ridge; 0 disables).
+    prior_loss_weight: float = 0.0
     # + weight * ListNet loss on each query set (softmax cross-entropy between the adapted
     # scores and the true ratings): a within-user ranking objective beside the MSE.
     rank_loss_weight: float = 1.0
@@ -287,6 +291,10 @@ class TrainConfig:
     support_full_prob: float = 0.5
     support_max_shots: int = 10
     support_shots: Literal["uniform", "log-uniform"] = "log-uniform"
+    # Early stopping reads the validation MAE averaged over these support sizes, each a seeded
+    # random subset of the validation support as the evaluation curves cut it ("all": the whole
+    # support). ["all"]: the full-support MAE alone (the former behaviour).
+    valid_shots: tuple[int | Literal["all"], ...] = ("all",)
     # Show a progress bar (only on a terminal).
     progress: bool = True
     out_dir: str = "artifacts/train"

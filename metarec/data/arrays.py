@@ -65,3 +65,17 @@ class TaskArrays:
     def subset(self, index: np.ndarray) -> "TaskArrays":
         """The tasks at ``index`` (a slice of rows of every array)."""
         return TaskArrays(**{k: v[index] for k, v in self.__dict__.items()})
+
+
+def limit_support(tasks: TaskArrays, shots: int, seed: int) -> TaskArrays:
+    """``tasks`` keeping at most ``shots`` real support ratings each (a seeded random choice)."""
+    if shots < 0:
+        raise ValueError(f"shots must be >= 0, got {shots}")
+    rng = np.random.default_rng(seed)
+    mask = tasks.support_mask.astype(bool)
+    keys = np.where(mask, rng.random(mask.shape), np.inf)
+    rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
+    kept = mask & (rank < shots)
+    out = TaskArrays(**tasks.__dict__)
+    out.support_mask = kept.astype(tasks.support_mask.dtype)
+    return out

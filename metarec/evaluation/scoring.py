@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from metarec.config import EvaluationConfig
-from metarec.data.arrays import TaskArrays
+from metarec.data.arrays import TaskArrays, limit_support  # noqa: F401 (re-exported)
 from metarec.evaluation.metrics import TaskScores, metric_names, task_scores
 from metarec.evaluation.report import (ALL_SHOTS, Differences, MethodResult, PairedDifference,
                                        Report, build_report)
@@ -87,20 +87,6 @@ def evaluate_predictions(pred: np.ndarray, true: np.ndarray, mask: np.ndarray, *
     """Metrics ``names`` of (N, Q) predictions against true ratings, with bootstrap intervals."""
     return _scored_result(task_scores(pred, true, mask, names), names, bootstrap_samples,
                           ci_level, seed)
-
-
-def limit_support(tasks: TaskArrays, shots: int, seed: int) -> TaskArrays:
-    """``tasks`` keeping at most ``shots`` real support ratings each (a seeded random choice)."""
-    if shots < 0:
-        raise ValueError(f"shots must be >= 0, got {shots}")
-    rng = np.random.default_rng(seed)
-    mask = tasks.support_mask.astype(bool)
-    keys = np.where(mask, rng.random(mask.shape), np.inf)
-    rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
-    kept = mask & (rank < shots)
-    out = TaskArrays(**tasks.__dict__)
-    out.support_mask = kept.astype(tasks.support_mask.dtype)
-    return out
 
 
 def curve_scores(predict: Callable[[TaskArrays], np.ndarray], tasks: TaskArrays,

@@ -71,13 +71,21 @@ def _key(name: str) -> str:
     return name.replace(".", "__")  # ParameterDict keys may not contain dots
 
 
+def prior_loss(model: Estimator, batch: TaskBatch) -> Tensor:
+    """(N,) query MSE of the unadapted model: the 0-shot prior every adaptation starts from
+    (``meta.prior_loss_weight``)."""
+    return masked_mse(model(batch.user_cat, batch.query_items), batch.query_ratings,
+                      batch.query_mask)
+
+
 class GradientLearner(nn.Module):
     """MAML / FOMAML / MeLU / Meta-SGD: adapt on support, backpropagate the query loss."""
 
     def __init__(self, model: Estimator, *, adapted: str, steps: int, lr: float,
                  first_order: bool, learn_lr: bool, output_bias_lr: float | None = None,
                  support_loss_weight: float = 0.0, rank_loss_weight: float = 0.0,
-                 output_weight_lr: float | None = None, name: str = "gradient") -> None:
+                 output_weight_lr: float | None = None, name: str = "gradient",
+                 prior_loss_weight: float = 0.0) -> None:
         super().__init__()
         self.name = name
         if rank_loss_weight < 0:
@@ -88,6 +96,9 @@ class GradientLearner(nn.Module):
         if support_loss_weight < 0:
             raise ValueError(f"support_loss_weight must be >= 0, got {support_loss_weight}")
         self.support_loss_weight = float(support_loss_weight)
+        if prior_loss_weight < 0:
+            raise ValueError(f"prior_loss_weight must be >= 0, got {prior_loss_weight}")
+        self.prior_loss_weight = float(prior_loss_weight)
         for key, rate in (("output_bias_lr", output_bias_lr), ("output_weight_lr", output_weight_lr)):
             if rate is not None and rate < 0:
                 raise ValueError(f"{key} must be >= 0, got {rate}")
@@ -168,6 +179,8 @@ class GradientLearner(nn.Module):
             before = model(batch.user_cat, batch.support_items)
             loss = loss + self.support_loss_weight * masked_mse(
                 before, batch.support_ratings, batch.support_mask).mean()
+        if self.prior_loss_weight > 0:
+            loss = loss + self.prior_loss_weight * prior_loss(model, batch).mean()
         return loss
 
     def predict(self, model: Estimator, batch: TaskBatch) -> Tensor:
@@ -224,7 +237,7 @@ class RidgeLearner(nn.Module):
 
     def __init__(self, model: Estimator, *, lam: float, bias_lam: float,
                  rank_loss_weight: float = 0.0, factor_lam: float | None = None,
-                 factor_rate: float = 1.0) -> None:
+                 factor_rate: float = 1.0, prior_loss_weight: float = 0.0) -> None:
         super().__init__()
         factor_lam = lam if factor_lam is None else factor_lam
         if factor_rate <= 0:
@@ -245,6 +258,9 @@ class RidgeLearner(nn.Module):
         self.log_lam = nn.Parameter(init)
         self.register_buffer("lam_rate", rate, persistent=False)
         self.rank_loss_weight = float(rank_loss_weight)
+        if prior_loss_weight < 0:
+            raise ValueError(f"prior_loss_weight must be >= 0, got {prior_loss_weight}")
+        self.prior_loss_weight = float(prior_loss_weight)
 
     def ridge_lambda(self) -> Tensor:
         """(head_width + 1,) penalties: one per head weight, the bias's last."""
@@ -265,6 +281,8 @@ class RidgeLearner(nn.Module):
         if self.rank_loss_weight > 0:
             loss = loss + self.rank_loss_weight * listnet_loss(
                 scores, batch.query_ratings, batch.query_mask).mean()
+        if self.prior_loss_weight > 0:
+            loss = loss + self.prior_loss_weight * prior_loss(model, batch).mean()
         return loss
 
     def predict(self, model: Estimator, batch: TaskBatch) -> Tensor:
@@ -323,6 +341,7 @@ def _gradient(model: Estimator, cfg: MetaConfig, name: str, *, adapted: str | No
                            learn_lr=learn_lr, steps=cfg.inner_steps, lr=cfg.inner_lr,
                            output_bias_lr=cfg.output_bias_lr,
                            support_loss_weight=cfg.support_loss_weight,
+                           prior_loss_weight=cfg.prior_loss_weight,
                            rank_loss_weight=cfg.rank_loss_weight,
                            output_weight_lr=cfg.output_weight_lr, name=name)
 
@@ -357,7 +376,8 @@ def _ridge(model: Estimator, cfg: MetaConfig) -> nn.Module:
     return RidgeLearner(model, lam=cfg.ridge_lambda, bias_lam=cfg.ridge_bias_lambda,
                         rank_loss_weight=cfg.rank_loss_weight,
                         factor_lam=cfg.ridge_factor_lambda,
-                        factor_rate=cfg.ridge_factor_lambda_rate)
+                        factor_rate=cfg.ridge_factor_lambda_rate,
+                        prior_loss_weight=cfg.prior_loss_weight)
 
 
 @register_learner("global", baseline=True)

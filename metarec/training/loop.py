@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from metarec.config import TrainConfig
-from metarec.data.arrays import TaskArrays
+from metarec.data.arrays import TaskArrays, limit_support
 from metarec.io import load_state, save_state
 from metarec.meta.inner import make_batch, resplit, sample_support
 from metarec.models.estimator import Estimator
@@ -87,12 +87,21 @@ def predict(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainC
 
 
 def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig) -> float:
-    """Mean absolute error over every real query rating of ``tasks``."""
-    scores = predict(model, learner, tasks, cfg)
+    """Mean absolute error over every real query rating of ``tasks``, averaged over the support
+    sizes of ``cfg.valid_shots`` (each a fixed seeded subset of the support; "all": all of it)."""
     mask = tasks.query_mask.astype(bool)
     if not mask.any():
         raise ValueError("validation tasks hold no query ratings")
-    return float(np.abs(scores - tasks.query_ratings)[mask].mean())
+    if not cfg.valid_shots:
+        raise ValueError("train.valid_shots is empty; give support sizes (ints >= 0) or 'all'")
+    maes = []
+    for k in cfg.valid_shots:
+        if k != "all" and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+            raise ValueError(f"train.valid_shots: {k!r} is neither 'all' nor an int >= 0")
+        sub = tasks if k == "all" else limit_support(tasks, k, seed=0)
+        scores = predict(model, learner, sub, cfg)
+        maes.append(float(np.abs(scores - tasks.query_ratings)[mask].mean()))
+    return float(np.mean(maes))
 
 
 def fit_item_stats(model: Estimator, train_tasks: TaskArrays) -> None:
