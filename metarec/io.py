@@ -81,6 +81,16 @@ def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file's bytes (what a registered version records of each file,
+    and the identity of a trained model's state_dict file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_state(dest: str | Path, payload: Mapping[str, Any]) -> None:
     """``torch.save`` of a dict of tensors/state_dicts to ``dest``, atomically (training
     checkpoints, the trained model, the baseline network)."""

@@ -64,14 +64,21 @@ def describe(adaptation: Mapping[str, Any]) -> str:
 def resolve_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
     """A local export directory for ``uri``: a path as is, an MLflow URI downloaded.
 
-    MLflow URIs (``models:/name@alias``, ``runs:/id/path``...) are fetched with
-    ``mlflow.artifacts.download_artifacts``; the directory holding ``metadata.json`` is used.
+    A registered version (``models:/name@alias``, ``models:/name/3``) is downloaded and its
+    files checked against the sha256 recorded at registration (a changed file is an
+    ``IntegrityError``: :func:`metarec.registry.fetch_verified`). Other MLflow URIs
+    (``runs:/id/path``...) are fetched with ``mlflow.artifacts.download_artifacts``,
+    unverified; the directory holding ``metadata.json`` is used.
     """
     local = Path(uri)
     if "://" not in uri and ":/" not in uri:
         if not (local / METADATA_FILE).exists():
             raise FileNotFoundError(f"{uri}: no {METADATA_FILE}: not an exported model directory")
         return local
+    if uri.startswith("models:/"):
+        from metarec.registry.integrity import fetch_verified
+
+        return fetch_verified(uri, tracking_uri)
     import mlflow
 
     if tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):

@@ -29,5 +29,3 @@ def build_definitions(params: str | None = None) -> dg.Definitions:
         resources=resources_for_environment(params),
     )
 
-
-defs = build_definitions()

@@ -13,8 +13,13 @@ import dagster as dg
 from metarec.config import ScheduleConfig
 from orchestration.resources import MetarecConfig, MlflowResource, run_config
 
+# Runs carrying this tag are limited to one at a time by the instance's run queue
+# (tag_concurrency_limits in orchestration/deploy/*/dagster.yaml and in the local instance
+# that `metarec pipeline run` creates): the workspace's data stages and the GPU are shared.
+RETRAIN_TAG = {"metarec/retrain": "workspace"}
+
 retrain_job = dg.define_asset_job(
-    "retrain", selection=dg.AssetSelection.all(),
+    "retrain", selection=dg.AssetSelection.all(), tags=RETRAIN_TAG,
     description="Validate data, rebuild features and tasks, meta-train, evaluate, gate, export "
                 "and register a challenger.")
 

@@ -21,10 +21,14 @@ def pipeline() -> None:
 @click.pass_context
 def pipeline_run(ctx: click.Context, job: str, dagster_home: str | None, strict: bool) -> None:
     """Materialise the whole pipeline on the configured dataset, in this process."""
+    from metarec.pipeline.workspace import WorkspaceBusy
     from orchestration.run import GATE_CHECK, instance_for, run_retrain
 
     params = str(ctx.find_root().obj["params"])
-    run = run_retrain(params, instance_for(dagster_home), job=job)
+    try:
+        run = run_retrain(params, instance_for(dagster_home), job=job)
+    except WorkspaceBusy as exc:
+        raise click.ClickException(str(exc)) from None
     for asset, meta in run.materialized.items():
         shown = ", ".join(f"{k}={v}" for k, v in meta.items() if k != "preview")
         click.echo(f"materialized {asset}: {shown}")

@@ -1,6 +1,8 @@
 """Model assets: meta-training, baselines, evaluation with its gate, ONNX export with its parity
 check, and the registered MLflow version. Each asset is one call into a stage of
-metarec.pipeline (the same functions the CLI calls)."""
+metarec.pipeline (the same functions the CLI calls), on the run's configuration with its
+outputs in folders of the run's own (``artifacts/runs/<run id>/...``: run_config with run_key),
+so concurrent runs never read each other's summary, report or export."""
 
 
 
@@ -8,7 +10,7 @@ import dagster as dg
 
 from orchestration.data_assets import cold_start_tasks
 from orchestration.resources import (ComputeResource, DvcResource, MetarecConfig, MlflowResource,
-                                     run_config)
+                                     run_config, run_key)
 
 MODEL_GROUP = "model"
 
@@ -21,17 +23,21 @@ MODEL_GROUP = "model"
               "resources": {"limits": {"nvidia.com/gpu": 1}}}}})
 def meta_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
                compute: ComputeResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    from pathlib import Path
+
     from metarec.pipeline.train import train_meta_model
     from metarec.training.loop import resolve_device
 
-    cfg = run_config(metarec, mlflow, compute)
+    cfg = run_config(metarec, mlflow, compute, run_key(context))
 
     def log_metrics(step: int, metrics: dict[str, float]) -> None:
         if any(k.startswith("valid") for k in metrics):  # validations only, not every step
             context.log.info(f"step {step}: {metrics}")
 
-    summary = train_meta_model(cfg, callbacks=(log_metrics,),
-                               dagster_run_id=context.run_id)
+    # Checkpoints stay in the shared train folder (keyed by the training's fingerprint), so a
+    # new run of the same training resumes.
+    summary = train_meta_model(cfg, callbacks=(log_metrics,), dagster_run_id=context.run_id,
+                               checkpoint_root=Path(metarec.load().train.out_dir) / "checkpoints")
     return dg.MaterializeResult(metadata={
         "learner": summary["learner"], "device": str(resolve_device(cfg.train.device)),
         "steps": summary["steps"], "best_step": summary["best_step"],
@@ -44,19 +50,21 @@ def meta_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
 @dg.asset(group_name=MODEL_GROUP, deps=[cold_start_tasks], code_version="1", kinds={"pytorch"},
           description="Baselines reported beside the learner: user mean, item mean, the same "
                       "network trained globally, and global + fine-tuning.")
-def baseline_models(metarec: MetarecConfig, compute: ComputeResource) -> dg.MaterializeResult:
+def baseline_models(context: dg.AssetExecutionContext, metarec: MetarecConfig,
+                    compute: ComputeResource) -> dg.MaterializeResult:
     from metarec.pipeline.train import train_baseline_models
 
-    result = train_baseline_models(run_config(metarec, compute=compute))
+    result = train_baseline_models(run_config(metarec, compute=compute, key=run_key(context)))
     return dg.MaterializeResult(metadata={**result, "baselines": ", ".join(result["baselines"])})
 
 
 @dg.asset(group_name=MODEL_GROUP, deps=[meta_model, baseline_models], code_version="1",
           description="Metrics per scenario and method, adaptation curves, bootstrap intervals.")
-def evaluation_report(metarec: MetarecConfig) -> dg.MaterializeResult:
+def evaluation_report(context: dg.AssetExecutionContext,
+                      metarec: MetarecConfig) -> dg.MaterializeResult:
     from metarec.pipeline.evaluate import evaluate_models
 
-    cfg = metarec.load()
+    cfg = run_config(metarec, key=run_key(context))
     report = evaluate_models(cfg)
     headline = {f"{s}/{m}": round(float(v), 4) for s, by in report.metrics.items()
                 for m, v in by[report.candidate].items() if m in cfg.gate.metrics}
@@ -70,10 +78,11 @@ def evaluation_report(metarec: MetarecConfig) -> dg.MaterializeResult:
                 description="The candidate holds against every baseline at every gated "
                             "support size (gate.rule), does not regress the champion beyond "
                             "the margin, and meta-training beat its start, per scenario.")
-def gate_check(metarec: MetarecConfig, mlflow: MlflowResource) -> dg.AssetCheckResult:
+def gate_check(context: dg.AssetCheckExecutionContext, metarec: MetarecConfig,
+               mlflow: MlflowResource) -> dg.AssetCheckResult:
     from metarec.pipeline.evaluate import gate_decision
 
-    cfg = run_config(metarec, mlflow)
+    cfg = run_config(metarec, mlflow, key=run_key(context))
     decision = gate_decision(cfg)
     return dg.AssetCheckResult(
         passed=decision.passed,
@@ -84,10 +93,11 @@ def gate_check(metarec: MetarecConfig, mlflow: MlflowResource) -> dg.AssetCheckR
 
 @dg.asset(group_name=MODEL_GROUP, deps=[evaluation_report], code_version="1", kinds={"onnx"},
           description="model.onnx (inner-loop adaptation inside the graph) and scorer.onnx.")
-def onnx_model(metarec: MetarecConfig, dvc: DvcResource) -> dg.MaterializeResult:
+def onnx_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
+               dvc: DvcResource) -> dg.MaterializeResult:
     from metarec.pipeline.export import export_model
 
-    cfg = metarec.load()
+    cfg = run_config(metarec, key=run_key(context))
     result, parity = export_model(cfg, lineage={"data_hash": dvc.dataset_hash(cfg.data)})
     return dg.MaterializeResult(metadata={
         "path": str(result.out_dir), "parity_max_abs_err": float(parity.max_abs_err),
@@ -96,10 +106,11 @@ def onnx_model(metarec: MetarecConfig, dvc: DvcResource) -> dg.MaterializeResult
 
 @dg.asset_check(asset=onnx_model, blocking=True, name="parity",
                 description="ONNX Runtime matches PyTorch adapt + score within export.parity_tol.")
-def parity_check(metarec: MetarecConfig) -> dg.AssetCheckResult:
+def parity_check(context: dg.AssetCheckExecutionContext,
+                 metarec: MetarecConfig) -> dg.AssetCheckResult:
     from metarec.pipeline.export import read_parity
 
-    parity = read_parity(metarec.load().export)
+    parity = read_parity(run_config(metarec, key=run_key(context)).export)
     return dg.AssetCheckResult(passed=bool(parity["passed"]), metadata=parity)
 
 
@@ -110,7 +121,7 @@ def registered_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
                      dvc: DvcResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     from metarec.pipeline.register import register_candidate
 
-    cfg = run_config(metarec, mlflow)
+    cfg = run_config(metarec, mlflow, key=run_key(context))
     data_hash = dvc.dataset_hash(cfg.data)
     done = register_candidate(cfg, data_hash=data_hash, dagster_run_id=context.run_id)
     if not done.registered:  # the champion changed since the gate check: refused now

@@ -67,13 +67,24 @@ class ComputeResource(dg.ConfigurableResource):
     device: str = "auto"
 
 
+def run_key(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:
+    """The folder key of a run's own outputs: its root run's id, so that a re-execution
+    (from failure) reads what the steps it does not rerun wrote."""
+    return context.run.root_run_id or context.run.run_id
+
+
 def run_config(metarec: MetarecConfig, mlflow: MlflowResource | None = None,
-               compute: ComputeResource | None = None) -> Config:
+               compute: ComputeResource | None = None, key: str | None = None) -> Config:
     """The run's configuration with the deployment's overrides applied: the MLflow resource's
-    tracking URI (when set) and the compute resource's training device."""
+    tracking URI (when set), the compute resource's training device and, with ``key``
+    (:func:`run_key`), the model stages' outputs in that run's own folders."""
     import dataclasses
 
+    from metarec.pipeline.workspace import run_outputs
+
     cfg = metarec.load()
+    if key is not None:
+        cfg = run_outputs(cfg, key)
     if mlflow is not None and mlflow.tracking_uri:
         cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(
             cfg.tracking, tracking_uri=mlflow.tracking_uri))

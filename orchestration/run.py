@@ -1,16 +1,32 @@
 """`metarec pipeline run`: the `retrain` job executed in-process against a persistent Dagster
-instance, so `dagster dev` (same DAGSTER_HOME) shows the run, its metadata and lineage."""
+instance, so `dagster dev` (same DAGSTER_HOME) shows the run, its metadata and lineage.
+
+One run at a time per workspace: the run holds the workspace lock
+(:func:`metarec.pipeline.workspace.workspace_lock`) from start to end, and a second one is
+refused at once, naming the holder. Runs that a Dagster daemon launches (`dagster dev`, the
+deploy instances) queue instead: the instance file limits runs tagged ``metarec/retrain`` to
+one at a time."""
 
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
 DEFAULT_HOME = ".dagster"
+# A new local instance: no telemetry; its run queue (`dagster dev`'s daemon) starts one run
+# tagged metarec/retrain at a time, like the deploy instances.
+INSTANCE_YAML = """telemetry:
+  enabled: false
+run_queue:
+  tag_concurrency_limits:
+    - key: metarec/retrain
+      limit: 1
+"""
 GATE_STEP = "evaluation_report_gate"
 GATE_CHECK = "evaluation_report:gate"
 
@@ -54,21 +70,26 @@ def instance_for(home: str | None = None) -> dg.DagsterInstance:
     path.mkdir(parents=True, exist_ok=True)
     settings = path / "dagster.yaml"
     if not settings.exists():
-        settings.write_text("telemetry:\n  enabled: false\n")
+        settings.write_text(INSTANCE_YAML)
     os.environ["DAGSTER_HOME"] = str(path)
     return dg.DagsterInstance.get()
 
 
 def run_retrain(params: str = "params.yaml", instance: dg.DagsterInstance | None = None,
                 job: str = "retrain") -> PipelineRun:
-    """Execute ``job`` in-process; failures of blocking checks skip everything downstream."""
+    """Execute ``job`` in-process, holding the workspace (the current directory) throughout;
+    failures of blocking checks skip everything downstream. Another run holding the workspace
+    raises :class:`metarec.pipeline.workspace.WorkspaceBusy` before anything runs."""
+    from metarec.pipeline.workspace import workspace_lock
     from orchestration.assemble import build_definitions
 
-    defs = build_definitions(params)
-    instance = instance or instance_for()
-    start = time.perf_counter()
-    result = defs.resolve_job_def(job).execute_in_process(instance=instance,
-                                                          raise_on_error=False)
+    run_id = str(uuid.uuid4())
+    with workspace_lock(f"metarec pipeline run --job {job}", dagster_run_id=run_id):
+        defs = build_definitions(params)
+        instance = instance or instance_for()
+        start = time.perf_counter()
+        result = defs.resolve_job_def(job).execute_in_process(
+            instance=instance, raise_on_error=False, run_id=run_id)
     run = PipelineRun(result.run_id, result.success, time.perf_counter() - start)
     for event in result.all_events:
         if event.event_type_value == "ASSET_MATERIALIZATION":

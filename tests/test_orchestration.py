@@ -106,6 +106,12 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     run = run_retrain("params.yaml", instance)
     assert run.success, run
     assert DATA_ASSETS | MODEL_ASSETS == set(run.materialized)
+    # The model stages wrote into the run's own folders, and all name one trained model.
+    own = project / "artifacts" / "runs" / run.run_id
+    assert not (project / "artifacts/train/summary.json").exists()
+    summary = json.loads((own / "train/summary.json").read_text())
+    export_meta = json.loads((own / "export/metadata.json").read_text())
+    assert summary["model_sha256"] == export_meta["extra"]["model_sha256"]
     assert all(run.checks.values()) and len(run.checks) == 5  # 3 contracts, gate, parity
     reg = run.materialized["registered_model"]
     assert reg["version"] == "1" and reg["alias"] == "challenger"
@@ -115,19 +121,24 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     assert float(run.materialized["onnx_model"]["parity_max_abs_err"]) <= 1e-4
     gate_lines = run.check_details["evaluation_report:gate"]
     assert gate_lines[0].startswith("all ") and "(paired_bootstrap rule)" in gate_lines[0]
-    report = json.loads((project / "artifacts/evaluation/report.json").read_text())
+    report = json.loads((own / "evaluation/report.json").read_text())
     assert report["meta_training_gain"] is True
+    assert report["training"]["model_sha256"] == summary["model_sha256"]
     # What the split and the task build dropped travels from the tasks manifest to the report.
     manifest = json.loads((project / "artifacts/tasks/manifest.json").read_text())
     assert report["dropped"] == manifest["dropped"] and report["dropped"]
     assert all(set(v) == {"users", "ratings"} for v in report["dropped"].values())
     assert set(report["curve_differences"]["test"]) == {"user_mean", "item_mean", "global",
                                                         "finetune"}
-    assert "## Gate: PASSED" in (project / "artifacts/evaluation/report.md").read_text()
+    assert "## Gate: PASSED" in (own / "evaluation/report.md").read_text()
     tracking = load_config("params.yaml").tracking
     assert registry.aliases(tracking) == {"challenger": 1}
     (version,) = registry.list_models(tracking)
     assert version.data_hash == reg["data_hash"]
+    assert version.run_id == summary["mlflow_run_id"]
+    tags = registry.client(tracking).get_model_version(tracking.registered_model, "1").tags
+    assert tags["dagster_run_id"] == run.run_id
+    first_run_files = {p: p.read_bytes() for p in own.rglob("*") if p.is_file()}
 
     defs = build_definitions()
     promoted = defs.resolve_job_def("promote").execute_in_process(instance=instance)
@@ -142,19 +153,29 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     assert run.gate_blocked  # `metarec pipeline run` reports it and exits 0 unless --strict
     reasons = run.check_details["evaluation_report:gate"]
     assert reasons and all(" vs " in r or "meta_training_gain" in r for r in reasons), reasons
-    assert "## Gate: FAILED" in (project / "artifacts/evaluation/report.md").read_text()
+    assert "## Gate: FAILED" in (project / "artifacts/runs" / run.run_id /
+                                 "evaluation/report.md").read_text()
     assert not {"onnx_model", "registered_model"} & set(run.materialized)
+    assert {p: p.read_bytes() for p in own.rglob("*") if p.is_file()} == first_run_files
     assert [v.version for v in registry.list_models(tracking)] == [1]
     assert registry.aliases(tracking)["champion"] == 1
 
 
-def test_params_file_named_on_the_cli_reaches_every_asset(project):
-    """`metarec --params other.yaml pipeline run` trains, evaluates and logs with other.yaml:
-    there is no params.yaml at all, and the changed value is what MLflow records."""
+def test_a_second_pipeline_run_in_the_workspace_is_refused(project):
+    """Two `metarec pipeline run` at once in one checkout: the second is refused at once,
+    naming the first (pid, Dagster run), and the first registers its own model with its own
+    lineage. The params file named on the CLI reaches every asset: there is no params.yaml
+    at all, and the changed value is what MLflow records."""
+    import os
+    import sys
+    import time
+
     import mlflow
     from click.testing import CliRunner
 
+    from metarec import registry
     from metarec.cli import main
+    from metarec.pipeline.workspace import read_holder
 
     changed = {**SYNTH_PARAMS, "train": {**SYNTH_PARAMS["train"], "lr": 0.00037}}
     (project / "other.yaml").write_text(yaml.safe_dump(changed))
@@ -162,13 +183,57 @@ def test_params_file_named_on_the_cli_reaches_every_asset(project):
     fetch(cfg.data, path=write_synthetic_csv(project / "incoming"), root=project)
     shutil.rmtree(project / "incoming")
     assert not (project / "params.yaml").exists()
-    res = CliRunner().invoke(main, ["--params", "other.yaml", "pipeline", "run",
-                                    "--dagster-home", str(project / ".dagster")])
-    assert res.exit_code == 0, res.output
-    summary = yaml.safe_load((project / cfg.train.out_dir / "summary.json").read_text())
+    args = ["--params", "other.yaml", "pipeline", "run", "--dagster-home",
+            str(project / ".dagster")]
+    first = subprocess.Popen([sys.executable, "-m", "metarec.cli", *args], cwd=project,
+                             env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while (holder := read_holder(project)) is None:
+            assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
+            time.sleep(0.2)
+        second = CliRunner().invoke(main, args)
+        assert second.exit_code == 1 and "is busy" in second.output, second.output
+        assert f"pid {first.pid}" in second.output
+        assert f"Dagster run {holder['dagster_run_id']}" in second.output
+    finally:
+        output, _ = first.communicate(timeout=900)
+    assert first.returncode == 0, output
+    assert f"run {holder['dagster_run_id']}: success" in output
+
+    own = project / "artifacts" / "runs" / holder["dagster_run_id"]
+    summary = json.loads((own / "train" / "summary.json").read_text())
     run = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db").get_run(summary["mlflow_run_id"])
     assert float(run.data.params["train.lr"]) == 0.00037
     assert run.data.params["meta.learner"] == cfg.meta.learner
+    (version,) = registry.list_models(cfg.tracking)
+    assert version.run_id == summary["mlflow_run_id"]
+    tags = registry.client(cfg.tracking).get_model_version(cfg.tracking.registered_model,
+                                                           str(version.version)).tags
+    assert tags["dagster_run_id"] == holder["dagster_run_id"]
+
+
+def test_retrain_runs_queue_one_at_a_time(tmp_path, monkeypatch):
+    """The job carries the tag the instances limit to one run at a time: the local instance
+    `metarec pipeline run` creates (`dagster dev` queues by it) and both deploy files."""
+    from dagster._core.instance.config import dagster_instance_config
+
+    from orchestration.automation import RETRAIN_TAG, retrain_job
+    from orchestration.run import instance_for
+
+    ((key, value),) = RETRAIN_TAG.items()
+    assert retrain_job.tags[key] == value
+    limit = [{"key": key, "limit": 1}]
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    local = instance_for(str(tmp_path / "home")).get_concurrency_config().run_queue_config
+    assert local.tag_concurrency_limits == limit
+    for name in ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME",
+                 "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"):
+        monkeypatch.setenv(name, "5432")
+    for kind in ("docker", "k8s"):
+        cfg, _ = dagster_instance_config(str(REPO / "orchestration/deploy" / kind), "dagster.yaml")
+        assert cfg["run_queue"]["tag_concurrency_limits"] == limit
 
 
 def test_config_resource_reads_the_file_once_per_run(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -155,45 +154,108 @@ def _local(uri: str) -> Path:
     return Path(unquote(urlparse(uri).path))
 
 
-def _squat_in_upload(what: str):
-    """Something squats where the upload of a new version must write: a directory where
-    model.onnx goes (the local store's copy "succeeds" into it, so the created version fails
-    verification and is deleted before any alias moves), or a file where the encoders/ folder
-    goes (the upload raises partway through)."""
-    def squat(run_artifacts: Path) -> None:
-        if what == "model.onnx":
-            (run_artifacts / "model" / "model.onnx").mkdir(parents=True)
-        else:
-            (run_artifacts / "model").mkdir(parents=True)
-            (run_artifacts / "model" / "encoders").write_text("not a folder")
-    return squat
+def _version_folder(cfg, version: int) -> Path:
+    mv = reg.client(cfg).get_model_version(cfg.registered_model, str(version))
+    return _local(mv.source)
 
 
-@pytest.mark.parametrize(("squatted", "error", "match"), [
-    ("model.onnx", reg.RegistryError, "missing \\['model.onnx'\\]"),
-    ("encoders", OSError, None)])
-def test_failed_upload_registers_nothing_and_moves_no_alias(cfg, tmp_path, squatted, error,
-                                                            match):
-    _, v1 = train_and_register(cfg, tmp_path, 0.8, "good")
-    report = make_report(0.7)
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_versions_of_one_run_have_folders_of_their_own(cfg, tmp_path):
+    """Re-exporting into the same folder and registering again from the same MLflow run
+    writes a new folder: the first version's files, report and digests stay as they were."""
+    report = make_report(0.8)
     decision = gate(report, None, POLICY)
     run_id = reg.log_training_run(cfg, params={}, report=report, decision=decision)
-    _squat_in_upload(squatted)(_local(reg.client(cfg).get_run(run_id).info.artifact_uri))
-    with pytest.raises(error, match=match):
-        reg.register_if_passed(cfg, run_id, model_dir(tmp_path, "half"), decision)
+    export = model_dir(tmp_path, "first")
+    v1 = reg.register_if_passed(cfg, run_id, export, decision, report=report)
+    reg.promote(cfg, actor="alice")
+    before = _snapshot(_version_folder(cfg, v1))
+    assert set(before) == {"model.onnx", "metadata.json", "encoders/users.json",
+                           "evaluation/report.json", "evaluation/gate_verdict.json"}
+    tags = reg.client(cfg).get_model_version(cfg.registered_model, str(v1)).tags
+    assert json.loads(tags["artifact_sha256"]) == reg.folder_manifest(_version_folder(cfg, v1))
+
+    (export / "model.onnx").write_bytes(b"another model")  # `metarec export` of another model
+    (export / "parity.json").write_text("{}")
+    v2 = reg.register_if_passed(cfg, run_id, export, decision, report=make_report(0.7))
+    assert _snapshot(_version_folder(cfg, v1)) == before
+    assert _version_folder(cfg, v2) != _version_folder(cfg, v1)
+    assert _snapshot(_version_folder(cfg, v2))["model.onnx"] == b"another model"
+    assert reg.champion_report(cfg) == make_report(0.8)
+    assert reg.aliases(cfg) == {"champion": v1, "challenger": v2}
+
+
+def test_failed_upload_midway_leaves_every_version_as_it_was(cfg, tmp_path, monkeypatch):
+    """The artifact store fails on the third file of a registration from the champion's own
+    run: the files written so far sit in the new version's folder, no version is created,
+    and the champion's folder, report and aliases are untouched."""
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    report = make_report(0.8)
+    decision = gate(report, None, POLICY)
+    run_id = reg.log_training_run(cfg, params={}, report=report, decision=decision)
+    v1 = reg.register_if_passed(cfg, run_id, model_dir(tmp_path, "good"), decision,
+                                report=report)
+    reg.promote(cfg)
+    run_root = _local(reg.client(cfg).get_run(run_id).info.artifact_uri)
+    before = _snapshot(run_root)
+    real, calls = LocalArtifactRepository.log_artifact, []
+
+    def failing(self, local_file, artifact_path=None):
+        calls.append(local_file)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, local_file, artifact_path)
+
+    monkeypatch.setattr(LocalArtifactRepository, "log_artifact", failing)
+    with pytest.raises(OSError, match="No space left"):
+        reg.register_if_passed(cfg, run_id, model_dir(tmp_path, "half"), decision,
+                               report=make_report(0.7))
+    monkeypatch.undo()
+    after = _snapshot(run_root)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing rewritten
+    written = sorted(set(after) - set(before))
+    assert len(written) == 2 and len({tuple(k.split("/")[:2]) for k in written}) == 1
     assert [v.version for v in reg.list_models(cfg)] == [v1]
-    assert reg.aliases(cfg) == {"challenger": v1}
+    assert reg.aliases(cfg) == {"champion": v1}
+    assert reg.champion_report(cfg) == report
 
 
-def test_verify_detects_missing_files(cfg, tmp_path):
-    run_id, v1 = train_and_register(cfg, tmp_path, 0.8, "v")
+@pytest.mark.parametrize("change", ["edit", "add", "remove"])
+def test_a_changed_version_is_refused_on_read(cfg, tmp_path, change):
+    _, v1 = train_and_register(cfg, tmp_path, 0.8, "t")
+    reg.promote(cfg)
+    folder = _version_folder(cfg, v1)
+    if change == "edit":
+        (folder / "evaluation" / "report.json").write_text(make_report(0.1).to_json())
+    elif change == "add":
+        (folder / "extra.onnx").write_bytes(b"x")
+    else:
+        (folder / "metadata.json").unlink()
     mlc = reg.client(cfg)
-    expected = reg.remote_files(mlc, run_id, "model")
-    assert set(expected) == {"model.onnx", "metadata.json", "encoders/users.json"}
-    reg.verify_version_files(mlc, run_id, expected)
-    shutil.rmtree(_local(mlc.get_run(run_id).info.artifact_uri) / "model" / "encoders")
-    with pytest.raises(reg.RegistryError, match="missing \\['encoders/users.json'\\]"):
-        reg.verify_version_files(mlc, run_id, expected)
+    mv = mlc.get_model_version(cfg.registered_model, str(v1))
+    expected = {"edit": r"evaluation/report.json: sha256 [0-9a-f]{12}\.\.\. but [0-9a-f]{12}",
+                "add": r"not registered \['extra.onnx'\]",
+                "remove": r"missing \['metadata.json'\]"}[change]
+    with pytest.raises(reg.IntegrityError, match=expected):
+        reg.download_version(mlc, mv, tmp_path / "dl")
+    if change == "edit":  # the gate never compares against an altered champion report
+        with pytest.raises(reg.RegistryError, match="differs from the file recorded"):
+            reg.champion_report(cfg)
+
+
+def test_a_version_without_digests_cannot_be_verified(cfg, tmp_path):
+    run_id, _ = train_and_register(cfg, tmp_path, 0.8, "old")
+    mlc = reg.client(cfg)
+    mlc.log_artifacts(run_id, str(model_dir(tmp_path, "legacy")), "model")
+    legacy = mlc.create_model_version(cfg.registered_model, run_id=run_id,
+                                      source=f"{mlc.get_run(run_id).info.artifact_uri}/model")
+    with pytest.raises(reg.IntegrityError, match="records no sha256"):
+        reg.download_version(mlc, legacy, tmp_path / "dl")
 
 
 def test_auto_promote_and_empty_model_dir(cfg, tmp_path):

@@ -60,7 +60,7 @@ def test_docker_instance_validates_and_gives_the_run_container_the_gpus(deploy_e
     assert settings.postgres == {"hostname": "db.internal", "port": 5433,
                                  "username": "dagster", "db_name": "dagster"}
     assert settings.run_launcher == "dagster_docker.DockerRunLauncher"
-    assert settings.max_concurrent_runs == 1
+    assert settings.max_concurrent_runs == 4  # retrain: 1, by tag (test_orchestration)
     raw = yaml.safe_load(path.read_text())["run_launcher"]
     launcher = ConfigurableClassData(raw["module"], raw["class"],
                                      yaml.safe_dump(raw["config"])).rehydrate(DockerRunLauncher)

@@ -177,7 +177,11 @@ def test_load_champion_from_mlflow_registry(exported, tmp_path: Path, monkeypatc
         mlflow.log_artifacts(str(exported[2]), artifact_path="model")
     client = MlflowClient(uri)
     client.create_registered_model("metarec")
-    mv = client.create_model_version("metarec", f"{run.info.artifact_uri}/model", run.info.run_id)
+    # What metarec.registry records at registration: the version's folder and its digests.
+    from metarec.registry import folder_manifest
+    digests = {"artifact_path": "model", "artifact_sha256": json.dumps(folder_manifest(exported[2]))}
+    mv = client.create_model_version("metarec", f"{run.info.artifact_uri}/model", run.info.run_id,
+                                     tags=digests)
     client.set_registered_model_alias("metarec", "champion", mv.version)
     rec = Recommender.load("models:/metarec@champion", tracking_uri=uri)
     local = Recommender(exported[2])

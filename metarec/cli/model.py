@@ -1,10 +1,20 @@
-"""`metarec train`, `evaluate`, `export`, `register`: the model stages of metarec.pipeline."""
+"""`metarec train`, `evaluate`, `export`, `register`: the model stages of metarec.pipeline.
+
+Each holds the workspace lock while it runs (metarec.pipeline.workspace): it is refused, naming
+the holder, while a `metarec pipeline run` or another model stage works in this checkout.
+"""
 
 from __future__ import annotations
 
 import click
 
 from metarec.cli.common import config_of, reported
+
+
+def _holding(command: str):
+    from metarec.pipeline.workspace import workspace_lock
+
+    return workspace_lock(command)
 
 
 @click.command("train")
@@ -17,7 +27,7 @@ def train_cmd(ctx: click.Context, no_resume: bool, baselines: bool) -> None:
     from metarec.pipeline.train import train_baseline_models, train_meta_model
 
     cfg = config_of(ctx)
-    with reported():
+    with reported(), _holding("metarec train"):
         summary = train_meta_model(cfg, resume=not no_resume)
         click.echo(f"{summary['learner']}: {summary['steps']} steps, best validation MAE "
                    f"{summary['best_valid_mae']:.4f} at step {summary['best_step']}")
@@ -34,7 +44,7 @@ def evaluate_cmd(ctx: click.Context) -> None:
     from metarec.pipeline.evaluate import evaluate_models, gate_decision
 
     cfg = config_of(ctx)
-    with reported():
+    with reported(), _holding("metarec evaluate"):
         report = evaluate_models(cfg)
         decision = gate_decision(cfg, report)
     click.echo(report.to_markdown())
@@ -55,7 +65,7 @@ def export_cmd(ctx: click.Context) -> None:
     from metarec.pipeline.export import export_model
 
     cfg = config_of(ctx)
-    with reported():
+    with reported(), _holding("metarec export"):
         result, parity = export_model(cfg)
     click.echo(f"{result.model_path}, {result.scorer_path}: parity max |err| "
                f"{parity.max_abs_err:.2e} (tol {parity.tol:g}) -> "
@@ -72,7 +82,7 @@ def register_cmd(ctx: click.Context) -> None:
     from metarec.pipeline.register import register_candidate
 
     cfg = config_of(ctx)
-    with reported():
+    with reported(), _holding("metarec register"):
         done = register_candidate(cfg, data_hash=dataset_hash_or_none(cfg.data))
     _echo_verdict(done.decision)
     if not done.registered:

@@ -13,6 +13,7 @@
 
 Modules: :mod:`.data`, :mod:`.inputs` (what the model stages read), :mod:`.train`,
 :mod:`.evaluate`, :mod:`.export`, :mod:`.register`, :mod:`.lineage` (dataset and code
-versions), :mod:`.ddp` (the torchrun entry point of the train stage). A stage takes the
+versions), :mod:`.ddp` (the torchrun entry point of the train stage), :mod:`.workspace` (one run
+at a time per checkout; a pipeline run's own output folders). A stage takes the
 :class:`~metarec.config.Config` of the run and hands each library step the section it uses.
 """

@@ -2,7 +2,9 @@
 verdict on the report (against the registry's champion).
 
 The report also records whether meta-training beat its starting point (from the training's
-summary.json) and the users/ratings the data rules dropped (the tasks manifest's ``dropped``).
+summary.json), the users/ratings the data rules dropped (the tasks manifest's ``dropped``) and
+which trained model it evaluated (``training.model_sha256``: the sha256 of meta_model.pt, which
+registration checks against the export's).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 from metarec.config import Config
 from metarec.data.arrays import TaskArrays
 from metarec.pipeline.inputs import Inputs, load_inputs
-from metarec.pipeline.train import load_baselines, load_meta_model, read_summary
+from metarec.io import file_sha256
+from metarec.pipeline.train import META_FILE, load_baselines, load_meta_model, read_summary
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +52,13 @@ def evaluate_models(cfg: Config, inputs: Inputs | None = None):
 
     inputs = inputs or load_inputs(cfg.features, cfg.tasks)
     model, learner = load_meta_model(cfg, inputs.features)
+    model_sha256 = file_sha256(Path(cfg.train.out_dir) / META_FILE)
     methods: dict[str, Callable[[TaskArrays], np.ndarray]] = {
         cfg.meta.learner: lambda t: predict(model, learner, t, cfg.train)}
     methods.update({n: b.predict for n, b in load_baselines(cfg, inputs).items()})
     report = evaluate_all(methods, {s: inputs.sets[s] for s in inputs.scenarios},
                           cfg.meta.learner, cfg.evaluation, cfg.seed)
-    report = annotate_report(report, _summary_or_none(cfg), inputs.manifest)
+    report = annotate_report(report, _summary_or_none(cfg), inputs.manifest, model_sha256)
     write_report(report, cfg.evaluation.out_dir, cfg.evaluation.plot_metrics)
     return report
 
@@ -67,12 +71,16 @@ def _summary_or_none(cfg: Config) -> dict[str, Any] | None:
         return None
 
 
-def annotate_report(report, summary: Mapping[str, Any] | None, manifest: Mapping[str, Any]):
-    """``report`` with the training gain (``summary``: summary.json, None when missing) and
-    the tasks manifest's ``dropped`` entry (absent in older manifests: nothing dropped)."""
+def annotate_report(report, summary: Mapping[str, Any] | None, manifest: Mapping[str, Any],
+                    model_sha256: str | None = None):
+    """``report`` with the training gain (``summary``: summary.json, None when missing), the
+    tasks manifest's ``dropped`` entry (absent in older manifests: nothing dropped) and the
+    evaluated model's sha256 (in ``training``, when given)."""
     from metarec.evaluation.report import dropped_counts
 
     gain, figures = (None, {}) if summary is None else training_gain(summary)
+    if model_sha256 is not None:
+        figures = {**figures, "model_sha256": model_sha256}
     return dataclasses.replace(report, meta_training_gain=gain, training=figures,
                                dropped=dropped_counts(manifest.get("dropped", {})))
 

@@ -1,5 +1,7 @@
 """The export stage: the trained learner's adaptation written into ONNX graphs, checked
-against PyTorch; the parity report lands beside the graphs as ``parity.json``."""
+against PyTorch; the parity report lands beside the graphs as ``parity.json``. The metadata's
+``extra`` names the trained model exported (``model_sha256`` of meta_model.pt) and its MLflow
+run, which registration checks against the evaluation report's."""
 
 from __future__ import annotations
 
@@ -9,9 +11,9 @@ from typing import Any
 
 from metarec.config import Config, ExportConfig
 from metarec.export.runtime import PARITY_FILE
-from metarec.io import write_json
+from metarec.io import file_sha256, write_json
 from metarec.pipeline.inputs import Inputs, load_inputs
-from metarec.pipeline.train import load_meta_model
+from metarec.pipeline.train import META_FILE, SUMMARY_FILE, load_meta_model
 
 
 def export_model(cfg: Config, inputs: Inputs | None = None,
@@ -24,6 +26,7 @@ def export_model(cfg: Config, inputs: Inputs | None = None,
 
     inputs = inputs or load_inputs(cfg.features, cfg.tasks)
     model, learner = load_meta_model(cfg, inputs.features)
+    identity = _trained_model_identity(cfg)
     adaptation = learner.adaptation()
     items = read_tables(cfg.data.prepared_dir).items
     rating_range = ((0.0, 1.0) if cfg.validation.implicit
@@ -32,11 +35,22 @@ def export_model(cfg: Config, inputs: Inputs | None = None,
                          opset=cfg.export.opset,
                          user_encoders=load_encoders(cfg.features.out_dir).to_dict()["user"],
                          titles=dict(zip(items.item_id.tolist(), items.title.tolist())),
-                         rating_range=rating_range, extra=lineage or {})
+                         rating_range=rating_range, extra={**identity, **(lineage or {})})
     parity = parity_check(model, result, adaptation, n_tasks=cfg.export.parity_tasks,
                           tol=cfg.export.parity_tol, seed=cfg.seed)
     write_json(Path(cfg.export.out_dir) / PARITY_FILE, parity.to_dict())
     return result, parity
+
+
+def _trained_model_identity(cfg: Config) -> dict[str, Any]:
+    """The sha256 of meta_model.pt and, when its summary.json names one, the MLflow run."""
+    out: dict[str, Any] = {"model_sha256": file_sha256(Path(cfg.train.out_dir) / META_FILE)}
+    summary = Path(cfg.train.out_dir) / SUMMARY_FILE
+    if summary.exists():
+        run = json.loads(summary.read_text(encoding="utf-8")).get("mlflow_run_id")
+        if run:
+            out["mlflow_run_id"] = run
+    return out
 
 
 def read_parity(export_cfg: ExportConfig) -> dict[str, Any]:

@@ -3,7 +3,8 @@ read both back. Artifacts in ``train.out_dir``:
 
 - ``meta_model.pt``: the model's and the learner's state_dicts;
 - ``baseline_global.pt``: the global network (the ``global`` and ``finetune`` baselines);
-- ``summary.json``: history, best step, validation MAE, the MLflow run the training opened.
+- ``summary.json``: history, best step, validation MAE, the MLflow run the training opened and
+  ``model_sha256`` (of meta_model.pt: the identity evaluation, export and registration check).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from metarec.config import Config
 from metarec.data.arrays import FeatureArrays
-from metarec.io import load_state, save_state, write_json
+from metarec.io import file_sha256, load_state, save_state, write_json
 from metarec.models.estimator import Estimator
 from metarec.pipeline.inputs import Inputs, load_inputs
 from metarec.pipeline.lineage import dataset_hash_or_none, git_sha
@@ -43,12 +44,15 @@ def build_estimator_and_learner(cfg: Config, features: FeatureArrays) -> tuple[E
 def train_meta_model(cfg: Config, inputs: Inputs | None = None,
                      callbacks: tuple[Callable[[int, dict[str, float]], None], ...] = (),
                      resume: bool = True, track: bool = True,
-                     dagster_run_id: str | None = None, world=None) -> dict[str, Any]:
+                     dagster_run_id: str | None = None, world=None,
+                     checkpoint_root: str | Path | None = None) -> dict[str, Any]:
     """Meta-train the configured learner; writes meta_model.pt and summary.json.
 
     With ``track``, the training is recorded as an MLflow run (params, per-step metrics, the
     checkpoint, lineage tags) whose id lands in summary.json; registration completes that run.
     ``world`` (:class:`metarec.training.distributed.World`): one rank of a torchrun job.
+    ``checkpoint_root``: where resumable checkpoints go (default ``train.out_dir/checkpoints``;
+    a pipeline run whose outputs are its own keeps them shared, so a rerun resumes).
     """
     from metarec.training.loop import meta_train
 
@@ -56,9 +60,10 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
     out = Path(cfg.train.out_dir)
     model, learner = build_estimator_and_learner(cfg, inputs.features)
     # Resume only a checkpoint of this very training: same tasks, model, learner and loop.
+    checkpoints = Path(checkpoint_root) if checkpoint_root is not None else out / "checkpoints"
     result = meta_train(model, learner, inputs.train, inputs.valid, cfg.train, cfg.seed,
                         callbacks=callbacks, resume=resume,
-                        checkpoint_dir=out / "checkpoints" / training_fingerprint(cfg, inputs),
+                        checkpoint_dir=checkpoints / training_fingerprint(cfg, inputs),
                         world=world)
     if world is not None and not world.is_main:  # DDP: only rank 0 writes and logs
         return {"learner": cfg.meta.learner, "steps": result.steps,
@@ -67,7 +72,7 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
     summary = {"learner": cfg.meta.learner, "steps": result.steps, "best_step": result.best_step,
                "best_valid_mae": result.best_valid_mae, "stopped_early": result.stopped_early,
                "train_tasks": len(inputs.train), "valid_tasks": len(inputs.valid),
-               "history": result.history}
+               "history": result.history, "model_sha256": file_sha256(out / META_FILE)}
     if track:
         from metarec import registry
 

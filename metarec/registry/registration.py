@@ -1,55 +1,34 @@
-"""Registering a model version: upload, verify every file, then move ``challenger``.
+"""Registering a model version: its own folder, written once, verified, then ``challenger``.
 
-A version of ``tracking.registered_model`` exists only for a run whose gate passed; every file
-of a version is uploaded and verified before any alias points at it (a failure midway deletes
-the version and leaves every alias where it was).
+A version of ``tracking.registered_model`` exists only for a run whose gate passed. Its files
+go into a fresh folder of its run (``versions/<token>``, see :mod:`metarec.registry.integrity`)
+that nothing writes again: the export, plus the evaluation report and the verdict it was
+registered on (``evaluation/report.json``, ``evaluation/gate_verdict.json``). The version
+records the folder and every file's sha256; after the upload the folder is downloaded and
+checked against them before any alias points at the version (a failure midway deletes the
+version, leaves every alias where it was and touches no other version's files).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
-from typing import Mapping
 
 from metarec.config import TrackingConfig
 from metarec.evaluation.gate import GateDecision
 from metarec.evaluation.report import Report
+from metarec.io import write_json
+from metarec.registry.integrity import (PATH_TAG, SHA_TAG, download_version, folder_manifest,
+                                        new_version_path)
 from metarec.registry.promotion import promote
 from metarec.registry.tracking import client, key_metrics, now_iso
-from metarec.registry.versions import CHALLENGER, RegistryError
+from metarec.registry.versions import CHALLENGER, REPORT_FILE, VERDICT_FILE, RegistryError
 
 log = logging.getLogger(__name__)
 
-MODEL_DIR = "model"
-
-
-def _local_files(folder: Path) -> dict[str, int]:
-    return {p.relative_to(folder).as_posix(): p.stat().st_size
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def remote_files(mlc, run_id: str, path: str) -> dict[str, int]:
-    """``{relative path: size}`` of every artifact file under ``path`` of a run."""
-    out: dict[str, int] = {}
-    stack = [path]
-    while stack:
-        for info in mlc.list_artifacts(run_id, stack.pop()):
-            if info.is_dir:
-                stack.append(info.path)
-            else:
-                out[info.path[len(path) + 1:]] = int(info.file_size or 0)
-    return out
-
-
-def verify_version_files(mlc, run_id: str, expected: Mapping[str, int]) -> None:
-    """Raise :class:`RegistryError` unless the run's ``model/`` holds exactly ``expected``."""
-    found = remote_files(mlc, run_id, MODEL_DIR)
-    missing = sorted(set(expected) - set(found))
-    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
-    if missing or wrong:
-        raise RegistryError(f"run {run_id}: model files incomplete (missing {missing}, "
-                            f"size differs {wrong})")
+EVALUATION_DIR = "evaluation"
 
 
 def _ensure_registered_model(mlc, name: str) -> None:
@@ -63,6 +42,20 @@ def _ensure_registered_model(mlc, name: str) -> None:
         mlc.create_registered_model(name)
 
 
+def _stage_evaluation(folder: Path, report: Report | None, decision: GateDecision) -> None:
+    """The report and verdict a version is registered on, as files of the version."""
+    if report is not None:
+        (folder / REPORT_FILE).write_text(report.to_json(), encoding="utf-8")
+    write_json(folder / VERDICT_FILE, decision.to_dict())
+
+
+def _upload(mlc, run_id: str, local: Path, files: list[str], dest: str) -> None:
+    """Upload ``files`` (relative to ``local``) under the run's ``dest``, one by one."""
+    for rel in files:
+        parent = "/".join([dest, *rel.split("/")[:-1]])
+        mlc.log_artifact(run_id, str(local / rel), parent)
+
+
 def register_if_passed(cfg: TrackingConfig, run_id: str, model_dir: str | Path,
                        decision: GateDecision, *, report: Report | None = None,
                        key_metric_names: tuple[str, ...] = (), data_hash: str | None = None,
@@ -70,36 +63,51 @@ def register_if_passed(cfg: TrackingConfig, run_id: str, model_dir: str | Path,
                        auto_promote: bool = False, actor: str | None = None) -> int | None:
     """Register ``model_dir`` as a new version aliased ``challenger`` if the gate passed.
 
-    Returns the version number, or None (nothing written) when the verdict failed. Order:
-    upload ``model/``, create the version, verify its files, then move the alias; a failure
-    after creation deletes the version so no alias can ever point at a half-written one.
+    Returns the version number, or None (nothing written) when the verdict failed. Order: hash
+    the files, upload them into a fresh folder of the run, create the version (recording folder
+    and digests), download and verify it, then move the alias; a failure after creation
+    deletes the version so no alias can ever point at a half-written or altered one.
     """
     if not decision.passed or not decision.consistent():
         log.info("gate failed for run %s: nothing registered (%s)", run_id,
                  "; ".join(decision.reasons))
         return None
     model_dir = Path(model_dir)
-    expected = _local_files(model_dir) if model_dir.is_dir() else {}
-    if not expected:
+    files = folder_manifest(model_dir) if model_dir.is_dir() else {}
+    if not files:
         raise RegistryError(f"{model_dir}: no model files to register")
+    if any(rel.split("/")[0] == EVALUATION_DIR for rel in files):
+        raise RegistryError(f"{model_dir}: '{EVALUATION_DIR}' is reserved for the version's "
+                            "report; an export must not contain it")
     mlc = client(cfg)
     name = cfg.registered_model
-    mlc.log_artifacts(run_id, str(model_dir), MODEL_DIR)
+    path = new_version_path()
+    if mlc.list_artifacts(run_id, path):  # never write into a folder that holds anything
+        raise RegistryError(f"run {run_id}: {path} already exists; versions are never reused")
+    with tempfile.TemporaryDirectory() as tmp:
+        _stage_evaluation(Path(tmp), report, decision)
+        evaluation = folder_manifest(tmp)
+        _upload(mlc, run_id, model_dir, list(files), path)
+        _upload(mlc, run_id, Path(tmp), list(evaluation), f"{path}/{EVALUATION_DIR}")
+    manifest = {**files, **{f"{EVALUATION_DIR}/{k}": v for k, v in evaluation.items()}}
     tags = {"data_hash": data_hash, "git_sha": git_sha, "dagster_run_id": dagster_run_id,
-            "gate_verdict": decision.to_json(), "registered_at": now_iso()}
+            "gate_verdict": decision.to_json(), "registered_at": now_iso(),
+            PATH_TAG: path, SHA_TAG: json.dumps(manifest, sort_keys=True)}
     if report is not None:
         tags["key_metrics"] = json.dumps(key_metrics(report, key_metric_names), sort_keys=True)
     _ensure_registered_model(mlc, name)
-    source = f"{mlc.get_run(run_id).info.artifact_uri}/{MODEL_DIR}"
+    source = f"{mlc.get_run(run_id).info.artifact_uri}/{path}"
     mv = mlc.create_model_version(name, source=source, run_id=run_id,
                                   tags={k: v for k, v in tags.items() if v is not None})
     try:
-        verify_version_files(mlc, run_id, expected)
+        with tempfile.TemporaryDirectory() as tmp:
+            download_version(mlc, mlc.get_model_version(name, mv.version), tmp)
     except Exception:
         mlc.delete_model_version(name, mv.version)
         raise
     mlc.set_registered_model_alias(name, CHALLENGER, mv.version)
-    log.info("registered %s version %s as %s", name, mv.version, CHALLENGER)
+    log.info("registered %s version %s as %s (%s, %d files)", name, mv.version, CHALLENGER,
+             path, len(manifest))
     if auto_promote:
         promote(cfg, version=int(mv.version), actor=actor or "auto_promote")
     return int(mv.version)

@@ -1,8 +1,10 @@
 """The registered model's versions and aliases, read back: listing and the champion's report.
 
 Each version carries tags written at registration: ``gate_verdict`` (the verdict as JSON),
-``key_metrics``, ``data_hash``, ``git_sha``, ``registered_at``. ``challenger`` marks the newest
-passing version, ``champion`` the one served (moved only by :mod:`metarec.registry.promotion`).
+``key_metrics``, ``data_hash``, ``git_sha``, ``registered_at``, and its files' folder and
+sha256 digests (``artifact_path``, ``artifact_sha256``: :mod:`metarec.registry.integrity`).
+``challenger`` marks the newest passing version, ``champion`` the one served (moved only by
+:mod:`metarec.registry.promotion`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from typing import Mapping
 from metarec.config import TrackingConfig
 from metarec.evaluation.gate import GateDecision
 from metarec.evaluation.report import Report
+from metarec.registry.integrity import PATH_TAG, read_verified
 from metarec.registry.tracking import client
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
-REPORT_PATH = "evaluation/report.json"
+REPORT_FILE = "report.json"
+VERDICT_FILE = "gate_verdict.json"
+REPORT_PATH = f"evaluation/{REPORT_FILE}"  # inside a version's folder, and (older) of its run
 
 
 class RegistryError(RuntimeError):
@@ -81,16 +86,21 @@ def stored_verdict(tags: Mapping[str, str]) -> GateDecision | None:
 
 
 def champion_report(cfg: TrackingConfig) -> Report | None:
-    """The evaluation report of the current champion (None when there is no champion)."""
+    """The evaluation report the current champion was registered on (None: no champion),
+    read from the champion's own folder and checked against its recorded sha256. Versions
+    registered before immutable versions have no such folder: their run's report is read."""
     mlc = client(cfg)
     version = aliases(cfg, mlc).get(CHAMPION)
     if version is None:
         return None
     mv = mlc.get_model_version(cfg.registered_model, str(version))
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlc.download_artifacts(mv.run_id, REPORT_PATH, tmp)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the version named
-            raise RegistryError(f"champion version {version} (run {mv.run_id}): cannot read "
-                                f"{REPORT_PATH}: {exc}") from exc
-        return Report.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+    try:
+        if PATH_TAG in (mv.tags or {}):
+            raw = read_verified(mlc, mv, REPORT_PATH)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                raw = Path(mlc.download_artifacts(mv.run_id, REPORT_PATH, tmp)).read_bytes()
+    except Exception as exc:  # noqa: BLE001 - re-raised with the version named
+        raise RegistryError(f"champion version {version} (run {mv.run_id}): cannot read "
+                            f"its {REPORT_PATH}: {exc}") from exc
+    return Report.from_dict(json.loads(raw.decode("utf-8")))
