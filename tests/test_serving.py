@@ -31,7 +31,8 @@ from tests.test_serve import ENCODERS, META, exported  # noqa: F401 - the export
 TOKEN = "serving-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BODY = json.dumps({"ratings": {"1004": 5, "1010": 2}, "k": 3}).encode()
-TIGHT = {"max_body_bytes": 4096, "max_active": 1, "max_queue": 0, "retry_after_s": 2}
+TIGHT = {"max_body_bytes": 4096, "max_active": 1, "max_queue": 0, "retry_after_s": 2,
+         "body_timeout_s": 3.0}
 
 
 def free_port() -> int:
@@ -165,6 +166,20 @@ def test_a_full_queue_answers_503_with_retry_after(server) -> None:
         status, raw = read_response(held)
         assert status == 200 and b'"items"' in raw
     assert server.request("POST", "/recommend", BODY)[0] == 200  # room again
+
+
+def test_a_stalled_body_is_408_and_frees_its_place(server) -> None:
+    with server.raw() as held:
+        held.sendall(b"POST /recommend HTTP/1.1\r\nHost: t\r\ncontent-type: application/json"
+                     b"\r\nexpect: 100-continue\r\ncontent-length: 100\r\n\r\n")
+        assert held.recv(1024).startswith(b"HTTP/1.1 100 Continue")  # admitted
+        held.sendall(b"{")  # and then nothing
+        assert server.request("POST", "/recommend", BODY)[0] == 503  # it holds the place...
+        start = time.monotonic()
+        status, raw = read_response(held)
+        assert status == 408 and b"body_timeout_s" in raw
+        assert 2.0 < time.monotonic() - start < 10.0
+    assert server.request("POST", "/recommend", BODY)[0] == 200  # ...until body_timeout_s
 
 
 def test_reload_needs_the_bearer_token(server) -> None:

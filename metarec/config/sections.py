@@ -380,6 +380,9 @@ class ServeConfig:
     max_active: int = 1
     max_queue: int = 4
     retry_after_s: int = 1
+    # Seconds an admitted request may take to send its body (then 408): a stalled upload
+    # holds a queue place no longer.
+    body_timeout_s: float = 10.0
     # Bearer token of POST /reload; $METAREC_SERVE_TOKEN takes precedence (prefer it: keep
     # secrets out of versioned files). None: /reload is disabled and only loopback binds.
     token: str | None = None

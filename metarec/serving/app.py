@@ -61,7 +61,8 @@ def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
     cfg = cfg or ServeConfig()
     uri = model_uri or cfg.model_uri
     token = serve_token(cfg)
-    limits = Limits(cfg.max_body_bytes, cfg.max_active, cfg.max_queue, cfg.retry_after_s)
+    limits = Limits(cfg.max_body_bytes, cfg.max_active, cfg.max_queue, cfg.retry_after_s,
+                    cfg.body_timeout_s)
     stats = GuardStats()
     holder = ModelHolder(lambda: Recommender.load(uri, tracking_uri=tracking_uri,
                                                   threads=cfg.threads,

@@ -12,7 +12,8 @@ and on the body as it arrives, before FastAPI reads or parses anything:
   everyone; a bounded queue keeps the admitted requests fast and tells the rest to come back.
 
 An admitted request's body is read (within the size limit) before it takes a processing
-slot, so a slow upload occupies a queue place, never the model.
+slot, so a slow upload occupies a queue place, never the model, and only for
+``body_timeout_s``: a body not complete by then is answered 408.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ class GuardStats:
     admitted: int = 0
     shed: int = 0  # answered 503
     too_large: int = 0  # answered 413
+    timed_out: int = 0  # answered 408: body not complete within body_timeout_s
 
     def to_dict(self) -> dict[str, int]:
         return {"pending": self.pending, "admitted": self.admitted, "shed": self.shed,
-                "too_large": self.too_large}
+                "too_large": self.too_large, "timed_out": self.timed_out}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Limits:
     max_active: int
     max_queue: int
     retry_after_s: int
+    body_timeout_s: float = 10.0
     exempt: frozenset[str] = field(default_factory=lambda: frozenset({"/health", "/reload"}))
 
     def __post_init__(self) -> None:
@@ -60,6 +63,8 @@ class Limits:
                 raise ValueError(f"serve.{name} must be at least 1, got {getattr(self, name)}")
         if self.max_queue < 0:
             raise ValueError(f"serve.max_queue must be at least 0, got {self.max_queue}")
+        if not self.body_timeout_s > 0:
+            raise ValueError(f"serve.body_timeout_s must be positive, got {self.body_timeout_s}")
 
 
 async def reply(send: Send, status: int, detail: str,
@@ -141,8 +146,15 @@ class RequestGuard:
         self.stats.pending += admit
         try:
             try:
-                body = await read_body(receive, lim.max_body_bytes)
+                async with asyncio.timeout(lim.body_timeout_s):
+                    body = await read_body(receive, lim.max_body_bytes)
             except ConnectionAbortedError:
+                return
+            except TimeoutError:
+                self.stats.timed_out += 1
+                await reply(send, 408, f"request body not complete within "
+                                       f"{lim.body_timeout_s} s (serve.body_timeout_s)",
+                            ((b"connection", b"close"),))
                 return
             if body is None:
                 await self._too_large(send, None)
