@@ -6,12 +6,19 @@ open-loop generator: requests leave at a fixed rate whatever the server does, an
 latency is counted from the request's *scheduled* send time, so queueing anywhere (server,
 kernel, generator) shows up in it. It then
 
-1. searches the highest rate whose run has p99 <= --target-p99-ms with no 503 and no error
-   (geometric steps of --step, then --bisect halvings between the last pass and first fail);
-2. runs at --overload (default 3) times that rate and reports p50/p99 of the *admitted*
+1. sends eight 20 MB bodies at once while timing valid requests, with the server's
+   resident memory before and after (each upload should be refused with 413);
+2. searches the highest rate whose p99 over *all* requests is <= --target-p99-ms, a 503 or
+   an error counting as a miss (so at most 1% may be shed): geometric steps of --step, then
+   --bisect halvings between the last pass and the first fail; a failing probe is repeated
+   once before it counts (one stall of a shared machine is not the limit);
+3. runs at --overload (default 3) times that rate and reports p50/p99 of the *admitted*
    requests (HTTP 200), the share answered 503 (and whether each carried Retry-After), errors,
    and the goodput (200s per second).
 
+The server and the generator share the machine; on a machine busy with other work run the
+script in its own, favoured scheduling group (Linux autogroups: ``nice`` alone does not reach
+across sessions), e.g. ``setsid sh -c 'echo -19 > /proc/self/autogroup; exec python ...'``.
 The generator is asyncio on raw sockets, one new connection per request by default (many
 clients; the kernel hands each connection to an idle worker), or --connections N keep-alive
 connections. It shares the machine with the server: its own lag (actual - scheduled send) is
@@ -109,12 +116,67 @@ async def open_loop(port: int, bodies: list[bytes], rate: float, connections: in
     for _, writer in idle:
         writer.close()
     n = len(bodies)
+    # p99 of all requests, a 503 or an error counting as infinitely slow: the SLO reading
+    everything = np.concatenate([np.asarray(ok), np.full(n - len(ok), np.inf)]) * 1e3
+    p99_all = float(np.percentile(everything, 99, method="higher"))
     return {"rate_rps": rate, "requests": n, "duration_s": round(elapsed, 2),
+            "p99_all_ms": round(p99_all, 3) if np.isfinite(p99_all) else None,
             "admitted": pct(ok) if ok else None, "shed_share": round(len(shed) / n, 4),
             "shed_latency": pct(shed) if shed else None,
             "shed_with_retry_after": retry_after[0], "shed_without_retry_after": retry_after[1],
             "errors": len(errors), "error_examples": errors[:3],
             "goodput_rps": round(len(ok) / elapsed, 1), "generator_lag": pct(lag)}
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its descendants, MB (Linux /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    own = next((int(line.split()[1]) for line in status.splitlines()
+                if line.startswith("VmRSS:")), 0) / 1024
+    return own + sum(rss_mb(int(k)) for k in kids)
+
+
+async def big_bodies(port: int, body: bytes, uploads: int = 8, size: int = 20_000_000) -> dict:
+    """``uploads`` clients each sending a ``size``-byte body at once (declared length, sent
+    in full as a naive client does), while one client times valid requests one after another."""
+    async def upload() -> str:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /recommend HTTP/1.1\r\nHost: x\r\ncontent-type: "
+                     b"application/json\r\ncontent-length: %d\r\n\r\n" % size)
+        sent = 0
+        try:
+            for _ in range(size // 100_000):
+                writer.write(b" " * 100_000)
+                await writer.drain()
+                sent += 100_000
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            return f"HTTP {head.split(b' ')[1].decode()} after {sent} bytes"
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            # the server answered 413 and closed while the body was still coming: the
+            # client's kernel drops the answer on the reset (curl & co. send Expect:
+            # 100-continue and read it); how much was accepted before the cut is the point
+            return f"{type(exc).__name__} after {sent} bytes"
+        finally:
+            writer.close()
+
+    async def valid() -> list[float]:
+        out = []
+        for _ in range(20):
+            t = time.perf_counter()
+            conn = await asyncio.open_connection("127.0.0.1", port)
+            status, _ = await _exchange(*conn, port, body, close=True)
+            conn[1].close()
+            assert status == 200, status
+            out.append(time.perf_counter() - t)
+        return out
+
+    results = await asyncio.gather(*(upload() for _ in range(uploads)), valid())
+    return {"uploads": uploads, "upload_bytes": size, "upload_outcomes": list(results[:-1]),
+            "valid_requests": pct(results[-1])}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -143,34 +205,40 @@ def probe(server_pid: int, port: int, item_ids: list[int], rate: float, duration
 
 
 def passes(run: dict, target_ms: float) -> bool:
-    return (run["errors"] == 0 and run["shed_share"] == 0 and run["admitted"] is not None
-            and run["admitted"]["p99_ms"] <= target_ms)
+    return run["p99_all_ms"] is not None and run["p99_all_ms"] <= target_ms
 
 
 def search(pid: int, port: int, item_ids: list[int], args: argparse.Namespace,
            rng: np.random.Generator) -> tuple[float, list[dict]]:
-    """The highest passing rate found, and every probe run (in order)."""
-    runs, good, bad, rate = [], 0.0, None, args.start_rate
+    """The highest passing rate found, and every probe run (in order). A failing probe is
+    run once more before it counts: one stall of a shared machine is not the limit."""
+    runs: list[dict] = []
+
+    def ok(rate: float) -> bool:
+        for attempt in range(2):
+            run = probe(pid, port, item_ids, rate, args.duration, args.connections, rng)
+            runs.append({**run, "pass": passes(run, args.target_p99_ms), "attempt": attempt})
+            print(f"  {rate:7.1f} req/s: {summary(run)}", file=sys.stderr, flush=True)
+            if runs[-1]["pass"]:
+                return True
+        return False
+
+    good, bad, rate = 0.0, None, args.start_rate
     while bad is None and rate <= args.max_rate:
-        run = probe(pid, port, item_ids, rate, args.duration, args.connections, rng)
-        runs.append({**run, "pass": passes(run, args.target_p99_ms)})
-        print(f"  {rate:7.1f} req/s: {summary(run)}", file=sys.stderr, flush=True)
-        if runs[-1]["pass"]:
-            good, rate = rate, rate * args.step
+        if ok(rate):
+            good, rate = rate, round(rate * args.step, 1)
         else:
             bad = rate
     for _ in range(args.bisect if bad is not None and good else 0):
         rate = round((good + bad) / 2, 1)
-        run = probe(pid, port, item_ids, rate, args.duration, args.connections, rng)
-        runs.append({**run, "pass": passes(run, args.target_p99_ms)})
-        print(f"  {rate:7.1f} req/s: {summary(run)}", file=sys.stderr, flush=True)
-        good, bad = (rate, bad) if runs[-1]["pass"] else (good, rate)
+        good, bad = (rate, bad) if ok(rate) else (good, rate)
     return good, runs
 
 
 def summary(run: dict) -> str:
     adm = run["admitted"] or {"p50_ms": float("nan"), "p99_ms": float("nan")}
-    return (f"p50 {adm['p50_ms']:.1f} ms, p99 {adm['p99_ms']:.1f} ms, 503 "
+    return (f"all p99 {run['p99_all_ms'] or float('inf'):.1f} ms; admitted p50 {adm['p50_ms']:.1f} ms, "
+            f"p99 {adm['p99_ms']:.1f} ms, 503 "
             f"{100 * run['shed_share']:.1f}%, errors {run['errors']}, goodput "
             f"{run['goodput_rps']} req/s, generator lag p99 {run['generator_lag']['p99_ms']:.1f} "
             f"ms, server CPU {run['server_cpu_ms_per_request']:.2f} ms/request")
@@ -182,13 +250,20 @@ def bench_workers(model_dir: Path, params: Path, workers: int, args: argparse.Na
     with running_server(model_dir, params, workers) as (port, server):
         print(f"{workers} worker(s):", file=sys.stderr, flush=True)
         probe(server.pid, port, item_ids, args.start_rate, 2.0, args.connections, rng)  # warm-up
+        rss = rss_mb(server.pid)
+        oversize = asyncio.run(big_bodies(port, make_bodies(item_ids, 1, rng)[0]))
+        oversize.update(rss_before_mb=round(rss, 1), rss_after_mb=round(rss_mb(server.pid), 1))
+        print(f"  8 x 20 MB uploads: {oversize['upload_outcomes']}, valid requests meanwhile "
+              f"p99 {oversize['valid_requests']['p99_ms']:.1f} ms, RSS {oversize['rss_before_mb']}"
+              f" -> {oversize['rss_after_mb']} MB", file=sys.stderr, flush=True)
         best, runs = search(server.pid, port, item_ids, args, rng)
         over = probe(server.pid, port, item_ids, best * args.overload, args.overload_duration,
                      args.connections, rng) if best else None
         if over:
             print(f"  {args.overload}x = {best * args.overload:.1f} req/s: {summary(over)}",
                   file=sys.stderr, flush=True)
-    return {"workers": workers, "max_rate_rps": best, "overload_factor": args.overload,
+    return {"workers": workers, "oversize_uploads": oversize, "max_rate_rps": best,
+            "overload_factor": args.overload,
             "overload": over, "search": runs}
 
 
