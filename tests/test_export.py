@@ -111,7 +111,8 @@ def test_export_files_metadata_and_graph(model_and_features, tmp_path: Path) -> 
     res = export_onnx(model, _melu(1), features, tmp_path / "e", titles=titles,
                       extra={"git_sha": "abc"})
     assert sorted(p.name for p in res.out_dir.iterdir()) == [
-        "metadata.json", "model.onnx", "scorer.onnx"]
+        "catalog", "item_encoder.onnx", "metadata.json", "model.onnx", "score.onnx",
+        "scorer.onnx", "user.onnx"]
     meta = json.loads(res.metadata_path.read_text())
     assert meta["item_ids"] == [int(i) for i in features.item_ids]
     assert meta["titles"][0] == f"Movie {features.item_ids[0]}"

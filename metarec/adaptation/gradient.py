@@ -197,8 +197,8 @@ def _emit_rates(g: GraphBuilder, adaptation: Adaptation, n_layers: int) -> Weigh
     return tuple(rates)
 
 
-def emit(task: TaskGraph, adaptation: Adaptation) -> str:
-    """``adaptation.steps`` inner steps on the support set, then the (C,) candidate scores."""
+def emit_weights(task: TaskGraph, adaptation: Adaptation) -> Weights:
+    """The decision layers after ``adaptation.steps`` inner steps on the support set."""
     g, weights = task.g, task.weights
     if adaptation.steps > 0:
         rates = _emit_rates(g, adaptation, len(weights))
@@ -208,4 +208,15 @@ def emit(task: TaskGraph, adaptation: Adaptation) -> str:
         for _ in range(adaptation.steps):
             weights = emit_inner_step(g, x_support, "support_ratings", "support_mask", denom,
                                       weights, rates, offset)
-    return emit_candidate_scores(task, weights)
+    return weights
+
+
+def emit_state(task: TaskGraph, adaptation: Adaptation) -> tuple[Weights, str | None]:
+    """The gradient kind's adapted state: every decision layer after the inner steps (no
+    separate head: the adapted output layer is it)."""
+    return emit_weights(task, adaptation), None
+
+
+def emit(task: TaskGraph, adaptation: Adaptation) -> str:
+    """``adaptation.steps`` inner steps on the support set, then the (C,) candidate scores."""
+    return emit_candidate_scores(task, emit_weights(task, adaptation))

@@ -49,10 +49,12 @@ class GraphBuilder:
 class TaskGraph:
     """One task's graph as the emitters see it.
 
-    ``features(rows)``: (K, F) tower features of the item rows input ``rows``
-    (``SUPPORT`` or ``CANDIDATES``); ``offset(rows)``: (K,) score offsets, or None when the
-    model has none; ``weights``: the meta-learned decision layers; ``n_hidden``: width H of
-    the last hidden layer.
+    ``features(rows)``: (K, F) tower features of the items ``rows`` (``SUPPORT`` or
+    ``CANDIDATES``: item rows in ``model.onnx``, item vectors in the catalog's user graph);
+    ``offset(rows)``: (K,) score offsets, or None when the model has none; ``extra(rows)``:
+    (K, f) item features the ridge head adds (the item factors of a ``head_factors`` model), or
+    None when ``n_extra`` is 0; ``weights``: the meta-learned decision layers; ``n_hidden``:
+    width H of the last hidden layer.
     """
 
     g: GraphBuilder
@@ -60,3 +62,5 @@ class TaskGraph:
     n_hidden: int
     features: Callable[[str], str]
     offset: Callable[[str], str | None]
+    extra: Callable[[str], str | None] = lambda rows: None
+    n_extra: int = 0

@@ -12,23 +12,27 @@ from typing import Callable
 from torch import Tensor, nn
 
 from metarec.adaptation import gradient, mlp, ridge
-from metarec.adaptation.graph import TaskGraph
+from metarec.adaptation.graph import TaskGraph, Weights
 from metarec.adaptation.spec import Adaptation, Kind
 
 
 @dataclass(frozen=True)
 class KindFunctions:
     """``reference(model, adaptation, user_cat (Fu,), items (S,), ratings (S,), mask (S,),
-    candidates (C,)) -> (C,)`` scores; ``emit(task_graph, adaptation) -> scores`` value name."""
+    candidates (C,)) -> (C,)`` scores; ``emit(task_graph, adaptation) -> scores`` value name;
+    ``emit_state(task_graph, adaptation) -> (weights, head)``: the adapted decision layers and
+    the adapted (H + f + 1, 1) output head, or None when the last layer of ``weights`` is the
+    head (what the catalog's user graph hands its candidate scorer)."""
 
     reference: Callable[..., Tensor]
     emit: Callable[[TaskGraph, Adaptation], str]
+    emit_state: Callable[[TaskGraph, Adaptation], tuple[Weights, str | None]]
 
 
 KIND_FUNCTIONS: dict[Kind, KindFunctions] = {
-    "gradient": KindFunctions(gradient.reference_scores, gradient.emit),
-    "ridge": KindFunctions(ridge.reference_scores, ridge.emit),
-    "none": KindFunctions(mlp.unadapted_scores, mlp.emit_unadapted),
+    "gradient": KindFunctions(gradient.reference_scores, gradient.emit, gradient.emit_state),
+    "ridge": KindFunctions(ridge.reference_scores, ridge.emit, ridge.emit_state),
+    "none": KindFunctions(mlp.unadapted_scores, mlp.emit_unadapted, mlp.unadapted_state),
 }
 
 

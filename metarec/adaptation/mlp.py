@@ -98,3 +98,8 @@ def emit_candidate_scores(task: TaskGraph, weights: Weights) -> str:
 def emit_unadapted(task: TaskGraph, adaptation: Adaptation) -> str:
     """The "none" kind: candidate scores under the meta-learned weights."""
     return emit_candidate_scores(task, task.weights)
+
+
+def unadapted_state(task: TaskGraph, adaptation: Adaptation) -> tuple[Weights, str | None]:
+    """The "none" kind's state: the meta-learned decision layers, no separate head."""
+    return task.weights, None

@@ -16,8 +16,9 @@ PyTorch: :func:`ridge_head` (``torch.linalg.solve`` in float32). ONNX: :func:`em
 (H+1)x(H+1) system with matrix products only: Newton-Schulz iterations for the inverse
 (X <- X (2I - A X) from X = I / ||A||_F, which converges for symmetric positive definite A),
 then iterative refinement; ``ITERATIONS`` covers condition numbers beyond 1e6 in float32. The
-item factors come from the initializer ``item_fac`` (I, f) that the export writes for such a
-model; f is the width of ``ridge_lambda`` beyond H + 1.
+head features f come from the task graph (``task.extra``): ``model.onnx`` gathers them from
+its initializer ``item_fac`` (I, f), the catalog's user graph reads them as inputs.
+:func:`emit_state` gives the adapted head itself, for graphs that score candidates apart.
 """
 
 from __future__ import annotations
@@ -97,27 +98,17 @@ def reference_scores(model: nn.Module, adaptation: Adaptation, user_cat: Tensor,
 # --------------------------------------------------------------------------- ONNX
 
 
-ITEM_FACTORS = "item_fac"  # (I, f) initializer of the item factors (head_factors models)
+ITEM_FACTORS = "item_fac"  # (I, f) initializer of the item factors in model.onnx (head_factors)
 
 
-def _emit_hidden_features(g: GraphBuilder, x: str, weights: Weights, rows: str,
-                          n_extra: int) -> str:
-    """(K, F) -> (K, H + f + 1): :func:`hidden_features` in the graph, the f item factors of
-    the item rows ``rows`` gathered from ``ITEM_FACTORS`` when f > 0."""
+def _emit_hidden_features(task: TaskGraph, x: str, weights: Weights, rows: str) -> str:
+    """(K, F) -> (K, H + f + 1): :func:`hidden_features` in the graph, the f head features of
+    the items ``rows`` from ``task.extra`` when f > 0."""
+    g = task.g
     h = emit_hidden(g, x, weights)
-    ones = g.op("Expand", "one_1x1", g.op("Concat", g.op("Shape", rows), "axis_one", axis=0))
-    extra = [g.op("Gather", ITEM_FACTORS, rows, axis=0)] if n_extra else []
+    ones = g.op("Expand", "one_1x1", g.op("Concat", g.op("Shape", h, end=1), "axis_one", axis=0))
+    extra = [task.extra(rows)] if task.n_extra else []
     return g.op("Concat", h, *extra, ones, axis=1)
-
-
-def _n_extra(g: GraphBuilder, n_lam: int, n_hidden: int) -> int:
-    """f, the item factors' width: the penalties beyond H + 1, which the graph must hold."""
-    n_extra = n_lam - n_hidden - 1
-    widths = [t.dims[1] for t in g.inits if t.name == ITEM_FACTORS]
-    if n_extra != (widths[0] if widths else 0):
-        raise ValueError(f"ridge_lambda must hold {n_hidden + 1 + (widths[0] if widths else 0)} "
-                         f"positive values, got shape ({n_lam},)")
-    return n_extra
 
 
 def _emit_solve(g: GraphBuilder, a: str, b: str, k: int) -> str:
@@ -133,20 +124,28 @@ def _emit_solve(g: GraphBuilder, a: str, b: str, k: int) -> str:
     return dw
 
 
-def emit(task: TaskGraph, adaptation: Adaptation) -> str:
-    """:func:`ridge_head` for one task with standard ONNX ops -> (C,) candidate scores."""
+def prior_head(task: TaskGraph, weights: Weights) -> str:
+    """(H + f + 1, 1) w0 of ``weights``' output layer: its weights, zeros for the f head
+    features, its bias (:func:`prior_weights`)."""
+    g = task.g
+    wt_out, b_out = weights[-1]
+    zeros = [g.const("ridge_w0_extra", np.zeros((task.n_extra, 1), np.float32))] \
+        if task.n_extra else []
+    return g.op("Concat", wt_out, *zeros, g.op("Unsqueeze", b_out, "axis_zero"), axis=0)
+
+
+def emit_head(task: TaskGraph, adaptation: Adaptation) -> str:
+    """The adapted head w0 + dw, (H + f + 1, 1), of :func:`ridge_head` for one task: the
+    closed form on the support set, with standard ONNX ops."""
     lam = adaptation.ridge_lambda.detach().float().cpu().numpy().reshape(-1)
     g = task.g
-    n_extra = _n_extra(g, lam.shape[0], task.n_hidden)
     k = lam.shape[0]
-    if not np.all(lam > 0):
-        raise ValueError(f"ridge_lambda must hold {k} positive values, got shape {lam.shape}")
+    if k != task.n_hidden + task.n_extra + 1 or not np.all(lam > 0):
+        raise ValueError(f"ridge_lambda must hold {task.n_hidden + task.n_extra + 1} positive "
+                         f"values, got shape {lam.shape}")
     g.const("ridge_lam", np.diag(lam))
-    wt_out, b_out = task.weights[-1]
-    zeros = [g.const("ridge_w0_extra", np.zeros((n_extra, 1), np.float32))] if n_extra else []
-    w0 = g.op("Concat", wt_out, *zeros, g.op("Unsqueeze", b_out, "axis_zero"), axis=0)  # (H1, 1)
-    hs = _emit_hidden_features(g, task.features(SUPPORT), task.weights, SUPPORT, n_extra)
-    hq = _emit_hidden_features(g, task.features(CANDIDATES), task.weights, CANDIDATES, n_extra)
+    w0 = prior_head(task, task.weights)  # (H1, 1)
+    hs = _emit_hidden_features(task, task.features(SUPPORT), task.weights, SUPPORT)
     base_s = g.op("Reshape", g.op("MatMul", hs, w0), "minus_one")  # (S,)
     s_off = task.offset(SUPPORT)
     if s_off is not None:
@@ -156,7 +155,19 @@ def emit(task: TaskGraph, adaptation: Adaptation) -> str:
     hmt = g.op("Transpose", hm, perm=[1, 0])
     a = g.op("Add", g.op("MatMul", hmt, hs), "ridge_lam")  # (H1, H1)
     b = g.op("MatMul", hmt, g.op("Unsqueeze", resid, "axis_one"))  # (H1, 1)
-    dw = _emit_solve(g, a, b, k)
-    scores = g.op("Reshape", g.op("MatMul", hq, g.op("Add", w0, dw)), "minus_one")  # (C,)
+    return g.op("Add", w0, _emit_solve(g, a, b, k))
+
+
+def emit_state(task: TaskGraph, adaptation: Adaptation) -> tuple[Weights, str | None]:
+    """The ridge kind's adapted state: the decision layers unchanged, and the adapted head."""
+    return task.weights, emit_head(task, adaptation)
+
+
+def emit(task: TaskGraph, adaptation: Adaptation) -> str:
+    """:func:`ridge_head` for one task with standard ONNX ops -> (C,) candidate scores."""
+    g = task.g
+    head = emit_head(task, adaptation)
+    hq = _emit_hidden_features(task, task.features(CANDIDATES), task.weights, CANDIDATES)
+    scores = g.op("Reshape", g.op("MatMul", hq, head), "minus_one")  # (C,)
     c_off = task.offset(CANDIDATES)
     return scores if c_off is None else g.op("Add", scores, c_off)

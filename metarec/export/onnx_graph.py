@@ -68,31 +68,43 @@ def _item_rows_const(model: Estimator) -> tuple[np.ndarray, np.ndarray | None]:
     return model.item_embed(rows).float().cpu().numpy(), offsets
 
 
+def decision_weights(g: GraphBuilder, model: Estimator) -> tuple[tuple[str, str], ...]:
+    """The decision layers as initializers ``Wt_i`` (in, out) and ``b_i`` (out,)."""
+    params = model.decision_params()
+    return tuple(
+        (g.const(f"Wt_{i}", params[weight_name(i)].detach().float().cpu().numpy().T.copy()),
+         g.const(f"b_{i}", params[bias_name(i)].detach().float().cpu().numpy().copy()))
+        for i in range(len(model.decision)))
+
+
+def emit_user_vec(g: GraphBuilder, model: Estimator) -> str | None:
+    """(1, Eu) user tower output of the input ``user_cat`` (one Gather into the stacked user
+    tables), or None for a model without user fields; defines ``user_width`` [Eu]."""
+    if not len(model.user_emb):
+        return None
+    table, user_offsets = _user_tables(model)
+    g.const("user_emb", table)
+    g.const("user_offsets", user_offsets)
+    eu = table.shape[1] * len(user_offsets)
+    g.const("user_width", np.array([eu], np.int64))
+    rows = g.op("Add", "user_cat", "user_offsets")
+    return g.op("Reshape", g.op("Gather", "user_emb", rows, axis=0),
+                g.const("user_shape", np.array([1, eu], np.int64)))  # (1, Eu)
+
+
 def _task_graph(g: GraphBuilder, model: Estimator) -> TaskGraph:
     """Initializers of the towers and decision layers, and the feature/offset emitters."""
     item_feats, offsets = _item_rows_const(model)
     g.const("item_feats", item_feats)
     for name, value in SHARED_CONSTANTS:
         g.const(name, value)
-    user_vec = None
-    if len(model.user_emb):
-        table, user_offsets = _user_tables(model)
-        g.const("user_emb", table)
-        g.const("user_offsets", user_offsets)
-        eu = table.shape[1] * len(user_offsets)
-        g.const("user_width", np.array([eu], np.int64))
-        rows = g.op("Add", "user_cat", "user_offsets")
-        user_vec = g.op("Reshape", g.op("Gather", "user_emb", rows, axis=0),
-                        g.const("user_shape", np.array([1, eu], np.int64)))  # (1, Eu)
+    user_vec = emit_user_vec(g, model)
     if offsets is not None:
         g.const("item_offset", offsets)
-    if model.head_factors:  # the ridge head's extra features (metarec.adaptation.ridge)
+    n_extra = int(model.item_fac.shape[1]) if model.head_factors else 0
+    if n_extra:  # the ridge head's extra features (metarec.adaptation.ridge)
         g.const(ITEM_FACTORS, model.item_fac.detach().float().cpu().numpy())
-    params = model.decision_params()
-    weights = tuple(
-        (g.const(f"Wt_{i}", params[weight_name(i)].detach().float().cpu().numpy().T.copy()),
-         g.const(f"b_{i}", params[bias_name(i)].detach().float().cpu().numpy().copy()))
-        for i in range(len(model.decision)))
+    weights = decision_weights(g, model)
 
     def features(items: str) -> str:
         """(K,) item rows -> (K, F) ``concat(item tower, user tower)`` (Estimator.embed's order)."""
@@ -105,7 +117,11 @@ def _task_graph(g: GraphBuilder, model: Estimator) -> TaskGraph:
     def offset(items: str) -> str | None:
         return None if offsets is None else g.op("Gather", "item_offset", items, axis=0)
 
-    return TaskGraph(g, weights, int(model.decision[-1].in_features), features, offset)
+    def extra(items: str) -> str | None:
+        return g.op("Gather", ITEM_FACTORS, items, axis=0) if n_extra else None
+
+    return TaskGraph(g, weights, int(model.decision[-1].in_features), features, offset, extra,
+                     n_extra)
 
 
 def build_graph(model: Estimator, adaptation: Adaptation | None, opset: int) -> onnx.ModelProto:
@@ -127,10 +143,21 @@ def _finish(g: GraphBuilder, model: Estimator, adapt: bool, opset: int) -> onnx.
            "support_ratings": (["S"], TensorProto.FLOAT), "support_mask": (["S"], TensorProto.FLOAT),
            "candidate_items": (["C"], TensorProto.INT64)}
     names = ADAPT_INPUTS if adapt else SCORER_INPUTS
-    inputs = [helper.make_tensor_value_info(n, vec[n][1], vec[n][0]) for n in names]
-    outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["C"])]
-    graph = helper.make_graph(g.nodes, "metarec_adapt" if adapt else "metarec_scorer",
-                              inputs, outputs, initializer=g.inits)
+    return finish_proto(g, "metarec_adapt" if adapt else "metarec_scorer",
+                        [(n, vec[n][1], vec[n][0]) for n in names],
+                        [("scores", TensorProto.FLOAT, ["C"])], opset)
+
+
+Value = tuple[str, int, list]  # (name, TensorProto element type, shape: ints or dim names)
+
+
+def finish_proto(g: GraphBuilder, name: str, inputs: list[Value], outputs: list[Value],
+                 opset: int) -> onnx.ModelProto:
+    """The checked model of ``g``'s nodes with these inputs and outputs (unused initializers
+    pruned; IR version capped so that older runtimes read it too)."""
+    graph = helper.make_graph(
+        g.nodes, name, [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs], initializer=g.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="metarec")
     proto.ir_version = min(proto.ir_version, 10)  # readable by older runtimes too

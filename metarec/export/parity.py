@@ -6,6 +6,8 @@ the learners' ``predict`` runs, picked by the adaptation's kind (not by learner 
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +18,11 @@ import torch
 
 from metarec.adaptation.kinds import adapted_scores
 from metarec.adaptation.spec import Adaptation
+from metarec.catalog.artifact import read_catalog
+from metarec.catalog.scoring import CatalogGraphs
 from metarec.export.artifacts import ExportResult
-from metarec.export.runtime import MODEL_FILE, SCORER_FILE, session
+from metarec.export.item_graph import catalog_rows, encoder_inputs, encoder_outputs
+from metarec.export.runtime import CATALOG_DIR, METADATA_FILE, MODEL_FILE, SCORER_FILE, session
 from metarec.models.estimator import Estimator
 
 log = logging.getLogger(__name__)
@@ -35,18 +40,26 @@ class ParityReport:
     n_tasks: int
     support_sizes: tuple[int, ...]
     passed: bool
+    # the catalog path: user.onnx + score.onnx over catalog/ against the PyTorch adaptation,
+    # and item_encoder.onnx against the item tower of an item without training ratings
+    catalog_max_abs_err: float = 0.0
+    encoder_max_abs_err: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_abs_err": self.max_abs_err, "scorer_max_abs_err": self.scorer_max_abs_err,
+                "catalog_max_abs_err": self.catalog_max_abs_err,
+                "encoder_max_abs_err": self.encoder_max_abs_err,
                 "tol": self.tol, "n_tasks": self.n_tasks,
                 "support_sizes": list(self.support_sizes), "passed": self.passed}
 
 
-def _random_task(model: Estimator, t: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _random_task(model: Estimator, t: int, rng: np.random.Generator,
+                 pool: np.ndarray) -> dict[str, np.ndarray]:
     """Task ``t`` of the check as a graph feed: support size ``SUPPORT_SIZES[t % 6]`` (capped
     at the item count), 3 masked padding slots in one task of three, a known user's row in
-    even tasks and random attributes otherwise, 1..64 candidates."""
-    n_items, n_users = int(model.item_table.shape[0]), int(model.user_table.shape[0])
+    even tasks and random attributes otherwise, 1..64 candidates; items drawn from the model
+    rows ``pool``."""
+    n_items, n_users = len(pool), int(model.user_table.shape[0])
     s = min(SUPPORT_SIZES[t % len(SUPPORT_SIZES)], n_items)
     pad = 3 if t % 3 == 2 else 0
     if n_users and t % 2 == 0:
@@ -54,11 +67,12 @@ def _random_task(model: Estimator, t: int, rng: np.random.Generator) -> dict[str
     else:  # a new user: random encoded attributes
         user = np.array([rng.integers(emb.num_embeddings) for emb in model.user_emb],
                         dtype=np.int64)
-    items = np.concatenate([rng.choice(n_items, s, replace=False), np.zeros(pad, np.int64)])
+    items = np.concatenate([pool[rng.choice(n_items, s, replace=False)],
+                            np.full(pad, pool[0], np.int64)])
     ratings = np.concatenate([rng.integers(1, 6, s), np.zeros(pad)]).astype(np.float32)
     mask = np.concatenate([np.ones(s), np.zeros(pad)]).astype(np.float32)
     perm = rng.permutation(s + pad)  # padding anywhere, not only at the end
-    cands = rng.choice(n_items, int(rng.integers(1, min(n_items, 64) + 1)), replace=False)
+    cands = pool[rng.choice(n_items, int(rng.integers(1, min(n_items, 64) + 1)), replace=False)]
     return {"user_cat": user.astype(np.int64), "support_items": items[perm].astype(np.int64),
             "support_ratings": ratings[perm], "support_mask": mask[perm],
             "candidate_items": cands.astype(np.int64)}
@@ -69,31 +83,84 @@ def parity_check(model: Estimator, export: ExportResult | str | Path, adaptation
     """Compare ONNX Runtime (CPU) with PyTorch on ``n_tasks`` random tasks.
 
     Support sizes cycle through 0, 1, 2, 5, 10, 37 (capped at the item count); one task in
-    three pads its support with masked slots. Ratings are drawn from 1..5, candidates from all
-    item rows. ``passed`` is ``max_abs_err <= tol`` for both graphs.
+    three pads its support with masked slots. Ratings are drawn from 1..5, items from the
+    export's catalog. The same tasks go through ``model.onnx``, ``scorer.onnx`` (unadapted)
+    and the catalog path (``user.onnx`` + ``score.onnx`` over ``catalog/``); the item encoder
+    is compared on every item as a new one. ``passed``: every error ``<= tol``.
     """
     out_dir = Path(export.out_dir if isinstance(export, ExportResult) else export)
     adapt_sess, score_sess = session(out_dir / MODEL_FILE), session(out_dir / SCORER_FILE)
+    meta = json.loads((out_dir / METADATA_FILE).read_text(encoding="utf-8"))
+    catalog = read_catalog(out_dir / CATALOG_DIR)
+    graphs = CatalogGraphs(out_dir, meta["catalog"])
+    # model row of each catalog row; tasks are drawn among the catalog's items
+    model_row = {int(i): r for r, i in enumerate(meta["item_ids"])}
+    rows_in_catalog = np.array([model_row[int(i)] for i in catalog.ids], np.int64)
+    catalog_row = {int(r): c for c, r in enumerate(rows_in_catalog)}
     rng = np.random.default_rng(seed)
     model = model.eval()
     dev = model.item_table.device
-    worst = worst_scorer = 0.0
+    worst = worst_scorer = worst_catalog = 0.0
     sizes = []
     for t in range(n_tasks):
-        feed = _random_task(model, t, rng)
+        feed = _random_task(model, t, rng, rows_in_catalog)
         tt = {k: torch.as_tensor(v, device=dev) for k, v in feed.items()}
         got = adapt_sess.run(["scores"], feed)[0]
         want = adapted_scores(model, adaptation, tt["user_cat"], tt["support_items"],
                               tt["support_ratings"], tt["support_mask"], tt["candidate_items"])
-        worst = max(worst, float(np.max(np.abs(got - want.cpu().numpy()))))
+        want = want.cpu().numpy()
+        worst = max(worst, float(np.max(np.abs(got - want))))
+        to_catalog = np.vectorize(catalog_row.__getitem__, otypes=[np.int64])
+        state = graphs.adapt(catalog, feed["user_cat"], to_catalog(feed["support_items"]),
+                             feed["support_ratings"], feed["support_mask"])
+        got_c = graphs.score(catalog, state, to_catalog(feed["candidate_items"]))
+        worst_catalog = max(worst_catalog, float(np.max(np.abs(got_c - want))))
         got0 = score_sess.run(["scores"], {"user_cat": feed["user_cat"],
                                            "candidate_items": feed["candidate_items"]})[0]
         with torch.no_grad():
             want0 = model(tt["user_cat"], tt["candidate_items"]).cpu().numpy()
         worst_scorer = max(worst_scorer, float(np.max(np.abs(got0 - want0))))
         sizes.append(int(np.sum(feed["support_mask"])))
-    passed = bool(worst <= tol and worst_scorer <= tol and np.isfinite(worst + worst_scorer))
-    report = ParityReport(worst, worst_scorer, tol, n_tasks, tuple(sizes), passed)
-    log.info("ONNX parity: max |err| %.3g (adapted), %.3g (scorer), tol %.1g -> %s",
-             worst, worst_scorer, tol, "passed" if passed else "FAILED")
+    worst_encoder = encoder_error(model, out_dir / meta["catalog"]["item_encoder"])
+    errors = (worst, worst_scorer, worst_catalog, worst_encoder)
+    passed = bool(max(errors) <= tol and np.isfinite(sum(errors)))
+    report = ParityReport(worst, worst_scorer, tol, n_tasks, tuple(sizes), passed,
+                          worst_catalog, worst_encoder)
+    log.info("ONNX parity: max |err| %.3g (adapted), %.3g (scorer), %.3g (catalog path), "
+             "%.3g (item encoder), tol %.1g -> %s", *errors, tol,
+             "passed" if passed else "FAILED")
     return report
+
+
+def new_item_rows(model: Estimator, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The PyTorch reference of the item encoder: the catalog rows of the model's items
+    ``rows`` as if they had no training ratings (statistics, id flag and factors zeroed)."""
+    fresh = copy.deepcopy(model)
+    for name in ("item_stats", "item_known", "item_fac"):
+        buf = getattr(fresh, name)
+        if buf is not None:
+            buf.zero_()
+    return catalog_rows(fresh, rows)
+
+
+def encoder_inputs_of(model: Estimator, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The item encoder's feed for the model's own item rows (their encoded attributes)."""
+    idx = torch.as_tensor(rows)
+    feed = {"item_cat": model.item_table[idx].cpu().numpy().astype(np.int64)}
+    feed.update({f"item_bag_{n}": getattr(model, f"item_bag_{n}")[idx].cpu().numpy()
+                 for n in model.multi_names})
+    if model.item_text is not None:
+        feed["item_text"] = model.item_text[idx].float().cpu().numpy()
+    return {k: v for k, v in feed.items() if k in encoder_inputs(model)}
+
+
+def encoder_error(model: Estimator, encoder_path: Path) -> float:
+    """Largest |item_encoder.onnx - PyTorch| over every item row as a new item's."""
+    rows = np.arange(model.item_table.shape[0])
+    sess = session(encoder_path)
+    names = encoder_outputs(model)
+    got = dict(zip(names, sess.run(names, encoder_inputs_of(model, rows))))
+    want = new_item_rows(model, rows)
+    key = {"item_vecs": "vectors", "item_first": "first", "item_offset": "offset",
+           "item_head": "head"}
+    return max(float(np.max(np.abs(got[n] - want[key[n]]), initial=0.0)) for n in names)

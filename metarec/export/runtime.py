@@ -15,7 +15,14 @@ MODEL_FILE = "model.onnx"
 SCORER_FILE = "scorer.onnx"
 METADATA_FILE = "metadata.json"
 PARITY_FILE = "parity.json"
-FORMAT_VERSION = 2  # 2: "adaptation" is a structured entry (Adaptation.to_dict); 1: a string
+# The catalog path (metarec.export.item_graph, metarec.export.user_graph, metarec.catalog):
+ITEM_ENCODER_FILE = "item_encoder.onnx"
+USER_FILE = "user.onnx"
+SCORE_FILE = "score.onnx"
+CATALOG_DIR = "catalog"  # the export's own catalog: version 1, the items it was trained with
+# 3: the catalog graphs and catalog/ beside model.onnx ("catalog" entry); 2: "adaptation" is a
+# structured entry (Adaptation.to_dict); 1: a string
+FORMAT_VERSION = 3
 ADAPT_INPUTS = ("user_cat", "support_items", "support_ratings", "support_mask", "candidate_items")
 SCORER_INPUTS = ("user_cat", "candidate_items")
 CPU = ["CPUExecutionProvider"]
