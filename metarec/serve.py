@@ -1,14 +1,18 @@
-"""Serving: the exported graph in ONNX Runtime behind a small API (no PyTorch at request time).
+"""Serving: the exported graphs in ONNX Runtime behind a small API (no PyTorch at request time).
 
-:class:`Recommender` loads an export directory (``model.onnx`` + ``metadata.json``, see
-:mod:`metarec.export`) or an MLflow URI (``models:/metarec@champion``), encodes a request (user
-attributes through the saved encoders, item ids to rows), runs the adaptation graph once and
-returns the top-k items. The HTTP API around it (limits, workers, reload) is
+:class:`Recommender` loads an export directory (see :mod:`metarec.export`) or an MLflow URI
+(``models:/metarec@champion``), encodes a request (user attributes through the saved encoders,
+item ids to rows), adapts to the ratings and returns the top-k items. An export with a catalog
+(format 3) is served through it: ``user.onnx`` adapts, ``score.onnx`` scans the latest catalog
+version in chunks (:mod:`metarec.catalog.scoring`), and :meth:`Recommender.refreshed` picks
+up a newer catalog version without reloading the model. Older exports run ``model.onnx``, the
+single graph with every item inside. The HTTP API around it (limits, workers, reload) is
 :mod:`metarec.serving`.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -111,12 +115,16 @@ class Recommender:
 
     Args:
         model_dir: an export directory (see :mod:`metarec.export`).
-        threads: intra-op threads of the ONNX Runtime session (0: its default).
+        threads: intra-op threads of the ONNX Runtime sessions (0: its default).
         max_ratings: most ratings accepted in one request.
+        catalog_dir: the catalog store (``catalog.dir``; None: the export's own catalog and
+            the registry's only); ``tracking_uri``: where a ``models:/`` source's catalogs
+            are recorded; ``chunk``: items scored per chunk of a catalog scan.
     """
 
     def __init__(self, model_dir: str | Path, *, threads: int = 1, max_ratings: int = 200,
-                 source: str | None = None) -> None:
+                 source: str | None = None, catalog_dir: str | Path | None = None,
+                 tracking_uri: str | None = None, chunk: int = 16384) -> None:
         import json
 
         from metarec.features.encoders import FeatureEncoders
@@ -125,9 +133,6 @@ class Recommender:
         self.source = source or str(model_dir)
         self.meta = json.loads((self.model_dir / METADATA_FILE).read_text(encoding="utf-8"))
         self.max_ratings = max_ratings
-        self.item_ids = np.asarray(self.meta["item_ids"], dtype=np.int64)
-        self.row_of = {int(i): r for r, i in enumerate(self.item_ids)}
-        self.titles = self.meta.get("titles")
         self.user_fields = tuple(self.meta["user_fields"])
         encs = self.meta.get("user_encoders")
         self.encoders = None if encs is None else \
@@ -135,20 +140,65 @@ class Recommender:
         self.rating_min, self.rating_max = self.meta["rating_range"]
         self.adaptation = adaptation_entry(self.meta)
         self.providers = choose_providers()
-        self.session = session(self.model_dir / self.meta["model_file"], threads=threads,
-                               providers=self.providers)
-        self._all_rows = np.arange(len(self.item_ids), dtype=np.int64)
+        self.chunk = chunk
+        entry = self.meta.get("catalog")
+        if entry:  # the catalog path: user graph + chunked scoring of the latest catalog
+            from metarec.catalog.scoring import CatalogGraphs
+            from metarec.catalog.source import CatalogSource
+
+            self.graphs = CatalogGraphs(self.model_dir, entry, threads=threads,
+                                        providers=self.providers)
+            self.catalogs = CatalogSource(entry["model_key"], self.model_dir / entry["dir"],
+                                          catalog_dir, self.source, tracking_uri)
+            self.session = None
+            self._use(self.catalogs.read())
+        else:  # an export before catalogs: every item inside model.onnx
+            self.graphs = self.catalogs = self.catalog = None
+            self.item_ids = np.asarray(self.meta["item_ids"], dtype=np.int64)
+            self.row_of = {int(i): r for r, i in enumerate(self.item_ids)}
+            self.titles = self.meta.get("titles")
+            self.session = session(self.model_dir / self.meta["model_file"], threads=threads,
+                                   providers=self.providers)
+            self._all_rows = np.arange(len(self.item_ids), dtype=np.int64)
         log.info("serving %s: %d items, learner %s, %s, providers %s", self.source,
                  len(self.item_ids), self.adaptation["learner"], describe(self.adaptation),
-                 self.session.get_providers())
+                 self.providers)
+
+    def _use(self, catalog: Any) -> None:
+        self.graphs.check(catalog)
+        self.catalog = catalog
+        self.item_ids = catalog.ids
+        self.row_of = catalog.row_of
+        self.titles = catalog.titles
+
+    def with_catalog(self, catalog: Any) -> "Recommender":
+        """This model serving another catalog version (sessions shared; ``self`` unchanged,
+        so requests in flight finish on the catalog they started with)."""
+        other = copy.copy(self)
+        other._use(catalog)
+        return other
+
+    def refreshed(self) -> "Recommender | None":
+        """This model on the latest catalog version when a newer one exists, else None."""
+        if self.catalogs is None:
+            return None
+        latest = self.catalogs.latest_version()
+        if latest <= self.catalog.version:
+            return None
+        new = self.with_catalog(self.catalogs.read(latest))
+        log.info("%s: catalog version %d -> %d (%d items)", self.source, self.catalog.version,
+                 latest, len(new.catalog))
+        return new
 
     @classmethod
     def load(cls, uri: str, *, tracking_uri: str | None = None, threads: int = 1,
-             max_ratings: int = 200) -> "Recommender":
+             max_ratings: int = 200, catalog_dir: str | Path | None = None,
+             chunk: int = 16384) -> "Recommender":
         """From an export directory or an MLflow URI (``models:/metarec@champion``); a
         download is removed once the model is in memory (no copy left per load)."""
         with local_model_dir(uri, tracking_uri) as model_dir:
-            return cls(model_dir, threads=threads, max_ratings=max_ratings, source=uri)
+            return cls(model_dir, threads=threads, max_ratings=max_ratings, source=uri,
+                       catalog_dir=catalog_dir, tracking_uri=tracking_uri, chunk=chunk)
 
     # ------------------------------------------------------------------ encoding
     def encode_user(self, user: Mapping[str, Any] | None) -> np.ndarray:
@@ -216,7 +266,11 @@ class Recommender:
     # ------------------------------------------------------------------ scoring
     def scores(self, user_cat: np.ndarray, rows: np.ndarray, ratings: np.ndarray,
                candidates: np.ndarray) -> np.ndarray:
-        """Run the adaptation graph: (Fu,), (S,), (S,), (C,) -> (C,) scores."""
+        """Adapt and score: (Fu,), (S,), (S,), (C,) -> (C,) scores (rows of the catalog, or of
+        ``model.onnx`` for an export before catalogs)."""
+        if self.catalog is not None:
+            state = self.graphs.adapt(self.catalog, user_cat, rows, ratings)
+            return self.graphs.score(self.catalog, state, np.asarray(candidates, np.int64))
         feed = {"user_cat": user_cat, "support_items": rows, "support_ratings": ratings,
                 "support_mask": np.ones(len(rows), np.float32), "candidate_items": candidates}
         return self.session.run(["scores"], feed)[0]
@@ -232,6 +286,12 @@ class Recommender:
             raise RequestError(f"k must be a positive integer, got {k!r}")
         user_cat = self.encode_user(user)
         rows, values = self.encode_ratings(ratings)
+        if self.catalog is not None:
+            state = self.graphs.adapt(self.catalog, user_cat, rows, values)
+            top = self.graphs.top_k(self.catalog, state, k, rows if exclude_seen else None,
+                                    self.chunk)
+            return [Recommendation(int(self.item_ids[r]), self.titles[r], float(sc))
+                    for r, sc in zip(top.rows, top.scores)]
         cands = self._all_rows
         if exclude_seen and len(rows):
             cands = np.setdiff1d(self._all_rows, rows, assume_unique=False)
@@ -250,5 +310,7 @@ class Recommender:
     def info(self) -> dict[str, Any]:
         return {"model": self.source, "items": len(self.item_ids),
                 "user_fields": list(self.user_fields), "adaptation": self.adaptation,
-                "learner": self.adaptation["learner"], "providers": self.session.get_providers(),
+                "learner": self.adaptation["learner"],
+                "providers": (self.session or self.graphs.user).get_providers(),
+                "catalog": None if self.catalog is None else self.catalog.describe(),
                 "extra": self.meta.get("extra", {})}

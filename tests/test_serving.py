@@ -45,9 +45,12 @@ class Server:
     """`python -m metarec.cli serve` in a subprocess, stopped on exit."""
 
     def __init__(self, tmp: Path, model: str, *, workers: int = 1,
-                 serve: dict | None = None, env: dict | None = None) -> None:
-        params = tmp / "params.yaml"
-        params.write_text(yaml.safe_dump({"serve": serve or {}}))
+                 serve: dict | None = None, env: dict | None = None,
+                 params: dict | None = None) -> None:
+        """``params``: other sections of the server's params.yaml."""
+        path = tmp / "params.yaml"
+        path.write_text(yaml.safe_dump({**(params or {}), "serve": serve or {}}))
+        params = path
         self.port = free_port()
         cmd = [sys.executable, "-m", "metarec.cli", "--params", str(params), "serve",
                "--host", "127.0.0.1", "--port", str(self.port), "--model", model,

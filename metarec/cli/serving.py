@@ -47,7 +47,8 @@ def recommend_cmd(ctx: click.Context, model_uri: str | None, user_json: str | No
     with reported(RequestError):
         rec = Recommender.load(model_uri or cfg.serve.model_uri,
                                tracking_uri=cfg.tracking.tracking_uri, threads=cfg.serve.threads,
-                               max_ratings=cfg.serve.max_ratings)
+                               max_ratings=cfg.serve.max_ratings, catalog_dir=cfg.catalog.dir,
+                               chunk=cfg.catalog.chunk)
         items = rec.recommend(user, _parse_ratings(ratings), k=k, exclude_seen=not include_seen)
     if as_json:
         click.echo(json.dumps([i.to_dict() for i in items], indent=2))
@@ -76,4 +77,5 @@ def serve_cmd(ctx: click.Context, host: str | None, port: int | None, model_uri:
         run_server(cfg.serve, model_uri=model_uri or cfg.serve.model_uri,
                    tracking_uri=cfg.tracking.tracking_uri, host=host or cfg.serve.host,
                    port=cfg.serve.port if port is None else port,
-                   workers=cfg.serve.workers if workers is None else workers)
+                   workers=cfg.serve.workers if workers is None else workers,
+                   catalog=cfg.catalog)

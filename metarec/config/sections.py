@@ -412,6 +412,22 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class CatalogConfig:
+    """The item catalog: its versions, new items without retraining, scoring large catalogs
+    (metarec.catalog)."""
+
+    # Catalog versions, one folder per model (its key) and version; LATEST names the newest.
+    dir: str = "artifacts/catalogs"
+    # The new-items file the Dagster sensor watches (`metarec items add --items` takes any).
+    items_file: str = "incoming/new_items.csv"
+    # Seconds between a serving worker's checks for a newer catalog version (store and
+    # registry); 0: only POST /reload picks one up.
+    poll_s: float = 2.0
+    # Items scored per chunk when a request scans the catalog (one chunk's scores in memory).
+    chunk: int = 16384
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole of params.yaml."""
 
@@ -427,6 +443,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     seed: int = 0
 

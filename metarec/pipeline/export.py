@@ -1,5 +1,6 @@
-"""The export stage: the trained learner's adaptation written into ONNX graphs, checked
-against PyTorch; the parity report lands beside the graphs as ``parity.json``. The metadata's
+"""The export stage: the trained learner's adaptation written into ONNX graphs (the
+single-graph ``model.onnx`` and the catalog path: item encoder, user graph, catalog version 1),
+checked against PyTorch; the parity report lands beside the graphs as ``parity.json``. The metadata's
 ``extra`` names the trained model exported (``model_sha256`` of meta_model.pt) and its MLflow
 run, which registration checks against the evaluation report's."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from metarec.config import Config, ExportConfig
 from metarec.export.runtime import PARITY_FILE
@@ -17,12 +18,14 @@ from metarec.pipeline.train import META_FILE, SUMMARY_FILE, load_meta_model
 
 
 def export_model(cfg: Config, inputs: Inputs | None = None,
-                 lineage: dict[str, Any] | None = None):
+                 lineage: dict[str, Any] | None = None,
+                 catalog_item_ids: Sequence[int] | None = None):
     """ONNX export (the learner's own adaptation inside the graph) + parity check; returns
-    (ExportResult, ParityReport) and writes parity.json beside the graphs."""
+    (ExportResult, ParityReport) and writes parity.json beside the graphs. The catalog's
+    version 1 holds ``catalog_item_ids`` (default: every item of the features)."""
     from metarec.data.tables import read_tables
     from metarec.export import export_onnx, parity_check
-    from metarec.features.build import load_encoders
+    from metarec.features.build import load_encoders, read_features_manifest
 
     inputs = inputs or load_inputs(cfg.features, cfg.tasks)
     model, learner = load_meta_model(cfg, inputs.features)
@@ -31,11 +34,16 @@ def export_model(cfg: Config, inputs: Inputs | None = None,
     items = read_tables(cfg.data.prepared_dir).items
     rating_range = ((0.0, 1.0) if cfg.validation.implicit
                     else (cfg.validation.rating_min, cfg.validation.rating_max))
+    encoders = load_encoders(cfg.features.out_dir).to_dict()
+    text_model = read_features_manifest(cfg.features.out_dir).get("text_model")
     result = export_onnx(model, adaptation, inputs.features, cfg.export.out_dir,
-                         opset=cfg.export.opset,
-                         user_encoders=load_encoders(cfg.features.out_dir).to_dict()["user"],
+                         opset=cfg.export.opset, user_encoders=encoders["user"],
                          titles=dict(zip(items.item_id.tolist(), items.title.tolist())),
-                         rating_range=rating_range, extra={**identity, **(lineage or {})})
+                         rating_range=rating_range, extra={**identity, **(lineage or {})},
+                         item_encoders=encoders,
+                         text=None if text_model is None else {
+                             "model": text_model, "normalize": cfg.features.text_normalize},
+                         catalog_item_ids=catalog_item_ids)
     parity = parity_check(model, result, adaptation, n_tasks=cfg.export.parity_tasks,
                           tol=cfg.export.parity_tol, seed=cfg.seed)
     write_json(Path(cfg.export.out_dir) / PARITY_FILE, parity.to_dict())

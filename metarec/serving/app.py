@@ -19,7 +19,7 @@ import os
 from contextlib import asynccontextmanager
 from typing import Any
 
-from metarec.config import ServeConfig
+from metarec.config import CatalogConfig, ServeConfig
 from metarec.serve import Recommender, RequestError
 from metarec.serving.fleet import ModelHolder, ReloadBoard
 from metarec.serving.guard import GuardStats, Limits, RequestGuard
@@ -49,9 +49,12 @@ def token_matches(given: str, token: str) -> bool:
 
 
 def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
-               tracking_uri: str | None = None, board: ReloadBoard | None = None) -> Any:
+               tracking_uri: str | None = None, board: ReloadBoard | None = None,
+               catalog: CatalogConfig | None = None) -> Any:
     """The app serving ``model_uri`` (default ``cfg.model_uri``), loaded at start and on
-    POST /reload; with a ``board`` (one per `metarec serve`) a reload reaches every worker."""
+    POST /reload; with a ``board`` (one per `metarec serve`) a reload reaches every worker.
+    ``catalog``: the catalog store and how often to look for a newer version (default: the
+    ``catalog`` section's defaults)."""
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -64,10 +67,12 @@ def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
     limits = Limits(cfg.max_body_bytes, cfg.max_active, cfg.max_queue, cfg.retry_after_s,
                     cfg.body_timeout_s)
     stats = GuardStats()
+    catalog = catalog or CatalogConfig()
     holder = ModelHolder(lambda: Recommender.load(uri, tracking_uri=tracking_uri,
                                                   threads=cfg.threads,
-                                                  max_ratings=cfg.max_ratings),
-                         board, poll_s=cfg.reload_poll_s)
+                                                  max_ratings=cfg.max_ratings,
+                                                  catalog_dir=catalog.dir, chunk=catalog.chunk),
+                         board, poll_s=cfg.reload_poll_s, refresh_s=catalog.poll_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
@@ -162,13 +167,14 @@ def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
 
 
 def runtime_env(model_uri: str, cfg: ServeConfig, tracking_uri: str | None,
-                state_dir: str, workers: int) -> str:
+                state_dir: str, workers: int, catalog: CatalogConfig | None = None) -> str:
     """What :func:`app_from_env` needs, as the JSON the parent puts in ``$METAREC_SERVE_RUNTIME``
     for its workers (an environment only the same user can read; ``$METAREC_SERVE_TOKEN``,
     when set, is inherited and wins as in the parent)."""
     return json.dumps({"model_uri": model_uri, "tracking_uri": tracking_uri,
                        "serve": dataclasses.asdict(cfg), "state_dir": state_dir,
-                       "workers": workers})
+                       "workers": workers,
+                       "catalog": dataclasses.asdict(catalog or CatalogConfig())})
 
 
 def app_from_env() -> Any:
@@ -179,4 +185,5 @@ def app_from_env() -> Any:
     spec = json.loads(raw)
     cfg = ServeConfig(**spec["serve"])
     return create_app(spec["model_uri"], cfg, spec["tracking_uri"],
-                      board=ReloadBoard(spec["state_dir"], spec["workers"]))
+                      board=ReloadBoard(spec["state_dir"], spec["workers"]),
+                      catalog=CatalogConfig(**spec.get("catalog", {})))

@@ -11,9 +11,14 @@ creates for its lifetime (:class:`ReloadBoard`):
   in a background thread, and on a larger value loads the model again and swaps it in whole
   (requests in flight finish on the model they started with; a failed load keeps the old
   model and says so).
-* ``worker-<pid>.json``: what each live worker serves (generation, model, error); /reload
-  waits until every worker reports the new generation and returns their states, or answers
-  503 naming the ones that failed or did not confirm within ``serve.reload_timeout_s``.
+* ``worker-<pid>.json``: what each live worker serves (generation, model, catalog, error);
+  /reload waits until every worker reports the new generation and returns their states, or
+  answers 503 naming the ones that failed or did not confirm within ``serve.reload_timeout_s``.
+
+A new catalog version needs no reload: with ``refresh_s`` > 0 each worker's holder asks its
+model every ``refresh_s`` for a newer catalog (``model.refreshed()``: the catalog store and the
+registry, :class:`metarec.catalog.source.CatalogSource`) and swaps in the model on it, whole,
+as a reload does.
 
 Only the standard library: a file and a lock work for processes on one machine, which is
 what uvicorn's workers are; several machines reload each of their servers.
@@ -120,10 +125,11 @@ class ModelHolder:
     """
 
     def __init__(self, load: Callable[[], Any], board: ReloadBoard | None = None,
-                 poll_s: float = 0.5) -> None:
+                 poll_s: float = 0.5, refresh_s: float = 0.0) -> None:
         self._load = load
         self.board = board
         self.poll_s = poll_s
+        self.refresh_s = refresh_s
         self.model: Any = None
         self.generation = 0
         self._lock = threading.Lock()  # one load at a time in this worker
@@ -134,7 +140,7 @@ class ModelHolder:
         with self._lock:
             generation = self.board.current() if self.board else 0
             self._swap(self._load(), generation)
-        if self.board is not None:
+        if self.board is not None or self.refresh_s > 0:
             self._watcher = threading.Thread(target=self._watch, name="metarec-reload-watch",
                                              daemon=True)
             self._watcher.start()
@@ -163,12 +169,30 @@ class ModelHolder:
 
     def describe(self) -> dict[str, Any]:
         info = self.model.info()
-        return {"model": info["model"], "items": info["items"], "extra": info["extra"]}
+        return {"model": info["model"], "items": info["items"], "extra": info["extra"],
+                "catalog": info.get("catalog")}
+
+    def refresh(self) -> bool:
+        """Swap in the model on a newer catalog version if there is one (a failure keeps the
+        current one and is logged); whether it swapped."""
+        with self._lock:
+            try:
+                new = self.model.refreshed()
+            except Exception:  # keep serving the current catalog; say why
+                log.exception("worker %d: picking up a newer catalog failed", os.getpid())
+                return False
+            if new is not None:
+                self._swap(new, self.generation)
+            return new is not None
 
     def _watch(self) -> None:
-        assert self.board is not None
-        while not self._stop.wait(self.poll_s):
-            if self.board.current() <= self.generation:
+        intervals = [t for t in (self.poll_s if self.board else 0, self.refresh_s) if t > 0]
+        due = time.monotonic() + self.refresh_s
+        while not self._stop.wait(min(intervals)):
+            if self.refresh_s > 0 and time.monotonic() >= due:
+                due = time.monotonic() + self.refresh_s
+                self.refresh()
+            if self.board is None or self.board.current() <= self.generation:
                 continue
             with self._lock:
                 generation = self.board.current()

@@ -18,7 +18,7 @@ import socket
 import sys
 import tempfile
 
-from metarec.config import ServeConfig
+from metarec.config import CatalogConfig, ServeConfig
 from metarec.serving.app import RUNTIME_ENV, TOKEN_ENV, runtime_env, serve_token
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,15 @@ def worker_count(workers: int) -> int:
 
 
 def run_server(cfg: ServeConfig, *, model_uri: str, tracking_uri: str | None, host: str,
-               port: int, workers: int) -> None:
+               port: int, workers: int, catalog: CatalogConfig | None = None) -> None:
     """Serve ``model_uri`` on ``host:port`` with ``workers`` processes until interrupted."""
     import uvicorn
 
     check_bind(host, serve_token(cfg))
     workers = worker_count(workers)
     state_dir = tempfile.mkdtemp(prefix="metarec-serve-")
-    os.environ[RUNTIME_ENV] = runtime_env(model_uri, cfg, tracking_uri, state_dir, workers)
+    os.environ[RUNTIME_ENV] = runtime_env(model_uri, cfg, tracking_uri, state_dir, workers,
+                                          catalog)
     log.info("serving %s on %s:%d with %d worker(s)", model_uri, host, port, workers)
     # uvicorn re-raises the SIGTERM it shut down on; exit through `finally` then, not by the
     # default action that would leave the board directory behind.
