@@ -94,6 +94,12 @@ def resolve_model_dir(uri: str, tracking_uri: str | None = None,
     return found[0].parent
 
 
+def catalog_options(catalog: Any) -> dict[str, int]:
+    """The :class:`Recommender` options of a ``catalog`` section (metarec.config.CatalogConfig)."""
+    return {"chunk": catalog.chunk, "candidate_lists": catalog.candidate_lists,
+            "candidate_probe": catalog.candidate_probe}
+
+
 def is_remote(uri: str) -> bool:
     """Whether ``uri`` is an MLflow URI (downloaded) rather than a local directory."""
     return "://" in uri or ":/" in uri
@@ -119,12 +125,16 @@ class Recommender:
         max_ratings: most ratings accepted in one request.
         catalog_dir: the catalog store (``catalog.dir``; None: the export's own catalog and
             the registry's only); ``tracking_uri``: where a ``models:/`` source's catalogs
-            are recorded; ``chunk``: items scored per chunk of a catalog scan.
+            are recorded; ``chunk``: items scored per chunk of a catalog scan;
+            ``candidate_lists`` > 0: a candidate stage of that many lists, probing
+            ``candidate_probe`` of them (:mod:`metarec.catalog.candidates`), instead of the
+            exact scan.
     """
 
     def __init__(self, model_dir: str | Path, *, threads: int = 1, max_ratings: int = 200,
                  source: str | None = None, catalog_dir: str | Path | None = None,
-                 tracking_uri: str | None = None, chunk: int = 16384) -> None:
+                 tracking_uri: str | None = None, chunk: int = 4096,
+                 candidate_lists: int = 0, candidate_probe: int = 16) -> None:
         import json
 
         from metarec.features.encoders import FeatureEncoders
@@ -141,6 +151,8 @@ class Recommender:
         self.adaptation = adaptation_entry(self.meta)
         self.providers = choose_providers()
         self.chunk = chunk
+        self.candidate_lists, self.candidate_probe = candidate_lists, candidate_probe
+        self.index = None
         entry = self.meta.get("catalog")
         if entry:  # the catalog path: user graph + chunked scoring of the latest catalog
             from metarec.catalog.scoring import CatalogGraphs
@@ -166,6 +178,12 @@ class Recommender:
 
     def _use(self, catalog: Any) -> None:
         self.graphs.check(catalog)
+        if self.candidate_lists > 0:
+            from metarec.catalog.candidates import build_index
+
+            active = int(catalog.active.sum())
+            self.index = build_index(catalog, min(self.candidate_lists, active)) if active \
+                else None
         self.catalog = catalog
         self.item_ids = catalog.ids
         self.row_of = catalog.row_of
@@ -193,12 +211,13 @@ class Recommender:
     @classmethod
     def load(cls, uri: str, *, tracking_uri: str | None = None, threads: int = 1,
              max_ratings: int = 200, catalog_dir: str | Path | None = None,
-             chunk: int = 16384) -> "Recommender":
+             **catalog: int) -> "Recommender":
         """From an export directory or an MLflow URI (``models:/metarec@champion``); a
-        download is removed once the model is in memory (no copy left per load)."""
+        download is removed once the model is in memory (no copy left per load).
+        ``catalog``: ``chunk``, ``candidate_lists``, ``candidate_probe`` (see the class)."""
         with local_model_dir(uri, tracking_uri) as model_dir:
             return cls(model_dir, threads=threads, max_ratings=max_ratings, source=uri,
-                       catalog_dir=catalog_dir, tracking_uri=tracking_uri, chunk=chunk)
+                       catalog_dir=catalog_dir, tracking_uri=tracking_uri, **catalog)
 
     # ------------------------------------------------------------------ encoding
     def encode_user(self, user: Mapping[str, Any] | None) -> np.ndarray:
@@ -288,8 +307,10 @@ class Recommender:
         rows, values = self.encode_ratings(ratings)
         if self.catalog is not None:
             state = self.graphs.adapt(self.catalog, user_cat, rows, values)
-            top = self.graphs.top_k(self.catalog, state, k, rows if exclude_seen else None,
-                                    self.chunk)
+            exclude = rows if exclude_seen else None
+            top = (self.index.candidates(self.graphs, self.catalog, state, self.candidate_probe,
+                                         k, exclude) if self.index is not None
+                   else self.graphs.top_k(self.catalog, state, k, exclude, self.chunk))
             return [Recommendation(int(self.item_ids[r]), self.titles[r], float(sc))
                     for r, sc in zip(top.rows, top.scores)]
         cands = self._all_rows

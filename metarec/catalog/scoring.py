@@ -1,17 +1,21 @@
-"""A user's adaptation and the scoring of a catalog, in ONNX Runtime (torch-free).
+"""A user's adaptation and the scoring of a catalog (ONNX Runtime and numpy; torch-free).
 
 :class:`CatalogGraphs` holds the export's ``user.onnx`` and ``score.onnx`` sessions
 (:mod:`metarec.export.user_graph`): :meth:`~CatalogGraphs.adapt` turns a user's support rows
 (catalog rows) and ratings into the adapted state, :meth:`~CatalogGraphs.score` scores any
-candidate rows under it, and :meth:`~CatalogGraphs.top_k` scans the whole catalog in chunks of
-``chunk`` rows with a running partial sort (``np.argpartition``), so a request holds one
-chunk's scores at a time whatever the catalog's size. The item half of the first decision
-layer is precomputed in the catalog (``first``), so scoring an item costs the hidden layers
-after the first one and the head: about ``H0 * H1 + H`` multiply-adds (64-64-1: ~4.2k).
+candidate rows under it (``score.onnx``), and :meth:`~CatalogGraphs.top_k` scans the whole
+catalog in chunks of ``chunk`` rows with a running partial sort (``np.argpartition``), so a
+request holds one chunk's scores at a time whatever the catalog's size. The item half of the
+first decision layer is precomputed in the catalog (``first``), so scoring an item costs the
+hidden layers after the first one and the head: about ``H0 * H1 + H`` multiply-adds (64-64-1:
+~4.2k). The scan computes what ``score.onnx`` computes with numpy on reused buffers (BLAS
+limited to ``threads`` during the scan): one ONNX Runtime call per chunk cost 1.3-2x more on
+the measuring machine (benchmarks/RESULTS.md), and a test holds both equal.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,7 +25,7 @@ import numpy as np
 from metarec.catalog.artifact import Catalog
 from metarec.export.runtime import CPU, session
 
-DEFAULT_CHUNK = 16384
+DEFAULT_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,10 @@ class CatalogGraphs:
         self.score_inputs = list(entry["score_inputs"])
         self.head_width = int(entry["head_width"])
         self.model_key = entry["model_key"]
+        self.middle = sorted({int(n.split("_")[1]) for n in self.state_names
+                              if n.startswith("layer_")})
+        self.threads = threads
+        self._blas = None  # a threadpoolctl controller, made on the first scan
 
     def check(self, catalog: Catalog) -> None:
         """Refuse a catalog of another model, or of other widths."""
@@ -76,11 +84,43 @@ class CatalogGraphs:
     def score(self, catalog: Catalog, state: Mapping[str, np.ndarray],
               rows: np.ndarray | slice) -> np.ndarray:
         """Scores of the catalog ``rows`` (an index array or a slice) under ``state`` -> (C,)."""
-        source = {"candidate_first": catalog.first, "candidate_vecs": catalog.vectors,
-                  "candidate_offset": catalog.offset, "candidate_head": catalog.head}
-        feed = {n: np.asarray(source[n][rows], np.float32) if n in source else state[n]
+        return self.score_arrays({"first": catalog.first, "vectors": catalog.vectors,
+                                  "offset": catalog.offset, "head": catalog.head}, state, rows)
+
+    def score_arrays(self, arrays: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray],
+                     rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Scores of ``rows`` of catalog-like ``arrays`` (``first``, ``vectors``, ``offset``,
+        ``head``; e.g. a candidate index's centroids) under ``state`` -> (C,)."""
+        feed = {n: (np.asarray(arrays[n.removeprefix("candidate_").replace("vecs", "vectors")]
+                               [rows], np.float32) if n.startswith("candidate_") else state[n])
                 for n in self.score_inputs}
         return self.scorer.run(["scores"], feed)[0]
+
+    def scan_scores(self, catalog: Catalog, state: Mapping[str, np.ndarray],
+                    rows: slice | np.ndarray, buf: np.ndarray | None = None) -> np.ndarray:
+        """``score.onnx`` in numpy for the catalog ``rows`` (a slice or an index array) ->
+        (C,) scores; ``buf`` (at least (C, H0)): working memory reused across chunks."""
+        first = catalog.first[rows]
+        n = len(first)
+        z = np.empty((n, len(state["user_first"])), np.float32) if buf is None else buf[:n]
+        if "first_item" in state:  # the first layer adapted (gradient kind): per user
+            np.matmul(np.asarray(catalog.vectors[rows], np.float32), state["first_item"], out=z)
+            z += state["user_first"]
+        else:
+            np.add(first, state["user_first"], out=z)
+        np.maximum(z, 0.0, out=z)
+        for i in self.middle:
+            z = z @ state[f"layer_{i}_wt"]
+            z += state[f"layer_{i}_b"]
+            np.maximum(z, 0.0, out=z)
+        head, f = state["head"], self.head_width
+        hidden = len(head) - f - 1
+        scores = z @ head[:hidden]
+        if f:
+            scores += np.asarray(catalog.head[rows], np.float32) @ head[hidden:hidden + f]
+        scores += head[-1]
+        scores += catalog.offset[rows]
+        return scores
 
     def top_k(self, catalog: Catalog, state: Mapping[str, np.ndarray], k: int,
               exclude: np.ndarray | None = None, chunk: int = DEFAULT_CHUNK) -> TopK:
@@ -91,23 +131,36 @@ class CatalogGraphs:
         excluded = np.unique(np.asarray(exclude if exclude is not None else [], np.int64))
         retired = not bool(catalog.active.all())
         best_rows, best = np.zeros(0, np.int64), np.zeros(0, np.float32)
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            s = self.score(catalog, state, slice(start, stop))
-            if not np.all(np.isfinite(s)):
-                raise RuntimeError("the model produced non-finite scores")
-            if retired:
-                s[~catalog.active[start:stop]] = -np.inf
-            lo, hi = np.searchsorted(excluded, [start, stop])
-            s[excluded[lo:hi] - start] = -np.inf
-            best_rows, best = _merge(best_rows, best, np.arange(start, stop), s, k)
+        buf = np.empty((min(chunk, n), len(state["user_first"])), np.float32)
+        with self._blas_limit():
+            for start in range(0, n, chunk):
+                stop = min(start + chunk, n)
+                s = self.scan_scores(catalog, state, slice(start, stop), buf)
+                if not np.all(np.isfinite(s)):
+                    raise RuntimeError("the model produced non-finite scores")
+                if retired:
+                    s[~catalog.active[start:stop]] = -np.inf
+                lo, hi = np.searchsorted(excluded, [start, stop])
+                s[excluded[lo:hi] - start] = -np.inf
+                best_rows, best = _merge(best_rows, best, np.arange(start, stop), s, k)
         return _finish(best_rows, best, n)
+
+    def _blas_limit(self) -> Any:
+        """BLAS threads limited to ``threads`` for the length of a scan (0: unchanged)."""
+        if self.threads <= 0:
+            return contextlib.nullcontext()
+        if self._blas is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._blas = ThreadpoolController()  # inspects the loaded libraries once
+        return self._blas.limit(limits=self.threads, user_api="blas")
 
     def top_k_of(self, catalog: Catalog, state: Mapping[str, np.ndarray], rows: np.ndarray,
                  k: int) -> TopK:
         """The ``k`` best of the given candidate ``rows`` (a candidate stage's output)."""
         rows = np.asarray(rows, np.int64)
-        s = self.score(catalog, state, rows) if len(rows) else np.zeros(0, np.float32)
+        with self._blas_limit():
+            s = self.scan_scores(catalog, state, rows) if len(rows) else np.zeros(0, np.float32)
         best_rows, best = _merge(np.zeros(0, np.int64), np.zeros(0, np.float32), rows, s, k)
         return _finish(best_rows, best, len(rows))
 

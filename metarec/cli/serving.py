@@ -35,7 +35,7 @@ def _parse_ratings(text: str) -> dict[int, float]:
 def recommend_cmd(ctx: click.Context, model_uri: str | None, user_json: str | None, ratings: str,
                   k: int, include_seen: bool, as_json: bool) -> None:
     """Adapt to a few ratings and print the top-k items with their scores."""
-    from metarec.serve import Recommender, RequestError
+    from metarec.serve import Recommender, RequestError, catalog_options
 
     cfg = config_of(ctx)
     try:
@@ -48,7 +48,7 @@ def recommend_cmd(ctx: click.Context, model_uri: str | None, user_json: str | No
         rec = Recommender.load(model_uri or cfg.serve.model_uri,
                                tracking_uri=cfg.tracking.tracking_uri, threads=cfg.serve.threads,
                                max_ratings=cfg.serve.max_ratings, catalog_dir=cfg.catalog.dir,
-                               chunk=cfg.catalog.chunk)
+                               **catalog_options(cfg.catalog))
         items = rec.recommend(user, _parse_ratings(ratings), k=k, exclude_seen=not include_seen)
     if as_json:
         click.echo(json.dumps([i.to_dict() for i in items], indent=2))

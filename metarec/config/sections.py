@@ -424,7 +424,13 @@ class CatalogConfig:
     # registry); 0: only POST /reload picks one up.
     poll_s: float = 2.0
     # Items scored per chunk when a request scans the catalog (one chunk's scores in memory).
-    chunk: int = 16384
+    chunk: int = 4096
+    # Candidate stage for large catalogs (metarec.catalog.candidates): 0 scores every item
+    # exactly; N > 0 partitions the catalog into N k-means lists when a catalog version loads
+    # (each worker; seconds at 1M items) and a request scores exactly only the members of the
+    # `candidate_probe` lists whose centres score best (recall measured in benchmarks/).
+    candidate_lists: int = 0
+    candidate_probe: int = 16
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ without a new export.
     support_ratings (S,), support_mask (S,)  float32
     -> user_first (H0,): the user half of the first decision layer plus its bias,
        head (H + f + 1,): the output layer over [last hidden layer, head features, 1],
-       and, for the gradient kind (every decision layer adapts), first_item (Ei, H0): the
-       item half of the adapted first layer, layer_<i>_wt / layer_<i>_b: the adapted middle
-       layers.
+       layer_<i>_wt / layer_<i>_b: the middle decision layers (adapted or not), and, for the
+       gradient kind (every decision layer adapts), first_item (Ei, H0): the item half of the
+       adapted first layer.
 
 ``score.onnx`` (one chunk of candidates, any number of rows)::
 
@@ -61,12 +61,13 @@ def adapts_first_layer(adaptation: Adaptation) -> bool:
 
 
 def state_names(model: Estimator, adaptation: Adaptation) -> list[str]:
-    """The outputs of ``user.onnx`` = the state inputs of ``score.onnx``, in order."""
+    """The outputs of ``user.onnx`` = the state inputs of ``score.onnx``, in order: with the
+    middle layers always (adapted or not), a user's state alone determines the scores."""
     names = ["user_first", "head"]
     if adapts_first_layer(adaptation):
         names.append("first_item")
-        names += [f"layer_{i}_{k}" for i in range(1, len(model.decision) - 1) for k in ("wt", "b")]
-    return names
+    return names + [f"layer_{i}_{k}" for i in range(1, len(model.decision) - 1)
+                    for k in ("wt", "b")]
 
 
 def _vector_task(g: GraphBuilder, model: Estimator) -> tuple[TaskGraph, str | None]:
@@ -120,8 +121,8 @@ def build_user_graph(model: Estimator, adaptation: Adaptation, opset: int) -> on
     if adapts_first_layer(adaptation):
         start = g.const("first_start", np.array([0], np.int64))
         outputs["first_item"] = g.op("Slice", wt0, start, split, "axis_zero")  # (Ei, H0)
-        for i in range(1, len(weights) - 1):
-            outputs[f"layer_{i}_wt"], outputs[f"layer_{i}_b"] = weights[i]
+    for i in range(1, len(weights) - 1):
+        outputs[f"layer_{i}_wt"], outputs[f"layer_{i}_b"] = weights[i]
     names = state_names(model, adaptation)
     for name in names:
         g.nodes.append(helper.make_node("Identity", [outputs[name]], [name]))
@@ -159,15 +160,11 @@ def build_score_graph(model: Estimator, adaptation: Adaptation, opset: int) -> o
     g = GraphBuilder()
     for name, value in SHARED_CONSTANTS:
         g.const(name, value)
-    fixed = decision_weights(g, model)
     ei, h0, f = item_width(model), int(model.decision[0].out_features), head_width(model)
     hidden = int(model.decision[-1].in_features)
-    if adapts_first_layer(adaptation):
-        first = g.op("MatMul", "candidate_vecs", "first_item")  # (C, H0)
-        middle = tuple((f"layer_{i}_wt", f"layer_{i}_b") for i in range(1, len(fixed) - 1))
-    else:
-        first = "candidate_first"
-        middle = fixed[1:-1]
+    middle = tuple((f"layer_{i}_wt", f"layer_{i}_b") for i in range(1, len(model.decision) - 1))
+    first = (g.op("MatMul", "candidate_vecs", "first_item")  # (C, H0)
+             if adapts_first_layer(adaptation) else "candidate_first")
     h = g.op("Relu", g.op("Add", first, "user_first"))  # (C, H0)
     if middle:
         h = emit_layers(g, h, middle, relu_last=True).out  # (C, H)

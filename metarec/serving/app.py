@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from metarec.config import CatalogConfig, ServeConfig
-from metarec.serve import Recommender, RequestError
+from metarec.serve import Recommender, RequestError, catalog_options
 from metarec.serving.fleet import ModelHolder, ReloadBoard
 from metarec.serving.guard import GuardStats, Limits, RequestGuard
 
@@ -71,7 +71,8 @@ def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
     holder = ModelHolder(lambda: Recommender.load(uri, tracking_uri=tracking_uri,
                                                   threads=cfg.threads,
                                                   max_ratings=cfg.max_ratings,
-                                                  catalog_dir=catalog.dir, chunk=catalog.chunk),
+                                                  catalog_dir=catalog.dir,
+                                                  **catalog_options(catalog)),
                          board, poll_s=cfg.reload_poll_s, refresh_s=catalog.poll_s)
 
     @asynccontextmanager
