@@ -88,9 +88,28 @@ def rss_mb() -> float:
 
 
 def percentiles(times: list[float]) -> dict[str, float]:
+    """p50 and p99 in ms, and the fastest request (the least disturbed by other processes)."""
     ms = np.asarray(times) * 1000
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+            "p99_ms": round(float(np.percentile(ms, 99)), 3),
+            "min_ms": round(float(ms.min()), 3)}
+
+
+def sgemm_gflops() -> float:
+    """The machine's single-thread float32 matrix product right now ((4096 x 64) @ (64 x 64),
+    the scan's shape), best of 50: the yardstick of the figures beside it."""
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).random((4096, 64), np.float32)
+    b = np.random.default_rng(1).random((64, 64), np.float32)
+    out = np.empty((4096, 64), np.float32)
+    best = np.inf
+    with threadpool_limits(1):
+        for _ in range(50):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=out)
+            best = min(best, time.perf_counter() - t0)
+    return round(2 * 4096 * 64 * 64 / best / 1e9, 1)
 
 
 def measure(export: Path, catalog_dir: Path, features: Path, requests: int, chunk: int,
@@ -124,7 +143,7 @@ def measure(export: Path, catalog_dir: Path, features: Path, requests: int, chun
             adapt_only.append(t1 - t0)
             exact.append(t2 - t0)
             tops.append((state, rows, top.rows))
-    out = {"items": len(catalog), "exact": percentiles(exact),
+    out = {"items": len(catalog), "sgemm_gflops": sgemm_gflops(), "exact": percentiles(exact),
            "adapt": percentiles(adapt_only), "rss_loaded_mb": round(loaded, 1),
            "rss_before_mb": round(before, 1)}
     if probes:
@@ -132,7 +151,8 @@ def measure(export: Path, catalog_dir: Path, features: Path, requests: int, chun
 
         lists = lists or int(2 * np.sqrt(len(catalog)))
         t0 = time.perf_counter()
-        index = build_index(catalog, lists)
+        index = build_index(catalog, lists,
+                            vectors="candidate_vecs" in graphs.score_inputs)
         out["index"] = {"lists": index.lists, "build_s": round(time.perf_counter() - t0, 2)}
         out["candidates"] = []
         for probe in probes:
@@ -188,6 +208,7 @@ def main() -> None:
     from metarec.catalog.artifact import write_catalog
 
     results = []
+    start_load = [round(x, 2) for x in os.getloadavg()]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
     for n in (int(x) for x in args.sizes.split(",")):
@@ -209,9 +230,8 @@ def main() -> None:
             row.update(requests=requests, built_s=round(made, 1))
             results.append(row)
             print(json.dumps(row), flush=True)
-    load = os.getloadavg()
     summary = {"results": results, "chunk": args.chunk, "threads": 1, "cpus": os.cpu_count(),
-               "loadavg": [round(x, 2) for x in load]}
+               "loadavg_start": start_load, "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2) + "\n")

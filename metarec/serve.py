@@ -182,8 +182,9 @@ class Recommender:
             from metarec.catalog.candidates import build_index
 
             active = int(catalog.active.sum())
-            self.index = build_index(catalog, min(self.candidate_lists, active)) if active \
-                else None
+            vectors = "candidate_vecs" in self.graphs.score_inputs
+            self.index = build_index(catalog, min(self.candidate_lists, active),
+                                     vectors=vectors) if active else None
         self.catalog = catalog
         self.item_ids = catalog.ids
         self.row_of = catalog.row_of

@@ -274,6 +274,12 @@ def test_catalog_versions_logged_beside_the_registered_model(ws, tmp_path: Path,
                            catalog_dir=str(tmp_path / "elsewhere"))
     assert rec.catalog.version == 2 and rec.catalog.content_hash == change.catalog["content_hash"]
     assert len(rec.recommend(None, {new[0]: 5}, k=3)) == 3
+    # a change made on that other machine follows the registry's latest version, not its
+    # own empty store's version 1
+    elsewhere = replace(cfg, catalog=replace(cfg.catalog, dir=str(tmp_path / "elsewhere")))
+    third = retire_items(elsewhere, [new[0]], uri)
+    assert third.version == 3 and read_catalog(third.folder).manifest["parent"] == 2
+    assert mlc.get_model_version("catalog_test", str(version)).tags["catalog_version"] == "3"
 
 
 def test_legacy_single_graph_export_still_serves(ws, tmp_path: Path) -> None:
@@ -364,3 +370,33 @@ def test_serving_swaps_catalogs_under_load_without_a_failed_request(ws, tmp_path
         [t.join() for t in threads]
         srv.stop()
     assert len(statuses) > 20 and set(statuses) == {200}, sorted(set(statuses))
+
+
+def test_dagster_asset_and_sensor_add_the_items_file(ws, tmp_path: Path) -> None:
+    import dagster as dg
+    import yaml
+
+    from metarec.config import CatalogConfig, ScheduleConfig
+    from orchestration.catalog_assets import build_items_sensor, item_catalog
+    from orchestration.resources import MetarecConfig, MlflowResource
+
+    cfg, _, _, new, path = ws
+    sensor = build_items_sensor(ScheduleConfig(), CatalogConfig(items_file=str(path)))
+    first = sensor.evaluate_tick(dg.build_sensor_context(cursor=None))
+    assert len(first.run_requests) == 1 and first.cursor
+    again = sensor.evaluate_tick(dg.build_sensor_context(cursor=first.cursor))
+    assert not again.run_requests and "unchanged" in again.skip_message
+    missing = build_items_sensor(ScheduleConfig(), CatalogConfig(items_file=str(tmp_path / "no")))
+    assert "not found" in missing.evaluate_tick(dg.build_sensor_context()).skip_message
+
+    settings = json.loads(json.dumps(cfg.to_dict()))
+    settings["catalog"].update(dir=str(tmp_path / "catalogs"), items_file=str(path))
+    settings["serve"]["model_uri"] = str(cfg.export.out_dir)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(settings))
+    result = dg.materialize([item_catalog], resources={
+        "metarec": MetarecConfig(params=str(params)), "mlflow": MlflowResource()})
+    assert result.success
+    meta = result.asset_materializations_for_node("item_catalog")[0].metadata
+    assert meta["version"].value == 2 and meta["added"].value == len(new)
+    assert Recommender(cfg.export.out_dir, catalog_dir=tmp_path / "catalogs").catalog.version == 2

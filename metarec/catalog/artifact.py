@@ -53,6 +53,36 @@ def content_hash(files: Mapping[str, str]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
+class IdIndex:
+    """Canonical item id -> catalog row, as a mapping over sorted arrays (16 bytes per item;
+    a dict of a million ints would take ~100 MB and a second to build)."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self._order = np.argsort(ids, kind="stable")
+        self._sorted = np.asarray(ids, np.int64)[self._order]
+
+    def get(self, item: int, default: int | None = None) -> int | None:
+        i = int(np.searchsorted(self._sorted, item))
+        if i < len(self._sorted) and self._sorted[i] == item:
+            return int(self._order[i])
+        return default
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, (int, np.integer)) and self.get(int(item)) is not None
+
+    def __getitem__(self, item: int) -> int:
+        row = self.get(int(item))
+        if row is None:
+            raise KeyError(item)
+        return row
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def __iter__(self):
+        return iter(self._sorted.tolist())
+
+
 @dataclass(frozen=True, eq=False)
 class Catalog:
     """A catalog version in memory (see the module docstring for the arrays' shapes)."""
@@ -91,9 +121,9 @@ class Catalog:
         return self.manifest.get("content_hash")
 
     @cached_property
-    def row_of(self) -> dict[int, int]:
-        """Canonical item id -> row."""
-        return {int(i): r for r, i in enumerate(self.ids.tolist())}
+    def row_of(self) -> IdIndex:
+        """Canonical item id -> row (``in``, ``[]``, ``get``)."""
+        return IdIndex(self.ids)
 
     @cached_property
     def active(self) -> np.ndarray:
@@ -108,7 +138,7 @@ class Catalog:
     def appended(self, ids: np.ndarray, titles: Sequence[str | None], rows: Mapping[str, np.ndarray]
                  ) -> "Catalog":
         """This catalog with new rows (``rows``: vectors, first, offset, head) at the end."""
-        clash = sorted(set(ids.tolist()) & set(self.row_of))
+        clash = sorted(set(ids[np.isin(ids, self.ids)].tolist()))
         if clash:
             raise ValueError(f"item id(s) {clash[:20]} are already in catalog version "
                              f"{self.version} (ids are never reused; retired ones included)")

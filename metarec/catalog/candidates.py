@@ -80,8 +80,9 @@ def _assign(x: np.ndarray, centres: np.ndarray, block: int = 8192) -> np.ndarray
 
 
 def build_index(catalog: Catalog, lists: int, *, iterations: int = 10, sample: int = 65536,
-                seed: int = 0) -> CandidateIndex:
-    """k-means lists over the catalog's active rows (see the module docstring)."""
+                seed: int = 0, vectors: bool = False) -> CandidateIndex:
+    """k-means lists over the catalog's active rows (see the module docstring); ``vectors``:
+    also the lists' mean item vectors (needed when the first layer adapts: gradient kinds)."""
     active = np.flatnonzero(catalog.active)
     if lists < 1 or lists > len(active):
         raise ValueError(f"lists must be in 1..{len(active)} (the active items), got {lists}")
@@ -104,7 +105,7 @@ def build_index(catalog: Catalog, lists: int, *, iterations: int = 10, sample: i
     rows = active[order]
     counts = np.diff(starts).astype(np.float32)
     means = {}
-    for name in ("first", "vectors", "offset", "head"):
+    for name in ("first", "offset", "head", *(["vectors"] if vectors else [])):
         values = np.asarray(getattr(catalog, name)[rows], np.float32)
         sums = np.add.reduceat(values, starts[:-1], axis=0)
         means[name] = (sums / (counts[:, None] if values.ndim == 2 else counts)).astype(np.float32)

@@ -47,7 +47,19 @@ class OpenModel:
         return entry
 
     def store(self, root: str | Path) -> CatalogStore:
-        return CatalogStore(root, self.entry["model_key"], self.export_dir / CATALOG_DIR)
+        """The local store of this model's catalog versions, caught up with the registry: a
+        newer version logged beside the registered version (from another machine) is taken
+        in first, so a new version always follows the latest one anywhere."""
+        store = CatalogStore(root, self.entry["model_key"], self.export_dir / CATALOG_DIR)
+        if self.registered is not None:
+            from metarec.catalog.tracking import fetch_catalog, registry_catalog
+
+            found = registry_catalog(self.registered[1])
+            if found is not None and found[3] == store.model_key \
+                    and found[0] > store.latest_version():
+                with tempfile.TemporaryDirectory(prefix="metarec-catalog-") as tmp:
+                    store.adopt(fetch_catalog(*self.registered, tmp))
+        return store
 
     def lineage(self) -> dict[str, Any]:
         """What a catalog version records of its model."""
@@ -105,8 +117,6 @@ class CatalogChange:
 def encode_items(model: OpenModel, items: NewItems, cfg: Config) -> dict[str, np.ndarray]:
     """Catalog rows of new items: the text embeddings, then ``item_encoder.onnx``."""
     entry = model.entry
-    if entry.get("item_encoders") is None:
-        raise ValueError(f"{model.uri}: exported without item encoders; items cannot be added")
     text = embed_new_texts(items, entry.get("text"), cfg.features) \
         if "item_text" in entry["encoder_inputs"] else None
     feed = encoder_feed(items, entry["item_encoders"], entry["encoder_inputs"], text)

@@ -99,26 +99,33 @@ class CatalogGraphs:
     def scan_scores(self, catalog: Catalog, state: Mapping[str, np.ndarray],
                     rows: slice | np.ndarray, buf: np.ndarray | None = None) -> np.ndarray:
         """``score.onnx`` in numpy for the catalog ``rows`` (a slice or an index array) ->
-        (C,) scores; ``buf`` (at least (C, H0)): working memory reused across chunks."""
+        (C,) scores; ``buf`` (at least (C, H0)): working memory reused across chunks.
+
+        Each ReLU of ``y + c`` (``c`` the user's constant: the user half of the first layer,
+        then each layer's bias) is taken as ``max(y, -c) + c`` and the ``+ c`` carried into
+        the next layer's bias (``c @ W + b``), computed once per request: one pass over the
+        chunk per layer instead of two.
+        """
         first = catalog.first[rows]
         n = len(first)
         z = np.empty((n, len(state["user_first"])), np.float32) if buf is None else buf[:n]
+        carry = state["user_first"]  # (H0,) the constant added to the first layer's rows
         if "first_item" in state:  # the first layer adapted (gradient kind): per user
             np.matmul(np.asarray(catalog.vectors[rows], np.float32), state["first_item"], out=z)
-            z += state["user_first"]
+            np.maximum(z, -carry, out=z)
         else:
-            np.add(first, state["user_first"], out=z)
-        np.maximum(z, 0.0, out=z)
-        for i in self.middle:
-            z = z @ state[f"layer_{i}_wt"]
-            z += state[f"layer_{i}_b"]
-            np.maximum(z, 0.0, out=z)
+            np.maximum(first, -carry, out=z)
+        for i in self.middle:  # relu(x) = max(y, -c) + c, the "+ c" carried forward
+            wt = state[f"layer_{i}_wt"]
+            z = z @ wt
+            carry = carry @ wt + state[f"layer_{i}_b"]
+            np.maximum(z, -carry, out=z)
         head, f = state["head"], self.head_width
         hidden = len(head) - f - 1
         scores = z @ head[:hidden]
         if f:
             scores += np.asarray(catalog.head[rows], np.float32) @ head[hidden:hidden + f]
-        scores += head[-1]
+        scores += np.float32(carry @ head[:hidden] + head[-1])
         scores += catalog.offset[rows]
         return scores
 

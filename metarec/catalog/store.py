@@ -82,6 +82,31 @@ class CatalogStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def adopt(self, folder: str | Path) -> int:
+        """Take a verified catalog version written elsewhere (the registry's, downloaded) into
+        the store when the store lacks it, and point ``LATEST`` at it when it is newer; its
+        version number."""
+        catalog = read_catalog(folder, mmap=False)
+        if catalog.model_key != self.model_key:
+            raise ValueError(f"{folder}: a catalog of model {catalog.model_key}, not "
+                             f"{self.model_key}")
+        with self._locked():
+            final = self.path(catalog.version)
+            if catalog.version > 1 and not final.exists():
+                tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.folder))
+                try:
+                    for p in Path(folder).iterdir():
+                        shutil.copy2(p, tmp / p.name)
+                        (tmp / p.name).chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                    os.rename(tmp, final)
+                finally:
+                    if tmp.exists():
+                        shutil.rmtree(tmp, ignore_errors=True)
+            if catalog.version > self.latest_version():
+                with atomic_file(self.folder / LATEST) as fh:
+                    fh.write(version_name(catalog.version) + "\n")
+        return catalog.version
+
     def publish(self, derive: Derive, lineage: Mapping[str, Any] | None = None
                 ) -> tuple[Catalog, Path]:
         """Write the version ``derive(latest)`` makes (with the changes it reports) as the
