@@ -8,7 +8,8 @@ The names below are the package's public surface: ``from metarec.config import M
 
 from metarec.config.loader import (DEFAULT_PARAMS, PARAMS_ENV, ConfigError, config_from_dict,
                                    default_params_path, load_config)
-from metarec.config.sections import (CatalogConfig, ColumnMap, Config, CsvSource, DataConfig, EvaluationConfig,
+from metarec.config.catalog import CatalogConfig
+from metarec.config.sections import (ColumnMap, Config, CsvSource, DataConfig, EvaluationConfig,
                                      ExportConfig, FeaturesConfig, GateConfig, MetaConfig,
                                      ModelConfig, ScheduleConfig, ServeConfig, TasksConfig,
                                      TrackingConfig, TrainConfig, ValidationConfig)

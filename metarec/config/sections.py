@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from metarec.config.catalog import CatalogConfig
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -409,28 +411,6 @@ class ScheduleConfig:
     timezone: str = "UTC"
     # Seconds between checks of data.dvc by the new-data sensor.
     sensor_interval_s: int = 60
-
-
-@dataclass(frozen=True)
-class CatalogConfig:
-    """The item catalog: its versions, new items without retraining, scoring large catalogs
-    (metarec.catalog)."""
-
-    # Catalog versions, one folder per model (its key) and version; LATEST names the newest.
-    dir: str = "artifacts/catalogs"
-    # The new-items file the Dagster sensor watches (`metarec items add --items` takes any).
-    items_file: str = "incoming/new_items.csv"
-    # Seconds between a serving worker's checks for a newer catalog version (store and
-    # registry); 0: only POST /reload picks one up.
-    poll_s: float = 2.0
-    # Items scored per chunk when a request scans the catalog (one chunk's scores in memory).
-    chunk: int = 4096
-    # Candidate stage for large catalogs (metarec.catalog.candidates): 0 scores every item
-    # exactly; N > 0 partitions the catalog into N k-means lists when a catalog version loads
-    # (each worker; seconds at 1M items) and a request scores exactly only the members of the
-    # `candidate_probe` lists whose centres score best (recall measured in benchmarks/).
-    candidate_lists: int = 0
-    candidate_probe: int = 16
 
 
 @dataclass(frozen=True)
