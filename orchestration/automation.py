@@ -1,8 +1,9 @@
 """Jobs, the weekly retraining schedule and the new-data sensor.
 
-`retrain` materialises the whole asset graph (blocking checks stop what is downstream of a
-failure); `promote` moves the registry alias `champion` through the library function. The
-schedule's cron and the sensor's interval come from params.yaml (section `schedule`).
+`retrain` materialises the whole asset graph but the tuning study (blocking checks stop what
+is downstream of a failure); `tune` (orchestration.tune_assets) runs the study; `promote`
+moves the registry alias `champion` through the library function. The schedule's cron and
+the sensor's interval come from params.yaml (section `schedule`).
 """
 
 
@@ -12,9 +13,11 @@ import dagster as dg
 
 from metarec.config import ScheduleConfig
 from orchestration.resources import MetarecConfig, MlflowResource, run_config
+from orchestration.tune_assets import TUNING_GROUP
 
 retrain_job = dg.define_asset_job(
-    "retrain", selection=dg.AssetSelection.all(),
+    # Every asset but the tuning study (its own job, `tune`).
+    "retrain", selection=dg.AssetSelection.all() - dg.AssetSelection.groups(TUNING_GROUP),
     description="Validate data, rebuild features and tasks, meta-train, evaluate, gate, export "
                 "and register a challenger.")
 
