@@ -142,6 +142,28 @@ def _trials(cfg: Config, url: str | None = None) -> list:
     return study.get_trials()
 
 
+def test_folds_hold_each_user_out_once_and_cut_supports_along_the_curve(project):
+    from metarec.tuning.cv import load_cv_inputs, make_folds, pool_tasks
+
+    root, raw = project
+    cfg = config_from_dict(raw)
+    pool = pool_tasks(load_cv_inputs(cfg))
+    folds = make_folds(pool, 3, (5, 1, "all"), seed=0)
+    held = np.concatenate([f.held.user_ids for f in folds])
+    full = set(pool.user_ids[pool.support_mask.all(1)])  # fill the width: they only train
+    assert sorted(held) == sorted(set(pool.user_ids) - full) and len(set(held)) == len(held)
+    for f in folds:
+        assert not set(f.train.user_ids) & set(f.held.user_ids)
+        assert set(f.train.user_ids) | set(f.held.user_ids) == set(pool.user_ids)
+        assert f.shots == ("1", "5", "all") and len(f.curve) == 3 * len(f.held)
+        sizes = f.curve.support_mask.sum(1).reshape(3, len(f.held))
+        whole = f.held.support_mask.sum(1)
+        assert (sizes[0] == np.minimum(whole, 1)).all() and (sizes[1] == np.minimum(whole, 5)).all()
+        assert (sizes[2] == whole).all()
+    again = make_folds(pool, 3, (5, 1, "all"), seed=0)
+    assert all((a.curve.support_mask == b.curve.support_mask).all() for a, b in zip(folds, again))
+
+
 def test_tune_cli_writes_the_best_trial_for_review_and_logs_every_trial(project):
     root, raw = project
     res = CliRunner().invoke(__import__("metarec.cli", fromlist=["main"]).main,
