@@ -75,6 +75,22 @@ def test_trial_settings_apply_and_the_current_settings_are_a_point_of_the_space(
         with_params(cfg, {"train.lrr": 1e-3})
 
 
+def test_sampler_and_pruner_follow_the_settings():
+    import optuna
+
+    from metarec.tuning.study import _pruner, _sampler, direction
+
+    assert isinstance(_pruner(config_from_dict({})), optuna.pruners.MedianPruner)
+    halving = config_from_dict({"tune": {"pruner": "halving"}})
+    assert isinstance(_pruner(halving), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(_pruner(config_from_dict({"tune": {"pruner": "none"}})),
+                      optuna.pruners.NopPruner)
+    assert isinstance(_sampler(config_from_dict({}), 0), optuna.samplers.TPESampler)
+    ranking = config_from_dict({"tune": {"sampler": "random", "objective": {"metric": "ndcg_at_3"}}})
+    assert isinstance(_sampler(ranking, 0), optuna.samplers.RandomSampler)
+    assert direction(ranking) == "maximize" and direction(Config()) == "minimize"
+
+
 # --------------------------------------------------------------------------- overrides (fast)
 
 
