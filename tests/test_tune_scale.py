@@ -101,3 +101,67 @@ def test_two_workers_share_one_study_on_postgres(postgres, tmp_path):  # noqa: F
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["ran"] == [] and report["report"]["best"] == study.best_trial.number
     assert (tmp_path / "params.tuned.yaml").exists()
+
+
+@pytest.mark.integration
+def test_a_dead_workers_trial_is_run_again(tmp_path):
+    """A worker killed mid-trial stops its heartbeat; the next worker fails that trial and runs
+    it again (the same settings), so the study loses no trial."""
+    import optuna
+
+    from metarec.config import config_from_dict
+    from metarec.data.prepare import prepare_dataset
+    from metarec.features.build import prepare_features
+    from metarec.pipeline.tasks import build_task_sets
+    from metarec.tuning.study import run_worker
+    from tests.synth import SYNTH_PARAMS, write_synthetic_csv
+    from tests.test_encoders import fake_encoder
+
+    write_synthetic_csv(tmp_path / "data" / "csv")
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    raw = merge(SYNTH_PARAMS, {
+        "data": {"raw_dir": str(tmp_path / "data"), "prepared_dir": str(tmp_path / "prepared")},
+        "features": {"out_dir": str(tmp_path / "features"), "cache_dir": str(tmp_path / "c")},
+        "tasks": {"out_dir": str(tmp_path / "tasks")},
+        # long enough a trial to be killed in the middle of it
+        "train": {"max_steps": 300, "eval_every": 50, "patience": 1000, "tasks_per_batch": 8,
+                  "progress": False},
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        "tune": {"storage": storage, "n_trials": 2, "folds": 2, "pruner": "none",
+                 "heartbeat_s": 1, "out_dir": str(tmp_path / "tune"), "space": SPACE,
+                 "objective": {"constraint_margin": 1.0, "shots": ["all"]}}})
+    cfg = config_from_dict(raw)
+    tables = prepare_dataset(cfg.data)
+    prepare_features(cfg.features, cfg.tasks, cfg.seed, tables, encode_fn=fake_encoder)
+    build_task_sets(cfg, tables)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    doomed = subprocess.Popen([sys.executable, "-m", "metarec.cli", "--params", str(params),
+                               "tune", "--worker"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + WORKER_BOUND_S
+        while True:  # until its first trial (the reference) is running
+            time.sleep(1)
+            try:
+                running = [t for t in optuna.load_study(study_name="metarec", storage=storage)
+                           .get_trials() if t.state.name == "RUNNING"]
+            except KeyError:  # the study is not created yet
+                running = []
+            if running or doomed.poll() is not None or time.monotonic() > deadline:
+                break
+        assert running, "the worker never started a trial"
+        time.sleep(2)  # mid-trial: two folds of 300 training steps take far longer
+    finally:
+        doomed.kill()
+        doomed.wait(timeout=30)
+    time.sleep(3)  # past the grace period (2 x heartbeat_s) of its last heartbeat
+    result = run_worker(cfg)  # a second worker, same study
+    trials = optuna.load_study(study_name="metarec", storage=storage).get_trials()
+    states = [t.state.name for t in trials]
+    assert states[0] == "FAIL" and states.count("COMPLETE") == 2, states
+    retry = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("reference")]
+    assert len(retry) == 1 and retry[0].params == trials[0].params
+    assert result.ran == [t.number for t in trials[1:]]

@@ -160,10 +160,19 @@ def counts(study) -> dict[str, int]:
     return out
 
 
+def _used(study) -> tuple[int, int]:
+    """Trials that use up ``n_trials`` (a dead worker's trial that was queued again counts
+    once, as its retry), and trials queued to run."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    used = sum(1 for t in trials if t.state.name in COUNTED and t.number not in retried)
+    return used, sum(1 for t in trials if t.state.name == "WAITING")
+
+
 def run_worker(cfg: Config, url: str | None = None, worker: bool = False,
                max_trials: int | None = None) -> WorkerResult:
-    """Run trials of the study until it holds ``tune.n_trials`` (all workers together), the
-    timeout passes, or this process ran ``max_trials``. ``cfg`` is the base configuration
+    """Run trials of the study until it holds ``tune.n_trials`` (all workers together) and
+    none is queued, the timeout passes, or this process ran ``max_trials``. ``cfg`` is the base configuration
     (params.yaml without overrides); only the training and validation users are loaded."""
     import time
 
@@ -186,8 +195,10 @@ def run_worker(cfg: Config, url: str | None = None, worker: bool = False,
         return objective(trial)
 
     while max_trials is None or len(result.ran) < max_trials:
-        used = sum(n for s, n in counts(study).items() if s in COUNTED)
-        if used >= cfg.tune.n_trials or (deadline is not None and time.monotonic() > deadline):
+        # Queued trials run even past n_trials: the retry of a dead worker's trial is one.
+        used, waiting = _used(study)
+        if (used >= cfg.tune.n_trials and not waiting) or (
+                deadline is not None and time.monotonic() > deadline):
             break
         # One trial per call: optimize() keeps this worker's heartbeat while it runs and
         # fails the stale trials of dead workers first; diverged or refused settings fail,
