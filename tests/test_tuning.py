@@ -144,7 +144,11 @@ def project(tmp_path_factory):
     prepare_features(cfg.features, cfg.tasks, cfg.seed, tables, encode_fn=fake_encoder)
     build_task_sets(cfg, tables)
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    return root, raw
+    # MLFLOW_TRACKING_URI outranks params.yaml: point it at this project's store (another
+    # test or the environment may have set it elsewhere).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", raw["tracking"]["tracking_uri"])
+        yield root, raw
 
 
 def _cfg(raw, **tune) -> Config:
