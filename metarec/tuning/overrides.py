@@ -73,8 +73,11 @@ class StudyReport:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else yaml.safe_dump(
-        value, default_flow_style=True).strip().removesuffix("...").strip()
+    """A value as a reviewer reads it: floats to 4 significant digits (1.0 stays 1.0), the
+    rest in YAML flow style."""
+    if isinstance(value, float):
+        return repr(value) if len(repr(value)) <= 6 else f"{value:.4g}"
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _complete(study) -> list:
