@@ -36,6 +36,7 @@ from metarec.tuning.tracking import (STUDY_RUN_ATTR, TrialLogger, open_study_run
 log = logging.getLogger(__name__)
 
 COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")  # trial states that use up n_trials
+SCHEMA_ATTEMPTS = 5  # tries to open a storage whose tables another worker is creating
 
 
 @dataclass
@@ -53,21 +54,33 @@ class WorkerResult:
 def storage(cfg: Config, url: str | None = None):
     """Optuna's RDB storage at ``url`` (default ``tune.storage``), with worker heartbeats; a
     SQLite file's folder is created."""
+    import time
     import warnings
 
     import optuna
+    import sqlalchemy.exc
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     url = url or cfg.tune.storage
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8; relied on
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, heartbeat_interval=cfg.tune.heartbeat_s,
-                          grace_period=2 * cfg.tune.heartbeat_s,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                              max_retry=1))
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats: "experimental" since Optuna 2.8
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=cfg.tune.heartbeat_s,
+                                  grace_period=2 * cfg.tune.heartbeat_s,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                      max_retry=1))
+        except sqlalchemy.exc.IntegrityError:
+            # Workers started together on an empty database race to create Optuna's tables
+            # (PostgreSQL: "studydirection already exists"); the loser finds them next time.
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            log.info("storage schema being created by another worker; retrying")
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _seed(cfg: Config, existing: int, worker: bool) -> int:
