@@ -30,8 +30,9 @@ def test_definitions_load(monkeypatch):
     monkeypatch.chdir(REPO)
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert DATA_ASSETS | MODEL_ASSETS == keys
+    assert DATA_ASSETS | MODEL_ASSETS | {"tuning_study"} == keys
     assert defs.resolve_job_def("retrain") is not None
+    assert defs.resolve_job_def("tune") is not None  # its assets: tests/test_tuning.py
     cfg = load_config(REPO / "params.yaml")
     assert defs.get_schedule_def("weekly_retrain").cron_schedule == cfg.schedule.retrain_cron
     assert defs.get_sensor_def("new_data_sensor") is not None

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from metarec.config.tune import TuneConfig
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -435,6 +437,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
