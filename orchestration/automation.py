@@ -1,8 +1,9 @@
 """Jobs, the weekly retraining schedule and the new-data sensor.
 
-`retrain` materialises the whole asset graph (blocking checks stop what is downstream of a
-failure); `promote` moves the registry alias `champion` through the library function. The
-schedule's cron and the sensor's interval come from params.yaml (section `schedule`).
+`retrain` materialises the whole asset graph but the tuning study (blocking checks stop what
+is downstream of a failure); `tune` (orchestration.tune_assets) runs the study; `promote`
+moves the registry alias `champion` through the library function. The schedule's cron and
+the sensor's interval come from params.yaml (section `schedule`).
 """
 
 
@@ -12,6 +13,7 @@ import dagster as dg
 
 from metarec.config import ScheduleConfig
 from orchestration.resources import MetarecConfig, MlflowResource, run_config
+from orchestration.tune_assets import TUNING_GROUP
 
 # Runs carrying this tag are limited to one at a time by the instance's run queue
 # (tag_concurrency_limits in orchestration/deploy/*/dagster.yaml and in the local instance
@@ -19,8 +21,10 @@ from orchestration.resources import MetarecConfig, MlflowResource, run_config
 RETRAIN_TAG = {"metarec/retrain": "workspace"}
 
 retrain_job = dg.define_asset_job(
-    # every asset but the item catalog (orchestration/catalog_assets.py: its own job)
-    "retrain", selection=dg.AssetSelection.all() - dg.AssetSelection.groups("catalog"),
+    # Every asset but the tuning study (its own job, `tune`) and the item catalog
+    # (orchestration/catalog_assets.py: its own job, `add_items`).
+    "retrain", selection=dg.AssetSelection.all() - dg.AssetSelection.groups(TUNING_GROUP)
+    - dg.AssetSelection.groups("catalog"),
     tags=RETRAIN_TAG,
     description="Validate data, rebuild features and tasks, meta-train, evaluate, gate, export "
                 "and register a challenger.")

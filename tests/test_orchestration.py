@@ -30,9 +30,10 @@ def test_definitions_load(monkeypatch):
     monkeypatch.chdir(REPO)
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert DATA_ASSETS | MODEL_ASSETS | {"item_catalog"} == keys
+    assert DATA_ASSETS | MODEL_ASSETS | {"tuning_study", "item_catalog"} == keys
     retrain = defs.resolve_job_def("retrain")
     assert "item_catalog" not in {n.name for n in retrain.graph.node_defs}  # never retrains
+    assert defs.resolve_job_def("tune") is not None  # its assets: tests/test_tuning.py
     assert defs.resolve_job_def("add_items") is not None
     assert defs.get_sensor_def("new_items_sensor") is not None
     cfg = load_config(REPO / "params.yaml")

@@ -65,13 +65,12 @@ def spec_of(encoders: Mapping[str, Any]) -> FeatureSpec:
 
 def _read(path: Path, data: DataConfig) -> pd.DataFrame:
     """The file as it is (CSV cells stay strings), id and title columns named canonically."""
+    from metarec.data.files import file_sep, id_columns
     from metarec.data.sources import read_table_file
 
-    src = data.csv
-    sep = getattr(src, "items_sep", None) or src.sep  # a per-file separator where configured
-    frame = read_table_file(path, sep, src.encoding)
-    id_col = getattr(src.columns, "items_id", None) or src.columns.item_id
-    return frame.rename(columns={id_col: "item_id", src.columns.title: "title"})
+    src = data.csv  # the items file's own separator and id column, as the dataset's reader
+    frame = read_table_file(path, file_sep(src, "items"), src.encoding)
+    return frame.rename(columns={id_columns(src)[1]: "item_id", src.columns.title: "title"})
 
 
 def _lines(frame: pd.DataFrame, column: str | None, examples: list[Any]) -> list[int]:

@@ -13,9 +13,10 @@ from metarec.config.sections import (ColumnMap, Config, CsvSource, DataConfig, E
                                      ExportConfig, FeaturesConfig, GateConfig, MetaConfig,
                                      ModelConfig, ScheduleConfig, ServeConfig, TasksConfig,
                                      TrackingConfig, TrainConfig, ValidationConfig)
+from metarec.config.tune import ParamRange, TuneConfig, TuneObjective
 
 __all__ = ["DEFAULT_PARAMS", "PARAMS_ENV", "CatalogConfig", "ColumnMap", "Config", "ConfigError", "CsvSource",
            "DataConfig", "EvaluationConfig", "ExportConfig", "FeaturesConfig", "GateConfig",
-           "MetaConfig", "ModelConfig", "ScheduleConfig", "ServeConfig", "TasksConfig",
-           "TrackingConfig", "TrainConfig", "ValidationConfig", "config_from_dict",
-           "default_params_path", "load_config"]
+           "MetaConfig", "ModelConfig", "ParamRange", "ScheduleConfig", "ServeConfig",
+           "TasksConfig", "TrackingConfig", "TrainConfig", "TuneConfig", "TuneObjective",
+           "ValidationConfig", "config_from_dict", "default_params_path", "load_config"]
