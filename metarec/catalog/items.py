@@ -63,33 +63,25 @@ def spec_of(encoders: Mapping[str, Any]) -> FeatureSpec:
         item_multi=tuple(e["column"] for e in encoders["item_multi"]))
 
 
-def _read(path: Path, data: DataConfig) -> pd.DataFrame:
-    """The file as it is (CSV cells stay strings), id and title columns named canonically."""
-    from metarec.data.files import file_sep, id_columns
-    from metarec.data.sources import read_table_file
+def _read(path: Path, data: DataConfig) -> Any:
+    """The file as it is (a :class:`metarec.data.files.TableFile`: CSV cells stay strings),
+    read as the dataset's reader reads its items file (its own separator and id column), id
+    and title columns named canonically."""
+    import dataclasses
 
-    src = data.csv  # the items file's own separator and id column, as the dataset's reader
-    frame = read_table_file(path, file_sep(src, "items"), src.encoding)
-    return frame.rename(columns={id_columns(src)[1]: "item_id", src.columns.title: "title"})
+    from metarec.data.files import file_sep, id_columns, read_table
 
-
-def _lines(frame: pd.DataFrame, column: str | None, examples: list[Any]) -> list[int]:
-    """The file lines (header = line 1) of a failure's examples: the rows it names ("row 3"),
-    else the rows where ``column`` holds one of the example values."""
-    rows = [int(e[4:]) for e in examples
-            if isinstance(e, str) and e.startswith("row ") and e[4:].isdigit()]
-    if rows:
-        return [r + 2 for r in rows]
-    if column not in frame.columns:
-        return []
-    values = frame[column].astype(str)
-    return [int(i) + 2 for i in np.flatnonzero(values.isin([str(e) for e in examples]))][:10]
+    src = data.csv
+    table = read_table(path, file_sep(src, "items"), src.encoding)
+    frame = table.frame.rename(columns={id_columns(src)[1]: "item_id",
+                                        src.columns.title: "title"})
+    return dataclasses.replace(table, frame=frame)
 
 
-def check_items(frame: pd.DataFrame, spec: FeatureSpec, validation: ValidationConfig,
-                data: DataConfig, where: str) -> None:
-    """The dataset's GX items suite on ``frame`` (raw cells); :class:`ItemsError` naming each
-    failed check, its values and lines."""
+def check_items(table: Any, spec: FeatureSpec, validation: ValidationConfig,
+                data: DataConfig) -> None:
+    """The dataset's GX items suite on the file ``table`` (raw cells); :class:`ItemsError`
+    naming each failed check, its values and the file's lines."""
     from metarec.data.validation import validate_frames
 
     empty = pd.DataFrame({c: pd.Series([], dtype=object)
@@ -100,20 +92,20 @@ def check_items(frame: pd.DataFrame, spec: FeatureSpec, validation: ValidationCo
     level = validator.level
     validator.setLevel(logging.ERROR)
     try:
-        report = validate_frames(empty, items=frame, cfg=validation, spec=spec,
-                                 columns=data.csv.columns)
+        report = validate_frames(empty, items=table.frame, cfg=validation, spec=spec,
+                                 columns=data.csv.columns, origins={"items": table})
     finally:
         validator.setLevel(level)
     failures = [f for f in report.failures if f.table == "items"]
-    log.info("%s: items contract, %d row(s), %d check(s) failed", where, len(frame),
+    log.info("%s: items contract, %d row(s), %d check(s) failed", table.path, len(table.frame),
              len(failures))
     if failures:
-        lines = [f"{where}: {len(failures)} check(s) of the items contract failed; nothing "
-                 "was written:"]
+        lines = [f"{table.path}: {len(failures)} check(s) of the items contract failed; "
+                 "nothing was written:"]
         for f in failures:
-            at = _lines(frame, f.column, f.examples)
+            at = f" ({', '.join(f.where)})" if f.where else ""
             lines.append(f"  {f.expectation} ({f.column or 'table'}): {f.message}; e.g. "
-                         f"{f.examples}" + (f" (line {', '.join(map(str, at))})" if at else ""))
+                         f"{f.examples}{at}")
         raise ItemsError("\n".join(lines))
 
 
@@ -154,12 +146,12 @@ def read_new_items(path: str | Path, encoders: Mapping[str, Any], data: DataConf
     """The new items of ``path``, checked against the items contract (see module doc)."""
     path = Path(path)
     try:
-        frame = _read(path, data)
+        table = _read(path, data)
     except DataSourceError as exc:
         raise ItemsError(f"{exc}; nothing was written") from None
     spec = spec_of(encoders)
-    check_items(frame, spec, validation, data, str(path))
-    return canonical_items(frame, spec, data)
+    check_items(table, spec, validation, data)
+    return canonical_items(table.frame, spec, data)
 
 
 def encoder_feed(items: NewItems, encoders: Mapping[str, Any], inputs: list[str],
