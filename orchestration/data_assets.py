@@ -41,7 +41,7 @@ def canonical_tables(metarec: MetarecConfig):
     from metarec.data.tables import frame_hash
 
     cfg = metarec.load()
-    tables = prepare_dataset(cfg.data)
+    tables = prepare_dataset(cfg.data, feedback_folder=cfg.feedback.folder)
     for name in TABLES:
         frame = getattr(tables, name)
         yield dg.MaterializeResult(

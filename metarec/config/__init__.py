@@ -9,12 +9,14 @@ The names below are the package's public surface: ``from metarec.config import M
 from metarec.config.loader import (DEFAULT_PARAMS, PARAMS_ENV, ConfigError, config_from_dict,
                                    default_params_path, load_config)
 from metarec.config.sections import (ColumnMap, Config, CsvSource, DataConfig, EvaluationConfig,
-                                     ExportConfig, FeaturesConfig, GateConfig, MetaConfig,
+                                     ExportConfig, FeaturesConfig, FeedbackConfig,
+                                     GateConfig, MetaConfig,
                                      ModelConfig, ScheduleConfig, ServeConfig, TasksConfig,
                                      TrackingConfig, TrainConfig, ValidationConfig)
 
 __all__ = ["DEFAULT_PARAMS", "PARAMS_ENV", "ColumnMap", "Config", "ConfigError", "CsvSource",
-           "DataConfig", "EvaluationConfig", "ExportConfig", "FeaturesConfig", "GateConfig",
+           "DataConfig", "EvaluationConfig", "ExportConfig", "FeaturesConfig", "FeedbackConfig",
+           "GateConfig",
            "MetaConfig", "ModelConfig", "ScheduleConfig", "ServeConfig", "TasksConfig",
            "TrackingConfig", "TrainConfig", "ValidationConfig", "config_from_dict",
            "default_params_path", "load_config"]

@@ -298,6 +298,10 @@ class TrainConfig:
     # Show a progress bar (only on a terminal).
     progress: bool = True
     out_dir: str = "artifacts/train"
+    # Starting point of meta-training: "none" (fresh seeded weights) or "champion" (the
+    # registry's champion's meta-parameters, mapped by value onto this data's encoders; a
+    # different model shape is an error, never a silent cold start).
+    init_from: Literal["none", "champion"] = "none"
 
 
 @dataclass(frozen=True)
@@ -390,6 +394,24 @@ class ScheduleConfig:
     timezone: str = "UTC"
     # Seconds between checks of data.dvc by the new-data sensor.
     sensor_interval_s: int = 60
+    # Cron of the `ingest` job (feedback events -> a new data.dvc version; then the sensor).
+    ingest_cron: str = "0 2 * * 1"
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """Online feedback: the event store, profiles and ingestion (metarec.feedback)."""
+
+    # Event store: sqlite:///FILE (WAL) or postgresql://...; METAREC_FEEDBACK_URI wins.
+    store_uri: str = "sqlite:///feedback.db"
+    # Most events in one POST /feedback (a CLI file is one batch whatever its size).
+    max_batch: int = 1000
+    # How far an event's timestamp may lie ahead of the receiving clock (seconds).
+    max_future_s: int = 300
+    # Folder inside data.raw_dir with the ingested events, quarantine and watermark.
+    folder: str = "feedback"
+    # The last ingest's contract result (GX) and quarantine report.
+    out_dir: str = "artifacts/ingest"
 
 
 @dataclass(frozen=True)
@@ -409,6 +431,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
