@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
+import yaml
 
 from metarec.config import Config, DataConfig
 from metarec.dvc import DatasetVersionError, dir_md5, read_dvc_file, record_version
@@ -74,6 +75,15 @@ def _paths(data: DataConfig, root: Path) -> tuple[Path, Path, Path, Path]:
             data_dir.with_name(f".{data_dir.name}.ingest-old"), root / JOURNAL)
 
 
+def _recorded_md5(dvc_file: Path) -> str | None:
+    """data.dvc's md5, or None when it is missing or unreadable (a `dvc add` killed while
+    writing it): either way the commit records the version again."""
+    try:
+        return read_dvc_file(dvc_file).md5
+    except (OSError, ValueError, DatasetVersionError, yaml.YAMLError):
+        return None
+
+
 def _commit(journal: dict[str, Any], data: DataConfig, root: Path, step: Step) -> None:
     """Roll the journaled commit forward from wherever it stopped; idempotent."""
     data_dir, staging, old, journal_path = _paths(data, root)
@@ -89,8 +99,7 @@ def _commit(journal: dict[str, Any], data: DataConfig, root: Path, step: Step) -
             f"{journal_path}: an interrupted ingest to {journal['md5']} cannot be completed: "
             f"its staged data is gone and {data_dir} does not hold it; remove {journal_path} "
             f"and restore {data_dir} with `dvc checkout {data.dvc_file}`")
-    dvc_file = root / data.dvc_file
-    if not dvc_file.exists() or read_dvc_file(dvc_file).md5 != journal["md5"]:
+    if _recorded_md5(root / data.dvc_file) != journal["md5"]:
         recorded = record_version(data_dir, root)
         if recorded.md5 != journal["md5"]:
             raise DatasetVersionError(f"DVC recorded {recorded.md5} for {data_dir}, the "
