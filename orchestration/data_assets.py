@@ -15,6 +15,7 @@ TABLES = ("interactions", "users", "items")
 
 
 @dg.asset(group_name=DATA_GROUP, pool="dvc", code_version="1", kinds={"dvc"},
+          deps=["feedback_events"],
           description="The raw dataset in data/, at the version data.dvc records (fetched when "
                       "missing). Its data version is the DVC md5, carried by everything downstream.")
 def raw_dataset(metarec: MetarecConfig, dvc: DvcResource) -> dg.MaterializeResult:

@@ -191,3 +191,25 @@ def test_ensure_data_completes_an_interrupted_ingest(project, monkeypatch):
     shutil.rmtree(project / "data")
     assert "checked out" in ensure_data(load_config("params.yaml").data, project)
     assert _state(project) == (dvc, dvc)
+
+
+def test_ingest_job_then_the_data_sensor_requests_retrain(project, monkeypatch):
+    """The Dagster `ingest` job (asset feedback_events + its blocking events_contract check)
+    makes the new version; the data.dvc sensor then asks for `retrain` on it, once."""
+    import dagster as dg
+
+    from orchestration.assemble import build_definitions
+    from orchestration.run import run_retrain
+
+    monkeypatch.chdir(project)
+    old = read_dvc_file(project / "data.dvc").md5
+    run = run_retrain("params.yaml", dg.DagsterInstance.ephemeral(), job="ingest")
+    assert run.success, run
+    assert run.checks == {"feedback_events:events_contract": True}
+    meta = run.materialized["feedback_events"]
+    new = read_dvc_file(project / "data.dvc").md5
+    assert meta["dvc_md5"] == new != old and meta["quarantined"] == "2"
+    sensor = build_definitions("params.yaml").get_sensor_def("new_data_sensor")
+    request = sensor(dg.build_sensor_context(cursor=old))
+    assert request.run_key == new and sensor.job_name == "retrain"
+    assert isinstance(sensor(dg.build_sensor_context(cursor=new)), dg.SkipReason)

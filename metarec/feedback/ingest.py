@@ -208,6 +208,18 @@ def ingest(cfg: Config, root: str | Path = ".", store=None, until: int | None = 
                         md5_before, md5, recovered, str(contract))
 
 
+def contract_of_version(cfg: Config, root: str | Path = "."):
+    """The events contract on every event the current data version holds, against its source
+    dataset (the Dagster asset check; an :class:`~metarec.feedback.contract.EventVerdict`)."""
+    from metarec.data.sources import read_source
+    from metarec.feedback.contract import check_events
+
+    data_dir = Path(root) / cfg.data.raw_dir
+    base = read_source(dataclasses.replace(cfg.data, raw_dir=str(data_dir)))
+    events = read_events(data_dir / cfg.feedback.folder)
+    return check_events(events, base, events.iloc[0:0], cfg.validation, cfg.feedback)
+
+
 def feedback_lineage(cfg: Config, root: str | Path = ".") -> dict[str, str]:
     """Tags naming the events a dataset version holds (empty when none was ingested): the
     watermark and the counts of folded and quarantined events."""
