@@ -93,3 +93,71 @@ def test_a_different_shape_is_an_error_not_a_cold_start(change, words):
         transfer(champion, new, learner, change.get("encoders", NEW), list(range(1000, 1030)))
     if "encoders" not in change:
         assert all(torch.equal(before[k], v) for k, v in new.state_dict().items())
+
+
+@pytest.mark.slow  # two whole retrains: ~3.5 min on two shared cores
+def test_warm_start_from_a_registered_champion(tmp_path, monkeypatch):
+    """Real stack on synthetic data: retrain registers and promotes version 1 (MLflow on a
+    temporary SQLite store); feedback from new users is ingested; the next retrain starts
+    from version 1's meta-parameters, the evaluation re-evaluates version 1 on the new test
+    users, and version 2 carries its training state and the feedback watermark."""
+    import dagster as dg
+
+    from metarec import registry
+    from metarec.config import load_config
+    from metarec.data.fetch import fetch
+    from metarec.feedback.events import IntakeRules, parse_events
+    from metarec.feedback.ingest import ingest
+    from metarec.feedback.store import EventStore
+    from metarec.pipeline.train import train_meta_model
+    from orchestration.run import run_retrain
+    from tests.synth import SYNTH_PARAMS, write_synthetic_csv
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("METAREC_FEEDBACK_URI", raising=False)
+    base = {**SYNTH_PARAMS, "tracking": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+            "gate": {**SYNTH_PARAMS["gate"], "auto_promote": True,
+                     "allow_no_training_gain": True}}
+    Path("params.yaml").write_text(yaml.safe_dump(base))
+    warm = {**base, "train": {**base["train"], "init_from": "champion"}}
+    Path("warm.yaml").write_text(yaml.safe_dump(warm))
+    cfg = load_config("params.yaml")
+    fetch(cfg.data, path=write_synthetic_csv(tmp_path / "incoming"), root=tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    first = run_retrain("params.yaml", instance)
+    assert first.success and registry.aliases(cfg.tracking)["champion"] == 1, first
+
+    # 12 new users, 16 ratings each, with attributes: the next data version.
+    rng = np.random.default_rng(5)
+    events = [{"event_id": f"u{u}-{i}", "user_id": 900 + u, "item_id": int(item),
+               "rating": int(rng.integers(1, 6)), "timestamp": 1_700_000_000 + 100 * u + i,
+               "user_features": {"gender": "FM"[u % 2], "age": 20 + u}}
+              for u in range(12) for i, item in enumerate(rng.choice(80, 16, replace=False) + 1)]
+    EventStore(f"sqlite:///{tmp_path}/feedback.db").add(parse_events(events, IntakeRules()))
+    assert ingest(cfg).accepted == len(events)
+
+    second = run_retrain("warm.yaml", instance)
+    own = tmp_path / "artifacts" / "runs" / second.run_id
+    summary = json.loads((own / "train" / "summary.json").read_text())
+    assert summary["init"]["from"] == "champion" and summary["init"]["version"] == 1
+    assert summary["init"]["rows_mapped"] > 0
+    report = json.loads((own / "evaluation" / "report.json").read_text())
+    assert report["training"]["champion"]["evaluated"] == "here"
+    assert set(report["metrics"]) and all("champion" in m for m in report["metrics"].values())
+    gate_lines = second.check_details["evaluation_report:gate"]
+    assert any("champion version 1 re-evaluated" in line for line in gate_lines)
+    assert "(with champion)" in gate_lines[0] or any("vs champion" in x for x in gate_lines)
+    if second.success:  # registered: its version holds the training state and the watermark
+        mlc = registry.client(cfg.tracking)
+        mv = mlc.get_model_version("metarec", "2")
+        files = json.loads(mv.tags["artifact_sha256"])
+        assert {"training/meta_model.pt", "training/encoders.json",
+                "training/params.json"} <= set(files)
+        assert mv.tags["feedback_watermark"] == str(len(events))
+
+    # Another architecture cannot start from the champion: an error naming the parameter.
+    wider = {**warm, "model": {"hidden": [32, 32]}}
+    Path("wider.yaml").write_text(yaml.safe_dump(wider))
+    with pytest.raises(WarmStartError, match=r"decision\.0\.weight"):
+        train_meta_model(load_config("wider.yaml"), track=False)

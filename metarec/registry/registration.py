@@ -97,8 +97,8 @@ def register_if_passed(cfg: TrackingConfig, run_id: str, model_dir: str | Path,
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as trained:
         _stage_evaluation(Path(tmp), report, decision)
         evaluation = folder_manifest(tmp)
-        for name, src in (training_files or {}).items():
-            shutil.copyfile(src, Path(trained) / name)
+        for file_name, src in (training_files or {}).items():
+            shutil.copyfile(src, Path(trained) / file_name)
         training = folder_manifest(trained)
         _upload(mlc, run_id, model_dir, list(files), path)
         _upload(mlc, run_id, Path(tmp), list(evaluation), f"{path}/{EVALUATION_DIR}")
