@@ -19,6 +19,7 @@ Without --model it exports an untrained estimator over the prepared features
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -96,14 +98,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_http(model_dir: Path, params: Path, rate: float, duration: float, workers: int,
-               rng: np.random.Generator) -> dict:
+@contextlib.contextmanager
+def running_server(model_dir: Path, params: Path, workers: int = 1,
+                   env: dict[str, str] | None = None) -> Iterator[tuple[int, subprocess.Popen]]:
+    """`metarec serve` on a free loopback port in a subprocess, until the block ends: (port,
+    process). Waits for GET /health; the server's stderr is in the error if it dies."""
     port = free_port()
     cmd = [sys.executable, "-m", "metarec.cli", "--params", str(params), "serve",
-           "--host", "127.0.0.1", "--port", str(port), "--model", str(model_dir)]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+           "--host", "127.0.0.1", "--port", str(port), "--model", str(model_dir),
+           "--workers", str(workers)]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **(env or {})})
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -113,8 +120,21 @@ def bench_http(model_dir: Path, params: Path, rate: float, duration: float, work
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
                 raise RuntimeError(f"server did not start: {server.stderr.read()[-2000:]}")
             time.sleep(0.2)
+        yield port, server
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def bench_http(model_dir: Path, params: Path, rate: float, duration: float, workers: int,
+               rng: np.random.Generator) -> dict:
+    with running_server(model_dir, params) as (port, _):
         item_ids = json.loads((model_dir / "metadata.json").read_text())["item_ids"]
         total = int(rate * duration)
         bodies = []
@@ -161,12 +181,6 @@ def bench_http(model_dir: Path, params: Path, rate: float, duration: float, work
                 "errors": len(errors), "error_examples": errors[:5], "latency": pct(lat),
                 "load_generator": f"python open-loop, {workers} keep-alive connections",
                 "target_p99_ms": 30.0}
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def main() -> None:
@@ -189,7 +203,7 @@ def main() -> None:
         else:
             cfg = load_config(args.params)
             from metarec.serve import resolve_model_dir
-            model_dir = resolve_model_dir(args.model, cfg.tracking.tracking_uri)
+            model_dir = resolve_model_dir(args.model, cfg.tracking.tracking_uri, dest=tmp)
             source = args.model
         result = {"model": source, "cpu_count": os.cpu_count(),
                   "onnx": bench_onnx(model_dir, args.iterations, rng),

@@ -3,26 +3,23 @@
 :class:`Recommender` loads an export directory (``model.onnx`` + ``metadata.json``, see
 :mod:`metarec.export`) or an MLflow URI (``models:/metarec@champion``), encodes a request (user
 attributes through the saved encoders, item ids to rows), runs the adaptation graph once and
-returns the top-k items. :func:`create_app` wraps it in FastAPI: POST /recommend, GET /health,
-POST /reload, OpenAPI docs at /docs.
+returns the top-k items. The HTTP API around it (limits, workers, reload) is
+:mod:`metarec.serving`.
 """
 
-# No `from __future__ import annotations`: FastAPI resolves the request models defined
-# inside create_app from real annotations.
+from __future__ import annotations
 
 import logging
 import math
 import os
 import tempfile
-import threading
-from contextlib import asynccontextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from metarec.config import ServeConfig
 from metarec.export.runtime import METADATA_FILE, choose_providers, session
 
 log = logging.getLogger(__name__)
@@ -61,34 +58,52 @@ def describe(adaptation: Mapping[str, Any]) -> str:
     return f"{adaptation['steps']} inner steps" if kind == "gradient" else "no adaptation"
 
 
-def resolve_model_dir(uri: str, tracking_uri: str | None = None) -> Path:
+def resolve_model_dir(uri: str, tracking_uri: str | None = None,
+                      dest: str | Path | None = None) -> Path:
     """A local export directory for ``uri``: a path as is, an MLflow URI downloaded.
 
     A registered version (``models:/name@alias``, ``models:/name/3``) is downloaded and its
     files checked against the sha256 recorded at registration (a changed file is an
     ``IntegrityError``: :func:`metarec.registry.fetch_verified`). Other MLflow URIs
     (``runs:/id/path``...) are fetched with ``mlflow.artifacts.download_artifacts``,
-    unverified; the directory holding ``metadata.json`` is used.
+    unverified; the directory holding ``metadata.json`` is used. Downloads go to ``dest``
+    (default: a new temporary directory the caller owns; :func:`local_model_dir` removes it).
     """
     local = Path(uri)
-    if "://" not in uri and ":/" not in uri:
+    if not is_remote(uri):
         if not (local / METADATA_FILE).exists():
             raise FileNotFoundError(f"{uri}: no {METADATA_FILE}: not an exported model directory")
         return local
     if uri.startswith("models:/"):
         from metarec.registry.integrity import fetch_verified
 
-        return fetch_verified(uri, tracking_uri)
+        return fetch_verified(uri, tracking_uri, dest=dest)
     import mlflow
 
     if tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri(tracking_uri)
-    dest = Path(tempfile.mkdtemp(prefix="metarec-model-"))
+    dest = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="metarec-model-"))
     root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     found = sorted(root.rglob(METADATA_FILE), key=lambda p: len(p.parts))
     if not found:
         raise FileNotFoundError(f"{uri}: the downloaded artifacts hold no {METADATA_FILE}")
     return found[0].parent
+
+
+def is_remote(uri: str) -> bool:
+    """Whether ``uri`` is an MLflow URI (downloaded) rather than a local directory."""
+    return "://" in uri or ":/" in uri
+
+
+@contextmanager
+def local_model_dir(uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
+    """:func:`resolve_model_dir` for the length of a block: a download is removed after it
+    (a loaded :class:`Recommender` holds everything it needs in memory)."""
+    if not is_remote(uri):
+        yield resolve_model_dir(uri, tracking_uri)
+        return
+    with tempfile.TemporaryDirectory(prefix="metarec-model-") as tmp:
+        yield resolve_model_dir(uri, tracking_uri, dest=tmp)
 
 
 class Recommender:
@@ -130,9 +145,10 @@ class Recommender:
     @classmethod
     def load(cls, uri: str, *, tracking_uri: str | None = None, threads: int = 1,
              max_ratings: int = 200) -> "Recommender":
-        """From an export directory or an MLflow URI (``models:/metarec@champion``)."""
-        return cls(resolve_model_dir(uri, tracking_uri), threads=threads,
-                   max_ratings=max_ratings, source=uri)
+        """From an export directory or an MLflow URI (``models:/metarec@champion``); a
+        download is removed once the model is in memory (no copy left per load)."""
+        with local_model_dir(uri, tracking_uri) as model_dir:
+            return cls(model_dir, threads=threads, max_ratings=max_ratings, source=uri)
 
     # ------------------------------------------------------------------ encoding
     def encode_user(self, user: Mapping[str, Any] | None) -> np.ndarray:
@@ -236,94 +252,3 @@ class Recommender:
                 "user_fields": list(self.user_fields), "adaptation": self.adaptation,
                 "learner": self.adaptation["learner"], "providers": self.session.get_providers(),
                 "extra": self.meta.get("extra", {})}
-
-
-# --------------------------------------------------------------------------- HTTP API
-
-
-def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
-               tracking_uri: str | None = None) -> Any:
-    """The FastAPI app: the model is loaded from ``model_uri`` at start and on POST /reload."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field
-
-    cfg = cfg or ServeConfig()
-    uri = model_uri or cfg.model_uri
-    state: dict[str, Recommender] = {}
-    lock = threading.Lock()
-
-    def load() -> Recommender:
-        rec = Recommender.load(uri, tracking_uri=tracking_uri, threads=cfg.threads,
-                               max_ratings=cfg.max_ratings)
-        with lock:
-            state["rec"] = rec
-        return rec
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI's lifespan protocol
-        load()
-        yield
-
-    app = FastAPI(title="metarec", version="1",
-                  description="Cold-start recommendations: send a few ratings, get the top k.",
-                  lifespan=lifespan)
-
-    Scalar = str | int | float | bool | None
-
-    class RecommendRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        user: dict[str, Scalar] | None = Field(
-            None, description="User attributes by feature name (absent ones: unknown).",
-            examples=[{"age": 25, "gender": "F", "occupation": "student"}])
-        ratings: dict[str, float] = Field(
-            default_factory=dict, max_length=cfg.max_ratings,
-            description="Ratings by item id.", examples=[{"50": 5, "172": 4}])
-        k: int = Field(10, ge=1, le=cfg.max_k, description="How many items to return.")
-        exclude_seen: bool = Field(True, description="Leave out the items rated in the request.")
-
-    class Item(BaseModel):
-        item_id: int
-        title: str | None
-        score: float
-
-    class RecommendResponse(BaseModel):
-        model: str
-        items: list[Item]
-
-    @app.exception_handler(RequestError)
-    async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's default echoes the input, which may hold NaN/inf: not JSON. Keep it plain.
-        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg")),
-                   "type": str(e.get("type"))} for e in exc.errors()]
-        return JSONResponse(status_code=422, content={"detail": errors})
-
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        rec = state.get("rec")
-        if rec is None:
-            raise HTTPException(503, "no model loaded")
-        return {"status": "ok", **rec.info()}
-
-    @app.post("/recommend", response_model=RecommendResponse)
-    def recommend(req: RecommendRequest) -> dict[str, Any]:
-        rec = state["rec"]
-        items = rec.recommend(req.user, req.ratings, k=req.k, exclude_seen=req.exclude_seen)
-        return {"model": rec.source, "items": [i.to_dict() for i in items]}
-
-    @app.post("/reload")
-    def reload() -> dict[str, Any]:
-        try:
-            rec = load()
-        except Exception as exc:  # keep serving the old model; say why the new one failed
-            log.exception("reload of %s failed", uri)
-            raise HTTPException(503, f"reload failed, still serving the previous model: "
-                                     f"{type(exc).__name__}: {exc}") from None
-        return {"status": "reloaded", **rec.info()}
-
-    return app

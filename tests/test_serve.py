@@ -21,14 +21,16 @@ from metarec.export import export_onnx
 from metarec.meta.learners import build_learner
 from metarec.features.encoders import BucketEncoder, CategoricalEncoder, FeatureEncoders
 from metarec.models.estimator import build_model
-from metarec.serve import Recommender, RequestError, create_app
+from metarec.serve import Recommender, RequestError
+from metarec.serving.app import create_app
 from tests.test_models import TINY, plain_meta, tiny_features
 
 META = plain_meta(inner_steps=2, inner_lr=0.05)
 # gender: cardinality 3 (unknown, F, M); age: 5 buckets (missing + 4) as in tiny_features
 ENCODERS = FeatureEncoders(user=(CategoricalEncoder("gender", ("F", "M")),
                                  BucketEncoder("age", (18.0, 25.0, 35.0))))
-SERVE = ServeConfig(max_ratings=8, max_k=20)
+TOKEN = "test-token-0123456789abcdef"
+SERVE = ServeConfig(max_ratings=8, max_k=20, token=TOKEN)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,9 @@ def test_api_happy_path_health_reload_and_docs(client) -> None:
     items = resp.json()["items"]
     assert len(items) == 4 and {"item_id", "title", "score"} <= set(items[0])
     assert not {1004, 1010} & {i["item_id"] for i in items}
-    assert client.post("/reload").json()["status"] == "reloaded"
+    assert client.post("/reload").status_code == 401
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.post("/reload", headers=auth).json()["status"] == "reloaded"
     assert client.post("/recommend", json=body).json()["items"] == items
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
@@ -114,6 +118,11 @@ def test_api_happy_path_health_reload_and_docs(client) -> None:
     ({"user": {"age": [1, 2]}}, "user"),
     ({"surprise": 1}, "surprise"),
     ({"user": {"planet": "Mars"}}, "planet"),
+    # strict JSON types: a bool is not a number, 3.0 is not an integer, 1 is not a bool
+    ({"ratings": {"1004": True}}, '"loc":["body","ratings","1004"]'),
+    ({"ratings": {"1004": 5}, "k": True}, '"loc":["body","k"]'),
+    ({"ratings": {"1004": 5}, "k": 3.0}, '"loc":["body","k"]'),
+    ({"ratings": {"1004": 5}, "exclude_seen": 1}, '"loc":["body","exclude_seen"]'),
 ])
 def test_api_bad_requests_are_422_naming_the_problem(client, body, fragment) -> None:
     resp = client.post("/recommend", json=body)

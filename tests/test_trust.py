@@ -30,7 +30,8 @@ from metarec.meta.learners import build_learner
 from metarec.models.estimator import build_model
 from metarec.pipeline.workspace import (WorkspaceBusy, read_holder, run_outputs,
                                         workspace_lock)
-from metarec.serve import Recommender, create_app
+from metarec.serve import Recommender
+from metarec.serving.app import create_app
 from tests.conftest import REPO
 from tests.test_models import TINY, plain_meta, tiny_features
 
@@ -149,13 +150,14 @@ def test_a_tampered_champion_is_refused_and_reload_keeps_the_old_model(project):
     export_onnx(other, build_learner(other, plain_meta()).adaptation(), tiny_features(),
                 Path("other"))
 
-    app = create_app(CHAMPION, ServeConfig(), tracking_uri=cfg.tracking.tracking_uri)
+    token = "trust-test-token-0123456789"
+    app = create_app(CHAMPION, ServeConfig(token=token), tracking_uri=cfg.tracking.tracking_uri)
     request = {"ratings": {str(k): v for k, v in RATINGS.items()}, "k": 30,
                "exclude_seen": False}
     with TestClient(app) as client:
         before = client.post("/recommend", json=request).json()
         _tamper(cfg, 1, "model.onnx", Path("other/model.onnx").read_bytes())
-        resp = client.post("/reload")
+        resp = client.post("/reload", headers={"Authorization": f"Bearer {token}"})
         assert resp.status_code != 200
         assert "model.onnx" in resp.text and "recorded at registration" in resp.text
         assert client.post("/recommend", json=request).json() == before  # old model serves

@@ -57,19 +57,23 @@ def recommend_cmd(ctx: click.Context, model_uri: str | None, user_json: str | No
 
 
 @click.command("serve")
-@click.option("--host", default=None, help="Bind address (default: serve.host).")
+@click.option("--host", default=None, help="Bind address (default: serve.host). Anything but "
+              "loopback needs a token ($METAREC_SERVE_TOKEN or serve.token).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Default: serve.port.")
 @click.option("--model", "model_uri", default=None,
               help="models:/ URI or export directory (default: serve.model_uri).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Worker processes, each loading the model (default: serve.workers; "
+                   "0: one per CPU core).")
 @click.pass_context
-def serve_cmd(ctx: click.Context, host: str | None, port: int | None, model_uri: str | None) -> None:
+def serve_cmd(ctx: click.Context, host: str | None, port: int | None, model_uri: str | None,
+              workers: int | None) -> None:
     """Serve POST /recommend, GET /health, POST /reload (docs at /docs) with uvicorn."""
-    import uvicorn
-
-    from metarec.serve import create_app
+    from metarec.serving.run import run_server
 
     cfg = config_of(ctx)
-    app = create_app(model_uri or cfg.serve.model_uri, cfg.serve,
-                     tracking_uri=cfg.tracking.tracking_uri)
-    uvicorn.run(app, host=host or cfg.serve.host, port=cfg.serve.port if port is None else port,
-                log_level="info", access_log=False)
+    with reported():
+        run_server(cfg.serve, model_uri=model_uri or cfg.serve.model_uri,
+                   tracking_uri=cfg.tracking.tracking_uri, host=host or cfg.serve.host,
+                   port=cfg.serve.port if port is None else port,
+                   workers=cfg.serve.workers if workers is None else workers)

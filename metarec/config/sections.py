@@ -383,6 +383,25 @@ class ServeConfig:
     model_uri: str = "models:/metarec@champion"
     # ONNX Runtime intra-op threads per session (0: ONNX Runtime's default).
     threads: int = 1
+    # Worker processes of `metarec serve`, each with its own model (0: one per CPU core).
+    workers: int = 1
+    # Largest request body in bytes; more is refused with 413 before it is read in full.
+    max_body_bytes: int = 65536
+    # Per worker: requests processed at once, and requests waiting beyond them; a request
+    # arriving when both are full gets 503 with Retry-After (load is shed, not queued).
+    max_active: int = 1
+    max_queue: int = 4
+    retry_after_s: int = 1
+    # Seconds an admitted request may take to send its body (then 408): a stalled upload
+    # holds a queue place no longer.
+    body_timeout_s: float = 10.0
+    # Bearer token of POST /reload; $METAREC_SERVE_TOKEN takes precedence (prefer it: keep
+    # secrets out of versioned files). None: /reload is disabled and only loopback binds.
+    token: str | None = None
+    # Seconds between a worker's checks for a reload another worker announced, and the
+    # longest POST /reload waits for every worker to confirm it.
+    reload_poll_s: float = 0.5
+    reload_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)

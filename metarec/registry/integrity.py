@@ -127,8 +127,10 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, int | None]:
     raise ValueError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
 
 
-def fetch_verified(uri: str, tracking_uri: str | None = None) -> Path:
-    """A verified local copy of the registered version ``uri`` names (``models:/...``).
+def fetch_verified(uri: str, tracking_uri: str | None = None,
+                   dest: str | Path | None = None) -> Path:
+    """A verified local copy of the registered version ``uri`` names (``models:/...``), in
+    ``dest`` (default: a new temporary directory the caller owns).
 
     The alias is resolved once to a version number, then that version's own folder is
     downloaded and checked, so an alias moving meanwhile cannot mix two versions. The tracking
@@ -141,7 +143,8 @@ def fetch_verified(uri: str, tracking_uri: str | None = None) -> Path:
     mlc = MlflowClient(tracking_uri=store, registry_uri=store)
     mv = (mlc.get_model_version_by_alias(name, alias) if alias is not None
           else mlc.get_model_version(name, str(version)))
-    local = download_version(mlc, mv, tempfile.mkdtemp(prefix="metarec-model-"))
+    dest = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="metarec-model-"))
+    local = download_version(mlc, mv, dest)
     log.info("%s: version %s, %d files verified (sha256)", uri, mv.version,
              len(json.loads(mv.tags[SHA_TAG])))
     return local
