@@ -298,9 +298,7 @@ class TrainConfig:
     # Show a progress bar (only on a terminal).
     progress: bool = True
     out_dir: str = "artifacts/train"
-    # Starting point of meta-training: "none" (fresh seeded weights) or "champion" (the
-    # registry's champion's meta-parameters, mapped by value onto this data's encoders; a
-    # different model shape is an error, never a silent cold start).
+    # "champion": start from the registry champion's meta-parameters (training/warmstart.py).
     init_from: Literal["none", "champion"] = "none"
 
 
@@ -413,23 +411,17 @@ class ScheduleConfig:
     timezone: str = "UTC"
     # Seconds between checks of data.dvc by the new-data sensor.
     sensor_interval_s: int = 60
-    # Cron of the `ingest` job (feedback events -> a new data.dvc version; then the sensor).
-    ingest_cron: str = "0 2 * * 1"
+    ingest_cron: str = "0 2 * * 1"  # the `ingest` job: feedback -> a new data.dvc version
 
 
 @dataclass(frozen=True)
 class FeedbackConfig:
-    """Online feedback: the event store, profiles and ingestion (metarec.feedback)."""
+    """Event store, intake limits and ingest folders (metarec.feedback; see params.yaml)."""
 
-    # Event store: sqlite:///FILE (WAL) or postgresql://...; METAREC_FEEDBACK_URI wins.
     store_uri: str = "sqlite:///feedback.db"
-    # Most events in one POST /feedback (a CLI file is one batch whatever its size).
-    max_batch: int = 1000
-    # How far an event's timestamp may lie ahead of the receiving clock (seconds).
+    max_batch: int = 200
     max_future_s: int = 300
-    # Folder inside data.raw_dir with the ingested events, quarantine and watermark.
     folder: str = "feedback"
-    # The last ingest's contract result (GX) and quarantine report.
     out_dir: str = "artifacts/ingest"
 
 
