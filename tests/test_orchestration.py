@@ -30,10 +30,16 @@ def test_definitions_load(monkeypatch):
     monkeypatch.chdir(REPO)
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert DATA_ASSETS | MODEL_ASSETS == keys
+    assert DATA_ASSETS | MODEL_ASSETS | {"feedback_events"} == keys
     assert defs.resolve_job_def("retrain") is not None
+    # Ingesting is its own job (it moves data.dvc; the sensor then starts retrain).
+    ingest = defs.resolve_job_def("ingest").asset_layer.executable_asset_keys
+    retrain = defs.resolve_job_def("retrain").asset_layer.executable_asset_keys
+    assert {k.to_user_string() for k in ingest} == {"feedback_events"}
+    assert "feedback_events" not in {k.to_user_string() for k in retrain}
     cfg = load_config(REPO / "params.yaml")
     assert defs.get_schedule_def("weekly_retrain").cron_schedule == cfg.schedule.retrain_cron
+    assert defs.get_schedule_def("feedback_ingest").cron_schedule == cfg.schedule.ingest_cron
     assert defs.get_sensor_def("new_data_sensor") is not None
 
 
