@@ -158,7 +158,10 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     assert run.checks["evaluation_report:gate"] is False
     assert run.gate_blocked  # `metarec pipeline run` reports it and exits 0 unless --strict
     reasons = run.check_details["evaluation_report:gate"]
-    assert reasons and all(" vs " in r or "meta_training_gain" in r for r in reasons), reasons
+    assert reasons and all(" vs " in r or "meta_training_gain" in r or
+                           r == "champion version 1 re-evaluated on this run's test users"
+                           for r in reasons), reasons
+    assert any("vs champion" in r for r in reasons)  # compared on this run's test users
     assert "## Gate: FAILED" in (project / "artifacts/runs" / run.run_id /
                                  "evaluation/report.md").read_text()
     assert not {"onnx_model", "registered_model"} & set(run.materialized)
