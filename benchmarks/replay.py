@@ -28,7 +28,8 @@ under-trained first model for noise), the re-evaluated champion with its margin,
 ``allow_no_training_gain`` (a warm start whose best validated step is its start still carries
 the week's item statistics).
 
-    .venv/bin/python benchmarks/replay.py --weeks 4 --max-steps 300
+    .venv/bin/python benchmarks/replay.py --weeks 10 --max-steps 1000
+    .venv/bin/python benchmarks/replay.py --table benchmarks/results/replay.json
 """
 
 from __future__ import annotations
@@ -201,7 +202,51 @@ def _post_week(client, week: pd.DataFrame, users: pd.DataFrame, batch: int) -> d
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def table(path: Path) -> str:
+    """The markdown table of a replay JSON: per week, the models' MAE and nDCG@3 on the week's
+    new users (mean +- standard error), then the retrains that followed; and the warm - scratch
+    MAE difference paired by user over every week after the first retrain."""
+    data = json.loads(path.read_text())
+    lines = ["| week | from | new users | MAE frozen | MAE warm | MAE scratch | nDCG@3 frozen "
+             "| nDCG@3 warm | nDCG@3 scratch | then: warm steps (best) / s | scratch steps "
+             "(best) / s | registered warm / scratch |", "|" + "---|" * 12]
+    diffs = []
+    for w in data["weeks"]:
+        sc = w["scores"]
+        cell = (lambda m, k: f"{sc[m][k]:.4f} ± {sc[m][k + '_se']:.4f}")
+        r = w.get("retrain")
+        steps = (lambda a: f"{r[a]['steps']} ({r[a]['best_step']}) / {r[a]['train_seconds']:.0f}"
+                 ) if r else (lambda a: "-")
+        reg = (f"{r['warm']['registered'] or 'refused'} / {r['scratch']['registered'] or 'refused'}"
+               if r else "-")
+        lines.append(f"| {w['week']} | {w['from']} | {w['new_users']} | {cell('frozen', 'mae')} | "
+                     f"{cell('warm', 'mae')} | {cell('scratch', 'mae')} | "
+                     f"{cell('frozen', 'ndcg_at_3')} | {cell('warm', 'ndcg_at_3')} | "
+                     f"{cell('scratch', 'ndcg_at_3')} | {steps('warm')} | {steps('scratch')} | "
+                     f"{reg} |")
+        if w["week"] > 1:
+            diffs += [a - b for a, b in zip(sc["warm"]["per_user_mae"],
+                                            sc["scratch"]["per_user_mae"])]
+            diffs_f = [a - b for a, b in zip(sc["warm"]["per_user_mae"],
+                                             sc["frozen"]["per_user_mae"])]
+            w["_vs_frozen"] = diffs_f
+    if diffs:
+        d = np.asarray(diffs)
+        f = np.asarray([x for w in data["weeks"] for x in w.get("_vs_frozen", [])])
+        sf = np.asarray([a - b for w in data["weeks"] if w["week"] > 1 for a, b in zip(
+            w["scores"]["scratch"]["per_user_mae"], w["scores"]["frozen"]["per_user_mae"])])
+        se = (lambda v: v.std(ddof=1) / np.sqrt(len(v)))
+        lines += ["", f"Paired by user over weeks 2..{data['weeks'][-1]['week']} ({len(d)} new "
+                  f"users): MAE warm - scratch {d.mean():+.4f} ± {se(d):.4f} (SE); warm - "
+                  f"frozen {f.mean():+.4f} ± {se(f):.4f}; scratch - frozen {sf.mean():+.4f} "
+                  f"± {se(sf):.4f}."]
+    return "\n".join(lines)
+
+
 def main() -> None:  # noqa: C901 - one linear script
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":
+        print(table(Path(sys.argv[2])))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weeks", type=int, default=4)
     ap.add_argument("--cut", type=float, default=0.6)
