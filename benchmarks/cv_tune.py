@@ -3,7 +3,8 @@
 The protocol's test users are never read: the training and validation tasks are pooled and
 split into ``--folds`` folds of users (users with ``tasks.max_ratings`` ratings or more only
 train); each fold is held out once (early stopping and scoring
-on it) while the others train. The held-out tasks are scored along the adaptation curve: with
+on it) while the others train (:mod:`metarec.tuning.cv`, shared with `metarec tune`, which
+searches settings automatically; this script compares settings named by hand). The held-out tasks are scored along the adaptation curve: with
 their support cut to each of ``evaluation.curve_shots`` random ratings (0, 1, 3, 5, 10; the
 evaluation's ``limit_support``) and with all of it (``all``). Prints, per support size and
 method, the mean of every metric over all held-out tasks and the paired difference to each
@@ -42,8 +43,7 @@ import suite  # noqa: E402
 
 from metarec.config import config_from_dict  # noqa: E402
 from metarec.evaluation.report import ALL_SHOTS  # noqa: E402
-from metarec.evaluation.scoring import limit_support  # noqa: E402
-from metarec.pipeline.inputs import concat_tasks  # noqa: E402
+from metarec.tuning import cv  # noqa: E402
 
 PAIRED = ("mae", "ndcg_at_3", "ndcg_at_5", "precision_at_5")
 
@@ -82,54 +82,42 @@ def variant_params(raw: dict[str, Any], name: str, prepared: Path, work: Path,
 def cross_validate(raw: dict[str, Any], source: str, folds: int, learners: str | None,
                    work_dir: Path) -> dict[str, Any]:
     """Per support size: means per method over the held-out folds and paired differences to
-    each baseline (``{shot: {method | "cand - base": {metric: ...}}}``, plus ``"_table"``)."""
+    each baseline (``{shot: {method | "cand - base": {metric: ...}}}``, plus ``"_table"``).
+    The folds and the per-task scores are metarec.tuning.cv's, as `metarec tune` uses them."""
     cfg = config_from_dict(raw, source)
     cfg, inputs = mq._inputs(cfg, work_dir)
     names = learners.split(",") if learners else [cfg.meta.learner]
-    pool = concat_tasks([inputs.train, inputs.valid])  # the test users stay unread
-    # Folds of users by id; tasks whose support fills the width (users with max_ratings ratings
-    # or more, subsampled: training-only users) always train, so the held-out users are of the
-    # protocol's kind and the folds do not depend on how many such users the pool holds.
-    full = pool.support_mask.all(1)
-    held_ids = np.random.default_rng(1234).permutation(np.sort(pool.user_ids[~full]))
-    order = np.arange(len(pool))
-    fold_index = [np.nonzero(np.isin(pool.user_ids, ids))[0]
-                  for ids in np.array_split(held_ids, folds)]
-    shot_sizes = list(cfg.evaluation.curve_shots)
-    shots = [str(n) for n in shot_sizes] + [ALL_SHOTS]
+    shots = (*cfg.evaluation.curve_shots, ALL_SHOTS)
     per_task: dict[str, list[dict[str, np.ndarray]]] = {}
-    for k, held in enumerate(fold_index):
-        rest = np.setdiff1d(order, held)
-        valid = pool.subset(held)
-        # The held-out tasks once per support size, stacked: (len(shots) + 1) * len(held) tasks.
-        curve = concat_tasks([*(limit_support(valid, n, cfg.seed + k) for n in shot_sizes), valid])
-        inputs_k = mq.Inputs(features=inputs.features,
-                             sets={"cv_train": pool.subset(rest), "cv_valid": valid,
-                                   "cv_curve": curve},
-                             training=("cv_train",), validation=("cv_valid",),
-                             manifest=inputs.manifest)
-        table = mq.run(cfg, inputs_k, names, "test", baselines=True, per_task=True)
-        print(f"fold {k}: " + json.dumps(table.pop("_training")), file=sys.stderr)
-        for method, values in table.items():
-            per_task.setdefault(method, []).append(
-                {m: v.reshape(len(shots), len(held)) for m, v in values.items()})
+    for fold in cv.make_folds(cv.pool_tasks(inputs), folds, shots, cfg.seed):
+        predictors, info = {}, {}
+        for name in names:
+            predictors[name], info[name] = cv.train_learner(cfg, inputs.features, fold.train,
+                                                            fold.held, name)
+        found, info["global"] = cv.train_fold_baselines(cfg, inputs.features, fold.train,
+                                                        fold.held)
+        predictors.update(found)
+        print(f"fold {fold.index}: " + json.dumps(info), file=sys.stderr)
+        for method, predict in predictors.items():
+            per_task.setdefault(method, []).append(cv.fold_scores(predict, fold, list(PAIRED)))
+    labels = fold.shots
     out: dict[str, Any] = {}
-    methods = [m for m in per_task if not m.startswith("_")]
+    methods = list(per_task)
     stacked = {m: {k: np.concatenate([f[k] for f in per_task[m]], 1) for k in per_task[m][0]}
                for m in methods}  # (len(shots), tasks) per metric
-    for i, shot in enumerate(shots):
-        out[shot] = {m: {k: round(float(v[i].mean()), 4) for k, v in stacked[m].items()
-                         if k in PAIRED} for m in methods}
+    for i, shot in enumerate(labels):
+        out[shot] = {m: {k: round(float(v[i].mean()), 4) for k, v in stacked[m].items()}
+                     for m in methods}
         for cand in names:
             for base in methods:
                 if base == cand:
                     continue
                 diffs = {}
                 for k in PAIRED:
-                    d = stacked[cand][k][i] - stacked[base][k][i]
-                    diffs[k] = f"{d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(len(d)):.4f}"
+                    mean, se = cv.paired(stacked[cand][k][i], stacked[base][k][i])
+                    diffs[k] = f"{mean:+.4f} ± {se:.4f}"
                 out[shot][f"{cand} - {base}"] = diffs
-    out["_table"] = _table(out, shots, methods)
+    out["_table"] = _table(out, list(labels), methods)
     return out
 
 

@@ -79,12 +79,9 @@ def _inputs(cfg: Config, work_dir: Path) -> tuple[Config, Inputs]:
 
 
 def run(cfg: Config, inputs: Inputs, learners: list[str], split: str,
-        baselines: bool = True, per_task: bool = False) -> dict[str, dict[str, Any]]:
-    """Train ``learners`` (+ baselines) and evaluate them; returns the metric table.
-
-    ``per_task``: instead, ``{method: {metric: (N,) values per task}}`` over the tasks of the
-    first scenario (MAE per task = that task's mean absolute error), plus ``_training``.
-    """
+        baselines: bool = True) -> dict[str, dict[str, Any]]:
+    """Train ``learners`` (+ baselines) and evaluate them; returns the metric table (per-task
+    scores over folds of users: metarec.tuning.cv, used by cv_tune.py)."""
     from metarec.training.baselines import train_baselines
     from metarec.meta.learners import build_learner
     from metarec.models.estimator import build_model
@@ -116,15 +113,6 @@ def run(cfg: Config, inputs: Inputs, learners: list[str], split: str,
                           "valid_mae": round(result.best_valid_mae, 4),
                           "seconds": round(time.time() - start, 1)}
         log.info("global: %s", info["global"])
-    if per_task:
-        from metarec.evaluation.metrics import task_scores
-
-        tasks = next(iter(scenarios.values()))
-        out: dict[str, Any] = {"_training": info}
-        for method, fn in methods.items():
-            ts = task_scores(fn(tasks), tasks.query_ratings, tasks.query_mask, METRICS)
-            out[method] = {"mae": ts.abs_err / np.maximum(ts.count, 1), **ts.ranking}
-        return out
     table: dict[str, dict[str, dict[str, float]]] = {}
     for scenario, tasks in scenarios.items():
         table[scenario] = {}

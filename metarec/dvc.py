@@ -11,14 +11,14 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import yaml
 
+from metarec.children import run_child
 from metarec.io import file_md5
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,10 @@ def dvc_env() -> dict[str, str]:
 
 
 def run_dvc(*args: str, cwd: str | Path = ".") -> str:
-    """Run the DVC CLI of this interpreter's environment; raise with its stderr on failure."""
+    """Run the DVC CLI of this interpreter's environment; raise with its stderr on failure.
+    The DVC process ends with this one (:func:`metarec.children.run_child`)."""
     cmd = [sys.executable, "-m", "dvc", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=dvc_env(), capture_output=True, text=True)
+    proc = run_child(cmd, cwd=cwd, env=dvc_env())
     if proc.returncode != 0:
         raise RuntimeError(f"`dvc {' '.join(args)}` failed ({proc.returncode}):\n"
                            f"{proc.stderr.strip() or proc.stdout.strip()}")
@@ -104,6 +105,54 @@ def checkout_version(dvc_file: str | Path, root: str | Path = ".") -> DvcOut:
     rel = Path(dvc_file).resolve().relative_to(root.resolve())
     run_dvc("checkout", "-q", "--force", str(rel), cwd=root)
     return read_dvc_file(root / rel)
+def stage_params(root: str | Path, stage: str) -> list[str] | None:
+    """The params.yaml keys ``stage`` of ``root``/dvc.yaml depends on; None when there is no
+    such stage (or no dvc.yaml)."""
+    dvc_yaml = Path(root) / "dvc.yaml"
+    if not dvc_yaml.exists():
+        return None
+    stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+    if stage not in stages:
+        return None
+    return [k for k in stages[stage].get("params") or [] if isinstance(k, str)]
+
+
+def _section(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def record_stage(stage: str, cfg: Any, root: str | Path = ".",
+                 params_file: str = "params.yaml") -> str:
+    """Record in dvc.lock and the DVC cache the outputs of ``stage`` that the pipeline built
+    itself (``dvc commit``), as `dvc repro` would have, so `dvc status` stays clean after
+    `metarec pipeline run`; returns what was done, in words.
+
+    Only when ``root`` holds a DVC repo whose dvc.yaml declares ``stage`` and the run's
+    configuration ``cfg`` (a :class:`metarec.config.Config`) equals ``params_file``'s in every
+    section the stage lists: a run with other params would otherwise pair these outputs with
+    parameters they were not built from, so dvc.lock is then left as it was (and says so).
+    """
+    from metarec.config import load_config
+
+    root = Path(root)
+    keys = stage_params(root, stage)
+    if keys is None or not (root / ".dvc").is_dir():
+        return f"no DVC stage {stage!r} in {root / 'dvc.yaml'}; dvc.lock not touched"
+    path = root / params_file
+    written = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    absent = [k for k in keys if k.split(".")[0] not in written]
+    repo_cfg = load_config(path) if path.exists() else None
+    differ = [k for k in keys if repo_cfg is None or _section(cfg, k) != _section(repo_cfg, k)]
+    if absent or differ:
+        why = (f"{params_file} lacks {', '.join(absent)}" if absent else
+               f"this run's {', '.join(differ)} differ from {params_file}'s")
+        msg = f"stage {stage!r} not recorded in dvc.lock: {why} (dvc.yaml lists them)"
+        log.info(msg)
+        return msg
+    run_dvc("commit", "--force", stage, cwd=root)
+    return f"stage {stage!r} recorded in dvc.lock and the DVC cache"
 
 
 def dataset_hash(dvc_file: str | Path) -> str:

@@ -2,18 +2,71 @@
 
 Files and directories are written beside their destination under a temporary name and moved
 into place with one rename, so an interrupted run never leaves a half-written artifact behind.
+A directory's staging copy (``.<name>.<pid>.<random>.tmp``) and the previous version it
+replaces (``.<name>.old.<pid>``) carry the writer's process id: a process killed before it could
+clean up leaves them, and the next :func:`atomic_dir` on the same destination (or
+:func:`clean_stale_staging`) removes those of dead processes, putting a previous version back
+if the destination itself is missing. .gitignore ignores them meanwhile.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+
+log = logging.getLogger(__name__)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_staging(dest: str | Path) -> list[Path]:
+    """Remove what writers of ``dest`` that died left beside it (staging copies, the previous
+    version), keeping those of live processes; a leftover previous version is moved back when
+    ``dest`` is missing (the writer died between the two renames). Returns what was removed."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    name = re.escape(dest.name)
+    staging = re.compile(rf"\.{name}\.(?:(?P<pid>\d+)\.)?[A-Za-z0-9_]+\.tmp")
+    previous = re.compile(rf"\.{name}\.old\.(?P<pid>\d+)")
+    removed = []
+    for path in sorted(dest.parent.glob(f".{glob.escape(dest.name)}.*")):
+        match = staging.fullmatch(path.name) or previous.fullmatch(path.name)
+        if match is None or not path.is_dir():
+            continue
+        pid = match.group("pid")  # None: an unnumbered staging copy of an older release
+        if pid is not None and _alive(int(pid)):
+            continue
+        if match.re is previous and not dest.exists():
+            os.replace(path, dest)
+            log.warning("%s was missing; restored the previous version from %s", dest, path)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        log.info("removed %d leftover(s) of interrupted writes of %s: %s", len(removed), dest,
+                 ", ".join(p.name for p in removed))
+    return removed
 
 
 def _umask() -> int:
@@ -30,7 +83,9 @@ def atomic_dir(dest: str | Path) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    clean_stale_staging(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp",
+                                dir=dest.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual directory mode
     try:
         yield tmp

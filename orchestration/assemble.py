@@ -6,7 +6,7 @@ from __future__ import annotations
 import dagster as dg
 
 from metarec.config import default_params_path, load_config
-from orchestration import data_assets, feedback_assets, model_assets
+from orchestration import data_assets, feedback_assets, model_assets, tune_assets
 from orchestration.automation import (build_data_sensor, build_ingest_schedule, build_schedule,
                                       ingest_job, promote, retrain_job)
 from orchestration.resources import resources_for_environment
@@ -22,10 +22,11 @@ def build_definitions(params: str | None = None) -> dg.Definitions:
     params = str(default_params_path() if params is None else params)
     cfg = load_config(params)
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([data_assets, feedback_assets, model_assets]),
+        assets=dg.load_assets_from_modules([data_assets, feedback_assets, model_assets,
+                                            tune_assets]),
         asset_checks=dg.load_asset_checks_from_modules([data_assets, feedback_assets,
                                                         model_assets]),
-        jobs=[retrain_job, ingest_job, promote],
+        jobs=[retrain_job, ingest_job, promote, tune_assets.tune_job],
         schedules=[build_schedule(cfg.schedule), build_ingest_schedule(cfg.schedule)],
         sensors=[build_data_sensor(cfg.schedule, cfg.data.dvc_file)],
         resources=resources_for_environment(params),

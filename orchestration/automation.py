@@ -1,8 +1,9 @@
 """Jobs, the weekly retraining schedule and the new-data sensor.
 
-`retrain` materialises the whole asset graph (blocking checks stop what is downstream of a
-failure); `promote` moves the registry alias `champion` through the library function. The
-schedule's cron and the sensor's interval come from params.yaml (section `schedule`).
+`retrain` materialises the whole asset graph but the tuning study (blocking checks stop what
+is downstream of a failure); `tune` (orchestration.tune_assets) runs the study; `promote`
+moves the registry alias `champion` through the library function. The schedule's cron and
+the sensor's interval come from params.yaml (section `schedule`).
 """
 
 
@@ -12,6 +13,7 @@ import dagster as dg
 
 from metarec.config import ScheduleConfig
 from orchestration.resources import MetarecConfig, MlflowResource, run_config
+from orchestration.tune_assets import TUNING_GROUP
 
 # Runs carrying this tag are limited to one at a time by the instance's run queue
 # (tag_concurrency_limits in orchestration/deploy/*/dagster.yaml and in the local instance
@@ -21,7 +23,10 @@ RETRAIN_TAG = {"metarec/retrain": "workspace"}
 # Ingesting feedback is a job of its own: it changes data.dvc, and the new-data sensor then
 # starts `retrain` once per new version (a retrain that ingested would be started again).
 retrain_job = dg.define_asset_job(
-    "retrain", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("feedback_events"),
+    # Every asset but the tuning study (its own job, `tune`) and the feedback ingest (its own
+    # job, `ingest`: it moves data.dvc, and the sensor then starts retrain once per version).
+    "retrain", selection=(dg.AssetSelection.all() - dg.AssetSelection.groups(TUNING_GROUP)
+                          - dg.AssetSelection.assets("feedback_events")),
     tags=RETRAIN_TAG,
     description="Validate data, rebuild features and tasks, meta-train, evaluate, gate, export "
                 "and register a challenger.")

@@ -35,20 +35,22 @@ def raw_dataset(metarec: MetarecConfig, dvc: DvcResource) -> dg.MaterializeResul
                         code_version="1",
                         description=f"Canonical {name} table (Parquet), checked by its GX suite.")
            for name in TABLES],
-    name="canonical_tables")
-def canonical_tables(metarec: MetarecConfig):
-    """Raw files -> canonical Parquet tables (`metarec data prepare`)."""
+    name="canonical_tables", pool="dvc")
+def canonical_tables(metarec: MetarecConfig, dvc: DvcResource):
+    """Raw files -> canonical Parquet tables (`metarec data prepare`, dvc.yaml stage
+    `prepare`, recorded in dvc.lock)."""
     from metarec.data.prepare import prepare_dataset
     from metarec.data.tables import frame_hash
 
     cfg = metarec.load()
     tables = prepare_dataset(cfg.data, feedback_folder=cfg.feedback.folder)
+    lock = dvc.record_stage("prepare", cfg)
     for name in TABLES:
         frame = getattr(tables, name)
         yield dg.MaterializeResult(
             asset_key=name, data_version=dg.DataVersion(frame_hash(frame)),
             metadata={"rows": len(frame), "columns": list(map(str, frame.columns)),
-                      "path": f"{cfg.data.prepared_dir}/{name}.parquet",
+                      "path": f"{cfg.data.prepared_dir}/{name}.parquet", "dvc_lock": lock,
                       "preview": dg.MetadataValue.md(frame.head(5).to_markdown(index=False))})
 
 
@@ -96,9 +98,9 @@ def item_text_embeddings(metarec: MetarecConfig) -> dg.MaterializeResult:
                                           "dim": int(vectors.shape[1]), "cache": f.cache_dir})
 
 
-@dg.asset(group_name=FEATURE_GROUP, deps=[item_text_embeddings], code_version="1",
+@dg.asset(group_name=FEATURE_GROUP, deps=[item_text_embeddings], code_version="1", pool="dvc",
           description="Encoders fitted on training users/items and the encoded feature arrays.")
-def features(metarec: MetarecConfig) -> dg.MaterializeResult:
+def features(metarec: MetarecConfig, dvc: DvcResource) -> dg.MaterializeResult:
     from metarec.data.tables import read_tables
     from metarec.features.build import prepare_features, read_features_manifest
 
@@ -107,16 +109,18 @@ def features(metarec: MetarecConfig) -> dg.MaterializeResult:
                              read_tables(cfg.data.prepared_dir))
     manifest = read_features_manifest(cfg.features.out_dir)
     version = f"{manifest.get('data_hash', '')[:12]}-{manifest.get('encoder_hash', '')[:12]}"
+    lock = dvc.record_stage("features", cfg)
     return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
+        "dvc_lock": lock,
         "users": len(feats.user_ids), "items": len(feats.item_ids),
         "user_fields": list(feats.user_fields), "item_fields": list(feats.item_fields),
         "text_dim": 0 if feats.item_text is None else int(feats.item_text.shape[1]),
         "encoder_hash": manifest.get("encoder_hash", ""), "path": cfg.features.out_dir})
 
 
-@dg.asset(group_name=FEATURE_GROUP, deps=[features], code_version="1",
+@dg.asset(group_name=FEATURE_GROUP, deps=[features], code_version="1", pool="dvc",
           description="Few-shot tasks per cold-start scenario, padded with masks.")
-def cold_start_tasks(metarec: MetarecConfig) -> dg.MaterializeResult:
+def cold_start_tasks(metarec: MetarecConfig, dvc: DvcResource) -> dg.MaterializeResult:
     import hashlib
     from pathlib import Path
 
@@ -128,6 +132,8 @@ def cold_start_tasks(metarec: MetarecConfig) -> dg.MaterializeResult:
     sets = build_task_sets(cfg, read_tables(cfg.data.prepared_dir))
     counts = {name: len(t) for name, t in sets.items() if "@" not in name}
     manifest = (Path(cfg.tasks.out_dir) / MANIFEST_FILE).read_bytes()
+    lock = dvc.record_stage("tasks", cfg)
     return dg.MaterializeResult(data_version=dg.DataVersion(
-        hashlib.sha256(manifest).hexdigest()[:16]), metadata={"protocol": cfg.tasks.protocol, **counts,
-                                          "path": cfg.tasks.out_dir})
+        hashlib.sha256(manifest).hexdigest()[:16]), metadata={
+            "protocol": cfg.tasks.protocol, **counts, "path": cfg.tasks.out_dir,
+            "dvc_lock": lock})

@@ -49,6 +49,13 @@ class DvcResource(dg.ConfigurableResource):
 
         return dataset_hash(self.dvc_path(data_cfg))
 
+    def record_stage(self, stage: str, cfg: Config) -> str:
+        """Record the dvc.yaml stage this asset just built in dvc.lock (`dvc commit`), so
+        `dvc status` is clean after a pipeline run (see metarec.dvc.record_stage)."""
+        from metarec.dvc import record_stage
+
+        return record_stage(stage, cfg, self.root)
+
 
 class MlflowResource(dg.ConfigurableResource):
     """MLflow tracking and registry; empty tracking_uri: MLFLOW_TRACKING_URI, else params.yaml."""

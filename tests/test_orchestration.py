@@ -30,8 +30,9 @@ def test_definitions_load(monkeypatch):
     monkeypatch.chdir(REPO)
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert DATA_ASSETS | MODEL_ASSETS | {"feedback_events"} == keys
+    assert DATA_ASSETS | MODEL_ASSETS | {"feedback_events", "tuning_study"} == keys
     assert defs.resolve_job_def("retrain") is not None
+    assert defs.resolve_job_def("tune") is not None  # its assets: tests/test_tuning.py
     # Ingesting is its own job (it moves data.dvc; the sensor then starts retrain).
     ingest = defs.resolve_job_def("ingest").asset_layer.executable_asset_keys
     retrain = defs.resolve_job_def("retrain").asset_layer.executable_asset_keys

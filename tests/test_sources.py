@@ -149,3 +149,93 @@ def test_broken_file_is_named(fixtures, tmp_path, case):
 def test_unknown_layout(tmp_path):
     with pytest.raises(DataSourceError, match="no MovieLens-100K files"):
         read_ml100k(tmp_path)
+
+
+# --------------------------------------------------------------------------- CSV source mapping
+
+
+def _own_layout(folder):
+    """A team's files: no timestamp, ';' users file with its own id name, tab items file."""
+    folder.mkdir()
+    (folder / "events.csv").write_text("uid,iid,stars\n7,101,4\n7,100,2\n8,100,5\n7,102,3\n")
+    (folder / "people.csv").write_text("customer;country\n7;FR\n8;DE\n")
+    (folder / "catalog.tsv").write_text("sku\tname\n100\tRed Shoe\n101\tBlue Hat\n102\tCap\n")
+    return CsvSource(interactions="events.csv", users="people.csv", items="catalog.tsv",
+                     users_sep=";", items_sep="\t", user_categorical=("country",),
+                     columns=ColumnMap(user_id="uid", item_id="iid", rating="stars",
+                                       timestamp=None, title="name", users_id="customer",
+                                       items_id="sku"))
+
+
+def test_csv_without_timestamps_keeps_file_order_and_says_so(tmp_path, caplog):
+    import logging
+
+    src = _own_layout(tmp_path / "own")
+    with caplog.at_level(logging.INFO, logger="metarec.data.sources"):
+        t = read_csv_source(tmp_path / "own", src)
+    assert "no timestamp column" in caplog.text and "file's order" in caplog.text
+    assert t.timestamps == "order"
+    # user 7's ratings in file order (101, 100, 102), not sorted by item; timestamp = row
+    seven = t.interactions[t.interactions.user_id == 7]
+    assert seven.item_id.tolist() == [101, 100, 102] and seven.timestamp.tolist() == [0, 1, 3]
+    assert t.users.set_index("user_id").country.to_dict() == {7: "FR", 8: "DE"}
+    assert t.items.set_index("item_id").title.to_dict() == {100: "Red Shoe", 101: "Blue Hat",
+                                                            102: "Cap"}
+    back = read_tables(write_tables(t, tmp_path / "prepared"))
+    assert back.timestamps == "order"
+
+
+def test_tables_without_time_pass_validation_with_no_time_checks(tmp_path):
+    """Row positions are not Unix seconds: the canonical suite skips the time range."""
+    from metarec.config import TasksConfig, ValidationConfig
+    from metarec.data.validation import validate_tables
+
+    t = read_csv_source(tmp_path / "own", _own_layout(tmp_path / "own"))
+    cfg = ValidationConfig(min_task_users=1, data_docs=False)
+    report = validate_tables(t, cfg, TasksConfig(min_ratings=1, max_ratings=10))
+    assert report.passed, report.to_text()
+
+
+def test_the_timestamp_mapping_may_be_null_in_params(tmp_path):
+    from metarec.config import load_config
+
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  csv:\n    items_sep: \"\\t\"\n    columns: {timestamp: null, "
+                      "items_id: sku}\n")
+    csv = load_config(params).data.csv
+    assert csv.columns.timestamp is None and csv.columns.items_id == "sku"
+    assert csv.items_sep == "\t" and csv.users_sep is None
+
+
+def test_errors_of_a_fetched_csv_name_the_users_file(tmp_path, fixtures):
+    """The fetch parses a staged copy; its errors still name the file the user gave."""
+    import subprocess
+
+    from metarec.config import DataConfig
+    from metarec.data.fetch import fetch
+
+    src = _copy(fixtures, "csv", tmp_path)
+    (src / "ratings.csv").write_text("uid,iid,stars,when\n7,100,4,1\n7,101,five,2\n")
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    with pytest.raises(DataSourceError) as err:
+        fetch(DataConfig(dataset="csv", csv=CSV_CFG), path=src, root=tmp_path / "repo")
+    message = str(err.value)
+    assert message.startswith(f"{src / 'ratings.csv'}: column 'rating' must hold numbers")
+    assert "['five'] at line 3" in message and ".data." not in message
+    assert not [p for p in (tmp_path / "repo").iterdir() if p.name.startswith(".data")]
+
+
+def test_errors_in_an_archive_name_the_member(tmp_path, fixtures):
+    import subprocess
+    import zipfile
+
+    from metarec.config import DataConfig
+    from metarec.data.fetch import fetch
+
+    archive = tmp_path / "ml-100k.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in (fixtures / "ml100k_grouplens").iterdir():
+            zf.writestr(f"ml-100k/{f.name}", "1,10,5\n" if f.name == "u.data" else f.read_bytes())
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    with pytest.raises(DataSourceError, match=rf"^{archive}:ml-100k/u\.data: line 1 has 1 "):
+        fetch(DataConfig(dataset="ml-100k"), path=archive, root=tmp_path / "repo")

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from metarec.config import Config, CsvSource, TasksConfig, ValidationConfig
-from metarec.data.tables import CanonicalTables, FeatureSpec, read_tables, write_tables
+from metarec.data.tables import (CanonicalTables, DataSourceError, FeatureSpec, read_tables,
+                                 write_tables)
 from metarec.data.validation import (DataValidationError, ValidationReport, load_raw_files,
                                      raise_if_failed, validate_frames, validate_tables)
 
@@ -175,12 +176,13 @@ def test_counts_and_examples_are_exact():
     assert (fail.column, fail.failing_count, fail.examples) == ("rating", 3, ["7"])
 
 
-def test_null_ids_are_reported_by_row():
+def test_null_ids_are_reported_by_row_counted_from_1():
     frames = raw()
     frames["interactions"].loc[[4, 9], "item_id"] = None
     (fail,) = run(frames).failures
     assert (fail.expectation, fail.failing_count, fail.examples) == ("not null", 2,
-                                                                     ["row 4", "row 9"])
+                                                                     ["row 5", "row 10"])
+    assert fail.where == ["row 5", "row 10"] and fail.file is None
 
 
 def test_unsigned_ids_beyond_int64_in_parquet(tmp_path):
@@ -196,12 +198,13 @@ def test_unsigned_ids_beyond_int64_in_parquet(tmp_path):
 def test_unreadable_files_are_named(tmp_path):
     bad = tmp_path / "inter.parquet"
     bad.write_text("not parquet")
-    with pytest.raises(ValueError, match="inter.parquet: cannot be read as parquet"):
+    with pytest.raises(DataSourceError, match="inter.parquet: cannot be read as parquet.*"
+                       "looks like text"):
         load_raw_files(bad)
     (tmp_path / "inter.xlsx").write_text("")
-    with pytest.raises(ValueError, match="unsupported file type '.xlsx'"):
+    with pytest.raises(DataSourceError, match="unsupported file type '.xlsx'"):
         load_raw_files(tmp_path / "inter.xlsx")
-    with pytest.raises(FileNotFoundError, match="missing.csv: file not found"):
+    with pytest.raises(DataSourceError, match="missing.csv: file not found"):
         load_raw_files(tmp_path / "missing.csv")
 
 

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import click
 
 from metarec.cli.common import config_of, reported
 from metarec.config import Config
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) while the block runs, so its cleanup
+    runs: staging copies removed, the `dvc add` child terminated. Python's default for SIGTERM
+    is to die on the spot, leaving both behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group()
@@ -36,7 +55,7 @@ def data_fetch(ctx: click.Context, dataset: str | None, path: Path | None, recor
 
     cfg = config_of(ctx)
     data_cfg = dataclasses.replace(cfg.data, dataset=dataset) if dataset else cfg.data
-    with reported():
+    with reported(), sigterm_interrupts():
         res = fetch(data_cfg, path=path, record=record)
     state = "recorded as a new version in data.dvc" if res.recorded else "matches data.dvc"
     click.echo(f"{data_cfg.dataset}: {res.data_dir} from {res.source}; md5 {res.md5} ({state})")
@@ -82,11 +101,10 @@ def data_validate(ctx: click.Context, interactions: Path | None, users: Path | N
             report = val.validate_tables(read_tables(cfg.data.prepared_dir), cfg.validation,
                                           cfg.tasks, out)
         else:
-            frames = val.load_raw_files(interactions, users, items, cfg.data.csv)
-            report = val.validate_frames(
-                *frames, cfg=cfg.validation, spec=val.spec_from_csv(cfg.data.csv),
+            report = val.validate_files(
+                interactions, users, items, cfg.data.csv, cfg.validation,
                 min_ratings=cfg.tasks.min_ratings, max_ratings=cfg.tasks.max_ratings,
-                columns=cfg.data.csv.columns, artifact_dir=out)
+                artifact_dir=out)
     click.echo(report.to_json() if as_json else report.to_text())
     if not as_json:
         click.echo(f"full GX result: {out / val.GX_RESULT_FILE}")

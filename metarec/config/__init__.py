@@ -13,10 +13,11 @@ from metarec.config.sections import (ColumnMap, Config, CsvSource, DataConfig, E
                                      GateConfig, MetaConfig,
                                      ModelConfig, ScheduleConfig, ServeConfig, TasksConfig,
                                      TrackingConfig, TrainConfig, ValidationConfig)
+from metarec.config.tune import ParamRange, TuneConfig, TuneObjective
 
 __all__ = ["DEFAULT_PARAMS", "PARAMS_ENV", "ColumnMap", "Config", "ConfigError", "CsvSource",
            "DataConfig", "EvaluationConfig", "ExportConfig", "FeaturesConfig", "FeedbackConfig",
-           "GateConfig",
-           "MetaConfig", "ModelConfig", "ScheduleConfig", "ServeConfig", "TasksConfig",
-           "TrackingConfig", "TrainConfig", "ValidationConfig", "config_from_dict",
-           "default_params_path", "load_config"]
+           "GateConfig", "MetaConfig", "ModelConfig", "ParamRange", "ScheduleConfig",
+           "ServeConfig", "TasksConfig", "TrackingConfig", "TrainConfig", "TuneConfig",
+           "TuneObjective", "ValidationConfig", "config_from_dict", "default_params_path",
+           "load_config"]

@@ -17,6 +17,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
+from metarec.config.overrides import OverridesError, merge, overrides_in_use
 from metarec.config.sections import Config
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -32,9 +33,14 @@ def default_params_path() -> Path:
     return Path(os.environ.get(PARAMS_ENV) or DEFAULT_PARAMS)
 
 
-def load_config(path: str | Path | None = None) -> Config:
+def load_config(path: str | Path | None = None, *, overrides: bool = True) -> Config:
     """Read ``path`` (default: :func:`default_params_path`) into a :class:`Config`; a missing
-    file is a :class:`ConfigError`."""
+    file is a :class:`ConfigError`.
+
+    With ``tune.use_overrides: true`` and ``tune.overrides_file`` present, that file (the
+    reviewed result of `metarec tune`) is laid over the params first (``overrides=False``:
+    the params file alone, what a tuning study starts from).
+    """
     path = default_params_path() if path is None else Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: configuration file not found")
@@ -44,7 +50,16 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if raw is None:
         raw = {}
-    return config_from_dict(raw, source=str(path))
+    cfg = config_from_dict(raw, source=str(path))
+    if not overrides:
+        return cfg
+    try:
+        found = overrides_in_use(cfg.tune.use_overrides, cfg.tune.overrides_file)
+    except OverridesError as exc:
+        raise ConfigError(str(exc)) from None
+    if found is None:
+        return cfg
+    return config_from_dict(merge(raw, found.values), source=f"{path} + {found.path}")
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "params") -> Config:
@@ -52,9 +67,62 @@ def config_from_dict(raw: Mapping[str, Any], source: str = "params") -> Config:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
     try:
-        return _build(Config, raw, "")
+        cfg = _build(Config, raw, "")
+        _check_space(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    return cfg
+
+
+def setting_type(key: str, where: str) -> Any:
+    """The type of the setting at dotted ``key`` (``meta.inner_lr``); a key that names no
+    setting (or a whole section, or the ``tune`` section itself) is a :class:`ConfigError`
+    naming ``where``."""
+    cls: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"'{where}': {'.'.join(parts[:i])!r} is a setting, not a section")
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            prefix = ".".join(parts[:i]) or "<top>"
+            raise ConfigError(f"'{where}': no setting {key!r} (allowed under '{prefix}': "
+                              f"{', '.join(sorted(hints))})")
+        cls = hints[part]
+    if parts[0] == "tune" or dataclasses.is_dataclass(cls):
+        raise ConfigError(f"'{where}': {key!r} cannot be searched (a section, or the study's own "
+                          "settings)")
+    return cls
+
+
+def _check_space(cfg: Config) -> None:
+    """Each key of ``tune.space`` names a setting, and each bound and choice is a value that
+    setting accepts (checked like the setting itself), so a typo fails at load time."""
+    for key, rng in cfg.tune.space.items():
+        where = f"tune.space.{key}"
+        tp = setting_type(key, where)
+        bounds = {"low": rng.low, "high": rng.high, "step": rng.step}
+        if rng.type == "categorical":
+            if not rng.choices or any(v is not None for v in bounds.values()):
+                raise ConfigError(f"'{where}': categorical takes a non-empty 'choices' list "
+                                  "and no low/high/step")
+            for i, choice in enumerate(rng.choices):
+                _coerce(tp, choice, f"{where}.choices[{i}]")
+            continue
+        if rng.choices or rng.low is None or rng.high is None or not rng.low < rng.high:
+            raise ConfigError(f"'{where}': {rng.type} takes low < high and no choices, got "
+                              f"low={rng.low}, high={rng.high}, choices={list(rng.choices)}")
+        if rng.type == "log-float" and (rng.low <= 0 or rng.step is not None):
+            raise ConfigError(f"'{where}': log-float takes low > 0 and no step")
+        if rng.step is not None and rng.step <= 0:
+            raise ConfigError(f"'{where}.step' must be positive, got {rng.step}")
+        for name, value in bounds.items():
+            if value is None:
+                continue
+            if rng.type == "int" and not float(value).is_integer():
+                raise ConfigError(f"'{where}.{name}' must be an integer, got {value!r}")
+            if name != "step":
+                _coerce(tp, int(value) if rng.type == "int" else value, f"{where}.{name}")
 
 
 def _build(cls: type, raw: Mapping[str, Any], prefix: str) -> Any:

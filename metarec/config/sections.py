@@ -12,6 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from metarec.config.feedback import FeedbackConfig
+from metarec.config.tune import TuneConfig
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -22,8 +25,12 @@ class ColumnMap:
     user_id: str = "user_id"
     item_id: str = "item_id"
     rating: str = "rating"
-    timestamp: str = "timestamp"
+    # null: the interactions carry no time; each user's ratings keep the file's order.
+    timestamp: str | None = "timestamp"
     title: str = "title"
+    # The id column of the users / items file (null: the same name as in the interactions).
+    users_id: str | None = None
+    items_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,9 @@ class CsvSource:
     users: str | None = None
     items: str | None = None
     sep: str = ","
+    # Separator of the users / items file (null: ``sep``).
+    users_sep: str | None = None
+    items_sep: str | None = None
     encoding: str = "utf-8"
     columns: ColumnMap = field(default_factory=ColumnMap)
     # Feature columns by kind, named as in the source files.
@@ -415,17 +425,6 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
-class FeedbackConfig:
-    """Event store, intake limits and ingest folders (metarec.feedback; see params.yaml)."""
-
-    store_uri: str = "sqlite:///feedback.db"
-    max_batch: int = 200
-    max_future_s: int = 300
-    folder: str = "feedback"
-    out_dir: str = "artifacts/ingest"
-
-
-@dataclass(frozen=True)
 class Config:
     """The whole of params.yaml."""
 
@@ -443,6 +442,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from metarec.children import run_child
 from metarec.config import DataConfig
 from metarec.data.sources import (ML1M_FILES, ML100K_GROUPLENS, ML100K_RECBOLE, read_ml1m,
                                   read_ml100k, read_csv_source)
@@ -49,7 +50,7 @@ def _download_recbole_wheel(dest: Path) -> Path:
     log.info("downloading %s (MovieLens-100K inside) from the package index", RECBOLE_WHEEL)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--quiet", "-d", str(dest), RECBOLE_WHEEL]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = run_child(cmd)
     wheels = sorted(dest.glob("recbole-*.whl"))
     if proc.returncode != 0 or not wheels:
         raise DataSourceError(f"could not download {RECBOLE_WHEEL} from the package index: "
@@ -57,7 +58,10 @@ def _download_recbole_wheel(dest: Path) -> Path:
     return wheels[0]
 
 
-def _extract(archive: Path, wanted: tuple[str, ...], dest: Path) -> None:
+Origins = dict[str, str]  # staged file -> where it came from, as the user named it
+
+
+def _extract(archive: Path, wanted: tuple[str, ...], dest: Path) -> Origins:
     """Copy the members whose basename is in ``wanted`` out of a zip (wheel or GroupLens zip)."""
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -69,18 +73,21 @@ def _extract(archive: Path, wanted: tuple[str, ...], dest: Path) -> None:
                 (dest / name).write_bytes(zf.read(members[name]))
     except zipfile.BadZipFile:
         raise DataSourceError(f"{archive}: not a zip archive") from None
+    return {str(dest / name): f"{archive}:{members[name]}" for name in wanted}
 
 
-def _copy(folder: Path, wanted: tuple[str, ...], dest: Path) -> None:
+def _copy(folder: Path, wanted: tuple[str, ...], dest: Path) -> Origins:
     missing = [w for w in wanted if not (folder / w).is_file()]
     if missing:
         raise DataSourceError(f"{folder}: missing {', '.join(missing)}")
     for name in wanted:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / name, dest / name)
+    return {str(dest / name): str(folder / name) for name in wanted}
 
 
 def _stage_movielens(path: Path | None, layouts: tuple[tuple[str, ...], ...], dest: Path,
-                     scratch: Path) -> str:
+                     scratch: Path) -> tuple[str, Origins]:
     """Fill ``dest`` with the first layout found in ``path`` (zip/wheel or folder)."""
     if path is None:
         path = _download_recbole_wheel(scratch)
@@ -88,11 +95,22 @@ def _stage_movielens(path: Path | None, layouts: tuple[tuple[str, ...], ...], de
         raise DataSourceError(f"{path}: not found")
     for wanted in layouts:
         try:
-            (_extract if path.is_file() else _copy)(path, wanted, dest)
-            return f"{path.name} ({', '.join(wanted)})"
+            origins = (_extract if path.is_file() else _copy)(path, wanted, dest)
+            return f"{path.name} ({', '.join(wanted)})", origins
         except DataSourceError as exc:
             last = exc
     raise last
+
+
+def _parse(read: Callable[[], object], origins: Origins, folder: Path, source: Path) -> None:
+    """Run the reader on the staged copy; its errors name the user's files, not the copy."""
+    try:
+        read()
+    except DataSourceError as exc:
+        message = str(exc)
+        for staged, origin in sorted(origins.items(), key=lambda kv: -len(kv[0])):
+            message = message.replace(staged, origin)
+        raise DataSourceError(message.replace(str(folder), str(source))) from None
 
 
 def stage_dataset(data: DataConfig, path: Path | None, dest: Path, scratch: Path) -> str:
@@ -100,21 +118,22 @@ def stage_dataset(data: DataConfig, path: Path | None, dest: Path, scratch: Path
     folder = dest / data.dataset
     folder.mkdir(parents=True)
     if data.dataset == "ml-100k":
-        source = _stage_movielens(path, (ML100K_RECBOLE, ML100K_GROUPLENS), folder, scratch)
-        read_ml100k(folder)
+        source, origins = _stage_movielens(path, (ML100K_RECBOLE, ML100K_GROUPLENS), folder,
+                                           scratch)
+        _parse(lambda: read_ml100k(folder), origins, folder, path or Path(RECBOLE_WHEEL))
     elif data.dataset == "ml-1m":
         if path is None:
             raise DataSourceError("ml-1m: give --path to ml-1m.zip or its folder (GroupLens "
                                   "files cannot be downloaded from this machine)")
-        source = _stage_movielens(path, (ML1M_FILES,), folder, scratch)
-        read_ml1m(folder)
+        source, origins = _stage_movielens(path, (ML1M_FILES,), folder, scratch)
+        _parse(lambda: read_ml1m(folder), origins, folder, path)
     else:
         if path is None or not path.is_dir():
             raise DataSourceError(f"csv: give --path to the folder holding "
                                   f"{data.csv.interactions} (got {path})")
         names = [n for n in (data.csv.interactions, data.csv.users, data.csv.items) if n]
-        _copy(path, tuple(names), folder)
-        read_csv_source(folder, data.csv)
+        origins = _copy(path, tuple(names), folder)
+        _parse(lambda: read_csv_source(folder, data.csv), origins, folder, path)
         source = str(path)
     return source
 

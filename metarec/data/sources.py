@@ -8,7 +8,8 @@ Supported raw layouts (each lives in its own folder under the DVC-tracked data d
 - ``ml-1m``: MovieLens-1M in the GroupLens layout (``ratings.dat``, ``users.dat``,
   ``movies.dat``; ``::``-separated, latin-1).
 - ``csv``: a team's own CSV/Parquet files, mapped to canonical columns by ``data.csv`` in
-  params.yaml.
+  params.yaml: a separator per file, the users/items files' own id column names, and an
+  optional timestamp (without one, each user's ratings keep the file's order).
 
 Every reader raises :class:`DataSourceError` naming the file and the problem (missing file,
 wrong separator, missing column, undecodable bytes, values of the wrong type).
@@ -19,12 +20,13 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 
 from metarec.config import CsvSource, DataConfig
+from metarec.data.files import TableFile, file_sep, id_columns, read_table
 from metarec.data.tables import CanonicalTables, DataSourceError, FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -77,23 +79,33 @@ def _read_delimited(path: Path, sep: str, names: list[str], encoding: str,
     return pd.DataFrame(rows, columns=names, dtype=object)
 
 
-def _to_int(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
+Where = Callable[[Iterable[int]], list[str]]  # 0-based rows -> "line 4" (TableFile.where)
+
+
+def _bad_values(frame: pd.DataFrame, column: str, bad: pd.Series, where: Where | None) -> str:
+    rows = np.flatnonzero(bad.to_numpy())[:3]
+    examples = frame[column].iloc[rows].tolist()
+    at = f" at {', '.join(where(rows))}" if where is not None else ""
+    return f"{int(bad.sum())} values do not, e.g. {examples}{at}"
+
+
+def _to_int(frame: pd.DataFrame, column: str, path: Path, where: Where | None = None
+            ) -> pd.Series:
     values = pd.to_numeric(frame[column].astype(str).str.strip(), errors="coerce")
-    bad = values.isna() | (values != np.floor(values))
+    bad = values.isna() | (values != np.floor(values)) | (values.abs() >= 2.0**63)
     if bad.any():
-        examples = frame.loc[bad, column].head(3).tolist()
-        raise DataSourceError(f"{path}: column '{column}' must hold integers; {int(bad.sum())} "
-                              f"values do not, e.g. {examples}")
+        raise DataSourceError(f"{path}: column '{column}' must hold integers; "
+                              f"{_bad_values(frame, column, bad, where)}")
     return values.astype("int64")
 
 
-def _to_float(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
+def _to_float(frame: pd.DataFrame, column: str, path: Path, where: Where | None = None
+              ) -> pd.Series:
     values = pd.to_numeric(frame[column].astype(str).str.strip(), errors="coerce")
     bad = values.isna()
     if bad.any():
-        examples = frame.loc[bad, column].head(3).tolist()
-        raise DataSourceError(f"{path}: column '{column}' must hold numbers; {int(bad.sum())} "
-                              f"values do not, e.g. {examples}")
+        raise DataSourceError(f"{path}: column '{column}' must hold numbers; "
+                              f"{_bad_values(frame, column, bad, where)}")
     return values.astype("float64")
 
 
@@ -223,99 +235,116 @@ def read_ml1m(folder: str | Path) -> CanonicalTables:
 
 def read_table_file(path: str | Path, sep: str = ",", encoding: str = "utf-8") -> pd.DataFrame:
     """Read one CSV or Parquet file as-is (CSV cells stay strings), naming the file on error."""
-    path = _require(Path(path))
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if suffix in (".csv", ".tsv", ".txt"):
-            return pd.read_csv(path, sep=sep, encoding=encoding, dtype=str,
-                               keep_default_na=False, na_values=[""])
-    except UnicodeDecodeError as exc:
-        raise DataSourceError(f"{path}: not valid {encoding} text ({exc.reason}); "
-                              "set data.csv.encoding") from None
-    except (pd.errors.ParserError, ValueError, OSError) as exc:
-        raise DataSourceError(f"{path}: cannot be parsed: {exc}") from None
-    raise DataSourceError(f"{path}: unsupported file type '{suffix}' (use .csv or .parquet)")
+    return read_table(path, sep, encoding).frame
 
 
-def _mapped(frame: pd.DataFrame, mapping: dict[str, str], path: Path) -> pd.DataFrame:
+def _mapped(tf: TableFile, mapping: dict[str, str]) -> pd.DataFrame:
+    """The file's columns renamed source -> canonical; missing or clashing ones name the file."""
+    frame, path = tf.frame, tf.path
     missing = [src for src in mapping.values() if src not in frame.columns]
     if missing:
-        hint = " (one column only: wrong separator?)" if len(frame.columns) == 1 else ""
+        hint = f"; {tf.sep_hint}" if tf.sep_hint else ""
         raise DataSourceError(f"{path}: missing column(s) {missing}; found "
                               f"{list(frame.columns)}{hint}")
+    clash = [dst for dst, src in mapping.items() if dst != src and dst in frame.columns
+             and dst not in mapping.values()]
+    if clash:
+        raise DataSourceError(f"{path}: column(s) {clash} exist and are also the target of the "
+                              f"column mapping {mapping}; map or rename one of them")
     return frame.rename(columns={src: dst for dst, src in mapping.items()})
 
 
-def _timestamps(frame: pd.DataFrame, path: Path) -> pd.Series:
+def _timestamps(frame: pd.DataFrame, path: Path, where: Where) -> pd.Series:
     numeric = pd.to_numeric(frame["timestamp"], errors="coerce")
     if numeric.notna().all():
-        return _to_int(frame.assign(timestamp=numeric), "timestamp", path)
+        return _to_int(frame.assign(timestamp=numeric), "timestamp", path, where)
     parsed = pd.to_datetime(frame["timestamp"], errors="coerce", utc=True)
     bad = parsed.isna()
     if bad.any():
-        raise DataSourceError(f"{path}: column 'timestamp' holds {int(bad.sum())} values that "
-                              f"are neither Unix seconds nor dates, e.g. "
-                              f"{frame.loc[bad, 'timestamp'].head(3).tolist()}")
+        raise DataSourceError(f"{path}: column 'timestamp' holds values that are neither Unix "
+                              f"seconds nor dates: {_bad_values(frame, 'timestamp', bad, where)}")
     epoch = pd.Timestamp(0, tz="UTC")
     return ((parsed - epoch) // pd.Timedelta(seconds=1)).astype("int64")
 
 
-def read_csv_source(folder: str | Path, src: CsvSource) -> CanonicalTables:
-    """A team's own interactions (+ optional users/items), mapped by ``data.csv``."""
-    folder = Path(folder)
+def _csv_interactions(folder: Path, src: CsvSource) -> tuple[pd.DataFrame, str]:
+    """The interactions file as canonical columns, and the kind of its timestamps."""
     cols = src.columns
-    inter_p = folder / src.interactions
-    raw = _mapped(read_table_file(inter_p, src.sep, src.encoding),
-                  {"user_id": cols.user_id, "item_id": cols.item_id, "rating": cols.rating,
-                   "timestamp": cols.timestamp}, inter_p)
-    raw = raw.assign(timestamp=_timestamps(raw, inter_p))
-    interactions = _interactions(raw, inter_p)
-
-    if src.users:
-        user_p = folder / src.users
-        feats = {c: c for c in (*src.user_categorical, *src.user_numeric)}
-        ufr = _mapped(read_table_file(user_p, src.sep, src.encoding),
-                      {"user_id": cols.user_id, **feats}, user_p)
-        users = pd.DataFrame({"user_id": _to_int(ufr, "user_id", user_p)})
-        for c in src.user_categorical:
-            users[c] = ufr[c].astype("str").str.strip()
-        for c in src.user_numeric:
-            users[c] = _to_float(ufr, c, user_p)
+    path = folder / src.interactions
+    tf = read_table(path, file_sep(src, "interactions"), src.encoding)
+    mapping = {"user_id": cols.user_id, "item_id": cols.item_id, "rating": cols.rating}
+    if cols.timestamp is None:
+        raw = _mapped(tf, mapping)
+        log.info("%s: no timestamp column (data.csv.columns.timestamp is null): each user's "
+                 "ratings keep the file's order (timestamp = row position)", path)
+        raw = raw.assign(timestamp=np.arange(len(raw), dtype=np.int64))
+        kind = "order"
     else:
-        users = pd.DataFrame({"user_id": np.unique(interactions.user_id)})
+        raw = _mapped(tf, {**mapping, "timestamp": cols.timestamp})
+        raw = raw.assign(timestamp=_timestamps(raw, path, tf.where))
+        kind = "unix"
+    out = pd.DataFrame({"user_id": _to_int(raw, "user_id", path, tf.where),
+                        "item_id": _to_int(raw, "item_id", path, tf.where),
+                        "rating": _to_float(raw, "rating", path, tf.where),
+                        "timestamp": raw["timestamp"].astype("int64")})
+    return out.sort_values(["user_id", "timestamp", "item_id"], kind="stable"
+                           ).reset_index(drop=True), kind
 
-    if src.items:
-        item_p = folder / src.items
-        feats = {c: c for c in (*src.item_categorical, *src.item_numeric, *src.item_multi,
-                                *src.item_text)}
-        ifr = _mapped(read_table_file(item_p, src.sep, src.encoding),
-                      {"item_id": cols.item_id, "title": cols.title, **feats}, item_p)
-        items = pd.DataFrame({"item_id": _to_int(ifr, "item_id", item_p),
-                              "title": ifr["title"].fillna("").astype(str).str.strip()})
-        for c in src.item_categorical:
-            items[c] = ifr[c].astype("str").str.strip()
-        for c in src.item_numeric:
-            items[c] = _to_float(ifr, c, item_p)
-        for c in src.item_multi:
-            items[c] = [[v.strip() for v in str(cell).split(src.multi_sep) if v.strip()]
-                        if isinstance(cell, str) else [] for cell in ifr[c]]
-        extra = [ifr[c].fillna("").astype(str) for c in src.item_text]
-        items["text"] = [". ".join(p for p in (t, *rest) if p) + "."
-                         for t, *rest in zip(items["title"], *extra)]
-        items["title"] = items["title"].astype("str")
-        items["text"] = items["text"].astype("str")
-    else:
+
+def _csv_users(folder: Path, src: CsvSource, interactions: pd.DataFrame) -> pd.DataFrame:
+    if not src.users:
+        return pd.DataFrame({"user_id": np.unique(interactions.user_id)})
+    path = folder / src.users
+    tf = read_table(path, file_sep(src, "users"), src.encoding)
+    feats = {c: c for c in (*src.user_categorical, *src.user_numeric)}
+    ufr = _mapped(tf, {"user_id": id_columns(src)[0], **feats})
+    users = pd.DataFrame({"user_id": _to_int(ufr, "user_id", path, tf.where)})
+    for c in src.user_categorical:
+        users[c] = ufr[c].astype("str").str.strip()
+    for c in src.user_numeric:
+        users[c] = _to_float(ufr, c, path, tf.where)
+    return users.sort_values("user_id").reset_index(drop=True)
+
+
+def _csv_items(folder: Path, src: CsvSource, interactions: pd.DataFrame) -> pd.DataFrame:
+    if not src.items:
         ids = np.unique(interactions.item_id)
         items = pd.DataFrame({"item_id": ids, "title": [f"item {i}" for i in ids]})
         items["text"] = items["title"]
+        return items.astype({"title": "str", "text": "str"})
+    path = folder / src.items
+    tf = read_table(path, file_sep(src, "items"), src.encoding)
+    feats = {c: c for c in (*src.item_categorical, *src.item_numeric, *src.item_multi,
+                            *src.item_text)}
+    ifr = _mapped(tf, {"item_id": id_columns(src)[1], "title": src.columns.title, **feats})
+    items = pd.DataFrame({"item_id": _to_int(ifr, "item_id", path, tf.where),
+                          "title": ifr["title"].fillna("").astype(str).str.strip()})
+    for c in src.item_categorical:
+        items[c] = ifr[c].astype("str").str.strip()
+    for c in src.item_numeric:
+        items[c] = _to_float(ifr, c, path, tf.where)
+    for c in src.item_multi:
+        items[c] = [[v.strip() for v in str(cell).split(src.multi_sep) if v.strip()]
+                    if isinstance(cell, str) else [] for cell in ifr[c]]
+    extra = [ifr[c].fillna("").astype(str) for c in src.item_text]
+    items["text"] = [". ".join(p for p in (t, *rest) if p) + "."
+                     for t, *rest in zip(items["title"], *extra)]
     items = items.astype({"title": "str", "text": "str"})
+    return items.sort_values("item_id").reset_index(drop=True)
+
+
+def read_csv_source(folder: str | Path, src: CsvSource) -> CanonicalTables:
+    """A team's own interactions (+ optional users/items), mapped by ``data.csv``. Without a
+    timestamp column (``columns.timestamp: null``) the canonical ``timestamp`` is each row's
+    position in the interactions file, so each user's ratings keep the file's order."""
+    folder = Path(folder)
+    interactions, kind = _csv_interactions(folder, src)
+    users = _csv_users(folder, src, interactions)
+    items = _csv_items(folder, src, interactions)
     spec = FeatureSpec(user_categorical=src.user_categorical, user_numeric=src.user_numeric,
                        item_categorical=src.item_categorical, item_numeric=src.item_numeric,
                        item_multi=src.item_multi)
-    return CanonicalTables(interactions, users.sort_values("user_id").reset_index(drop=True),
-                           items.sort_values("item_id").reset_index(drop=True), spec, "csv")
+    return CanonicalTables(interactions, users, items, spec, "csv", timestamps=kind)
 
 
 # --------------------------------------------------------------------------- dispatch

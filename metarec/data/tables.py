@@ -1,7 +1,8 @@
 """The canonical tables every source converts to, and everything downstream reads.
 
 - interactions: ``user_id`` (int64), ``item_id`` (int64), ``rating`` (float64; 1..5 stars, or
-  0/1 for implicit data), ``timestamp`` (int64, Unix seconds).
+  0/1 for implicit data), ``timestamp`` (int64, Unix seconds; or, for a source without time,
+  the row's position in the file: ``CanonicalTables.timestamps == "order"``).
 - users: ``user_id`` (int64) + feature columns.
 - items: ``item_id`` (int64), ``title`` (str), ``text`` (str, what the language model embeds:
   title, genres and year for MovieLens) + feature columns; multi-valued columns hold lists of str.
@@ -66,6 +67,9 @@ class CanonicalTables:
     items: pd.DataFrame
     spec: FeatureSpec = field(default_factory=FeatureSpec)
     name: str = "dataset"
+    # "unix": timestamps are Unix seconds; "order": the source had no time and ``timestamp`` is
+    # each row's position in its file (orders a user's ratings, says nothing of when).
+    timestamps: str = "unix"
 
     def summary(self) -> dict[str, int]:
         return {"interactions": len(self.interactions), "users": len(self.users),
@@ -79,6 +83,8 @@ def write_tables(tables: CanonicalTables, dest: str | Path) -> Path:
         for key, fname in TABLE_FILES.items():
             getattr(tables, key).to_parquet(tmp / fname, index=False)
         payload = {"name": tables.name, "spec": asdict(tables.spec)}
+        if tables.timestamps != "unix":  # only then: schema.json of timed data stays as it was
+            payload["timestamps"] = tables.timestamps
         (tmp / SCHEMA_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return dest
 
@@ -95,7 +101,8 @@ def read_tables(src: str | Path) -> CanonicalTables:
     frames = {k: pd.read_parquet(src / f) for k, f in TABLE_FILES.items()}
     for col in FeatureSpec.from_dict(meta["spec"]).item_multi:
         frames["items"][col] = frames["items"][col].map(list)
-    return CanonicalTables(**frames, spec=FeatureSpec.from_dict(meta["spec"]), name=meta["name"])
+    return CanonicalTables(**frames, spec=FeatureSpec.from_dict(meta["spec"]), name=meta["name"],
+                           timestamps=meta.get("timestamps", "unix"))
 
 
 def frame_hash(frame: pd.DataFrame) -> str:
@@ -125,4 +132,6 @@ def tables_fingerprint(tables: CanonicalTables) -> str:
         digest.update(ordered.to_json(orient="split", index=False, default_handler=str)
                       .encode("utf-8"))
     digest.update(json.dumps(tables.spec.__dict__, sort_keys=True, default=list).encode())
+    if tables.timestamps != "unix":
+        digest.update(f"timestamps={tables.timestamps}".encode())
     return digest.hexdigest()

@@ -8,8 +8,16 @@ directly (id syntax and int64 range, referential integrity, mojibake, users elig
 are computed with pandas into derived columns (``_item_id_known``...) that GX expectations then
 check, so every verdict appears in one GX result (the checks: metarec.data.validation_suites).
 
-Public API: :func:`validate_frames`, :func:`validate_tables`, :func:`load_raw_files`,
-:func:`raise_if_failed`, :class:`ValidationReport`. GX is imported lazily (its import is ~4 s).
+Files (`metarec data validate --interactions F`) are read by :mod:`metarec.data.files`:
+failures then name the file the user gave and the 1-based lines of the offending rows (the
+header is line 1), and the report's hints say when bytes were not valid in the declared
+encoding or a header looks split by another separator. Whatever the cells hold, the outcome is
+a report (passed or failed) or a :class:`~metarec.data.tables.DataSourceError` naming the file
+(binary, unreadable): never an exception from pandas or GX internals.
+
+Public API: :func:`validate_frames`, :func:`validate_files`, :func:`validate_tables`,
+:func:`load_raw_files`, :func:`raise_if_failed`, :class:`ValidationReport`. GX is imported
+lazily (its import is ~4 s).
 """
 
 from __future__ import annotations
@@ -21,15 +29,16 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from metarec.config import ColumnMap, CsvSource, TasksConfig, ValidationConfig
+from metarec.data.files import TableFile, read_raw_files
 from metarec.data.tables import CanonicalTables, FeatureSpec
-from metarec.data.validation_suites import (Batch, add_known, entity_batch, interactions_batch,
-                                            task_users_batch)
+from metarec.data.validation_suites import (Batch, _missing, _text, add_known, entity_batch,
+                                            interactions_batch, task_users_batch)
 from metarec.io import atomic_dir, write_json
 
 logger = logging.getLogger(__name__)
@@ -51,7 +60,9 @@ class DataValidationError(ValueError):
 
 @dataclass(frozen=True)
 class Failure:
-    """One failed expectation. ``failing_count`` is a row count, or None for table-level ones."""
+    """One failed expectation. ``failing_count`` is a row count, or None for table-level ones.
+    ``file``: the file the table was read from (as the user gave it), if any; ``where``: the
+    first failing rows, as ``"line N"`` of that file (header = line 1) or ``"row N"`` (from 1)."""
 
     table: str
     expectation: str
@@ -59,6 +70,8 @@ class Failure:
     failing_count: int | None
     examples: list[Any]
     message: str
+    file: str | None = None
+    where: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -70,11 +83,13 @@ class ValidationReport:
     rows: dict[str, int] = field(default_factory=dict)
     evaluated: int = 0
     seconds: float = 0.0
+    # What reading the files noticed (invalid bytes, a separator that looks wrong), per file.
+    hints: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "failures": [asdict(f) for f in self.failures],
                 "rows": dict(self.rows), "evaluated": self.evaluated,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "hints": list(self.hints)}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
@@ -84,24 +99,32 @@ class ValidationReport:
         head = (f"validation {'passed' if self.passed else 'FAILED'}: {self.evaluated} "
                 f"expectations, {len(self.failures)} failed; rows {self.rows}")
         lines = [head]
+        if any(f.where and f.where[0].startswith("line") for f in self.failures):
+            lines.append("  (line N: the line of the file, its header being line 1)")
         for f in self.failures:
             count = "-" if f.failing_count is None else str(f.failing_count)
+            eg = f"; e.g. {f.examples}" if f.examples and f.examples != f.where else ""
+            at = f" at {', '.join(f.where)}" if f.where else ""
+            src = (f" of {f.file}" if f.where else f" ({f.file})") if f.file else ""
             lines.append(f"  [{f.table}] {f.expectation} ({f.column or 'table'}): "
-                         f"{count} failing; {f.message}; e.g. {f.examples}")
+                         f"{count} failing; {f.message}{eg}{at}{src}")
+        lines += [f"  hint: {h}" for h in self.hints]
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
         rows = [f"**Validation {'passed' if self.passed else 'failed'}** "
                 f"({self.evaluated} expectations, {len(self.failures)} failed)", ""]
         if self.failures:
-            rows += ["| table | expectation | column | failing | examples | message |",
-                     "|---|---|---|---|---|---|"]
+            rows += ["| table | expectation | column | failing | examples | message | where |",
+                     "|---|---|---|---|---|---|---|"]
             for f in self.failures:
                 count = "-" if f.failing_count is None else str(f.failing_count)
                 ex = ", ".join(str(e) for e in f.examples).replace("|", "\\|")
                 msg = f.message.replace("|", "\\|")
+                where = (", ".join(f.where) + (f" of {f.file}" if f.file else "")).strip()
                 rows.append(f"| {f.table} | {f.expectation} | {f.column or ''} | {count} | "
-                            f"{ex} | {msg} |")
+                            f"{ex} | {msg} | {where.replace('|', chr(92) + '|')} |")
+        rows += [f"- hint: {h}" for h in self.hints]
         return "\n".join(rows) + "\n"
 
 
@@ -122,12 +145,26 @@ def _jsonable(v: Any) -> Any:
         return None
     if isinstance(v, np.generic):
         return _jsonable(v.item())
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)  # JSON has no infinity
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 64:
+        return _text(v)  # JSON (and str()) refuse ints of thousands of digits
     if isinstance(v, (bool, int, float, str)):
         return v
-    return repr(v)
+    try:
+        return repr(v)  # bytes as b'\xff...', dates, dicts...
+    except ValueError:
+        return _text(v)
 
 
-def _examples(b: Batch, res: dict, columns: tuple[str, ...], limit: int) -> list[Any]:
+def _where(b: Batch, origin: TableFile | None, idx: list[int], limit: int) -> list[str]:
+    rows = [i for i in (idx or []) if isinstance(i, (int, np.integer)) and 0 <= i < len(b.raw)]
+    rows = rows[:limit]
+    return origin.where(rows) if origin is not None else [f"row {int(i) + 1}" for i in rows]
+
+
+def _examples(b: Batch, res: dict, columns: tuple[str, ...], limit: int,
+              where: list[str]) -> list[Any]:
     idx = res.get("partial_unexpected_index_list")
     if idx and columns and all(c in b.raw.columns for c in columns):
         rows = b.raw.loc[[i for i in idx if i in b.raw.index], list(columns)]
@@ -136,19 +173,21 @@ def _examples(b: Batch, res: dict, columns: tuple[str, ...], limit: int) -> list
     else:
         values = res.get("partial_unexpected_list") or (
             [res["observed_value"]] if res.get("observed_value") is not None else [])
-    if idx and values and all(v is None or v != v for v in values):  # nulls: name the rows
-        values = [f"row {i}" for i in idx]
+    values = [_jsonable(v) for v in values]
+    if where and values and all(v is None for v in values):  # nulls: name the rows
+        values = list(where)
     out: list[Any] = []
-    for v in map(_jsonable, values):
+    for v in values:
         if v not in out:
             out.append(v)
     return out[:limit]
 
 
-def _failures(b: Batch, result: Any, limit: int) -> list[Failure]:
+def _failures(b: Batch, result: Any, limit: int, origin: TableFile | None) -> list[Failure]:
     checks = {c.expectation.meta["metarec_check"]: c for c in b.checks}
     table = "interactions" if b.table == "interactions_per_user" else b.table
-    out = []
+    file = str(origin.path) if origin is not None else None
+    out = [Failure(table, name, col, None, [], message, file) for name, col, message in b.problems]
     for r in result.results:
         if r.success:
             continue
@@ -160,8 +199,32 @@ def _failures(b: Batch, result: Any, limit: int) -> list[Failure]:
             message = f"could not be evaluated: {exc.get('exception_message')}"
         else:
             message = check.message(count, res.get("observed_value"))
+        where = _where(b, origin, res.get("partial_unexpected_index_list"), limit)
         out.append(Failure(table, check.name, check.column, count,
-                           _examples(b, res, check.columns, limit), message))
+                           _examples(b, res, check.columns, limit, where), message, file, where))
+    return out
+
+
+def _safe_cell(v: Any) -> Any:
+    if _missing(v):
+        return None
+    if isinstance(v, (bool, float, np.number)) or (isinstance(v, int) and abs(v) < 2**64):
+        return v
+    text = v if isinstance(v, str) else _text(v)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # lone surrogates
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _gx_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame GX gets: object cells as None, numbers or UTF-8-encodable text. GX hashes the
+    whole frame (pandas' hash_pandas_object), which fails on non-ASCII bytes, lists and lone
+    surrogates; every check GX runs on raw columns (exists, not null, dtype) reads the same."""
+    out = frame.copy()
+    for col in out.columns[out.dtypes == object]:
+        out[col] = pd.Series([_safe_cell(v) for v in out[col]], index=out.index, dtype=object)
     return out
 
 
@@ -186,7 +249,8 @@ def _run_gx(batches: list[Batch], artifact_dir: Path | None, data_docs: bool) ->
             name=b.table, expectations=[c.expectation for c in b.checks]))
         vd = ctx.validation_definitions.add(
             gx.ValidationDefinition(name=b.table, data=batch_def, suite=suite))
-        frame = pd.concat([b.frame, pd.DataFrame(b.derived, index=b.frame.index)], axis=1)
+        own = b.frame.drop(columns=[c for c in b.derived if c in b.frame.columns])
+        frame = _gx_safe(pd.concat([own, pd.DataFrame(b.derived, index=b.frame.index)], axis=1))
         results[b.table] = vd.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
     if artifact_dir is not None:
         payload = {t: r.to_json_dict() for t, r in results.items()}
@@ -218,14 +282,18 @@ def validate_frames(interactions: pd.DataFrame, users: pd.DataFrame | None = Non
                     cfg: ValidationConfig = ValidationConfig(), spec: FeatureSpec = FeatureSpec(),
                     *, min_ratings: int = 13, max_ratings: int = 100, canonical: bool = False,
                     columns: ColumnMap = ColumnMap(), artifact_dir: str | Path | None = None,
-                    now: float | None = None) -> ValidationReport:
+                    now: float | None = None, timed: bool = True,
+                    origins: Mapping[str, TableFile] | None = None) -> ValidationReport:
     """Validate raw or canonical frames (columns already named canonically).
 
     ``canonical`` also demands the canonical dtypes (int64 ids and timestamps, float64 ratings)
     and an items ``text`` column; raw frames (strings from CSV) are checked value by value.
     ``min_ratings``/``max_ratings``: the task protocol's interactions per user (tasks section).
     ``columns`` only words messages (which source column a canonical one came from).
-    ``now``: Unix seconds taken as the present (default: the clock). With ``artifact_dir``, the
+    ``now``: Unix seconds taken as the present (default: the clock). ``timed`` false: the
+    interactions carry no time (no timestamp column in raw frames; row order in canonical
+    ones), so timestamps are not range-checked. ``origins``: the file each table was read from
+    (:func:`validate_files`), so failures name it and its lines. With ``artifact_dir``, the
     full GX result (``gx_result.json``), ``report.json`` and Data Docs HTML are written there.
     """
     for name, frame in (("interactions", interactions), ("users", users), ("items", items)):
@@ -233,14 +301,65 @@ def validate_frames(interactions: pd.DataFrame, users: pd.DataFrame | None = Non
             raise TypeError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
     t0 = time.perf_counter()
     now = time.time() if now is None else float(now)
+    origins = dict(origins or {})
+    batches, hints = plan_batches(interactions, users, items, cfg, spec, min_ratings=min_ratings,
+                                  max_ratings=max_ratings, canonical=canonical, columns=columns,
+                                  now=now, timed=timed, origins=origins)
+    out = Path(artifact_dir) if artifact_dir is not None else None
+    results = _run_gx(batches, out, cfg.data_docs)
+    failures = [f for b in batches for f in _failures(
+        b, results[b.table], cfg.max_examples,  # per-user counts come from the interactions
+        origins.get("interactions" if b.table == "interactions_per_user" else b.table))]
+    report = ValidationReport(
+        passed=not failures, failures=failures,
+        rows={b.table: len(b.raw) for b in batches if b.table != "interactions_per_user"},
+        evaluated=sum(len(b.checks) for b in batches), seconds=time.perf_counter() - t0,
+        hints=hints)
+    if out is not None:
+        write_json(out / REPORT_FILE, report.to_dict())
+    logger.log(logging.INFO if report.passed else logging.WARNING,
+               "validation %s: %d expectations, %d failed, %.1f s",
+               "passed" if report.passed else "failed", report.evaluated, len(failures),
+               report.seconds)
+    return report
+
+
+def _prep(frame: pd.DataFrame, table: str, problems: list[tuple[str, str | None, str]]
+          ) -> pd.DataFrame:
+    """Index 0..n-1, string column names; a repeated name keeps its first column and fails
+    "unique column names" (a source column mapped onto a name the file already has...)."""
+    frame = frame.reset_index(drop=True)
+    frame = frame.set_axis([str(c) for c in frame.columns], axis=1)
+    repeated = sorted(set(frame.columns[frame.columns.duplicated()]))
+    if repeated:
+        problems += [("unique column names", c, f"column '{c}' appears "
+                      f"{int((frame.columns == c).sum())} times in {table} (after mapping the "
+                      "source columns); the first one is checked") for c in repeated]
+        frame = frame.loc[:, ~frame.columns.duplicated()]
+    return frame
+
+
+def plan_batches(interactions: pd.DataFrame, users: pd.DataFrame | None,
+                 items: pd.DataFrame | None, cfg: ValidationConfig, spec: FeatureSpec, *,
+                 min_ratings: int, max_ratings: int, canonical: bool, columns: ColumnMap,
+                 now: float, timed: bool = True, origins: Mapping[str, TableFile] | None = None
+                 ) -> tuple[list[Batch], list[str]]:
+    """Every table's derived check columns and planned expectations (pandas only, GX not run
+    yet), plus the hints of the files they came from."""
+    origins = dict(origins or {})
+    hints = [h for o in origins.values() for h in o.hints]
     sources = {"user_id": columns.user_id, "item_id": columns.item_id, "rating": columns.rating,
-               "timestamp": columns.timestamp, "title": columns.title}
+               "timestamp": columns.timestamp or "timestamp", "title": columns.title}
 
-    def prep(frame: pd.DataFrame) -> pd.DataFrame:
-        frame = frame.reset_index(drop=True)
-        return frame.set_axis([str(c) for c in frame.columns], axis=1)
+    def hint_of(table: str) -> str:
+        origin = origins.get(table)
+        return origin.sep_hint if origin else ""
 
-    inter, keys = interactions_batch(prep(interactions), cfg, canonical, now, sources)
+    problems: list[tuple[str, str | None, str]] = []
+    inter, keys = interactions_batch(_prep(interactions, "interactions", problems), cfg,
+                                     canonical, now, sources, timed=timed,
+                                     hint=hint_of("interactions"))
+    inter.problems += problems
     batches = [inter]
     for table, frame, id_col in (("users", users, "user_id"), ("items", items, "item_id")):
         if frame is None:
@@ -250,27 +369,16 @@ def validate_frames(interactions: pd.DataFrame, users: pd.DataFrame | None = Non
         numeric = spec.user_numeric if table == "users" else spec.item_numeric
         others = spec.user_categorical if table == "users" else (
             *spec.item_categorical, *spec.item_multi)
-        batch, ids = entity_batch(prep(frame), table, id_col, text, numeric, others,
-                                  canonical, sources)
+        problems = []
+        batch, ids = entity_batch(_prep(frame, table, problems), table, id_col, text, numeric,
+                                  others, canonical, sources, hint=hint_of(table))
+        batch.problems += problems
         batches.append(batch)
         if ids is not None and id_col in keys:
             add_known(inter, keys[id_col], ids, id_col, table)
     if len(keys.get("user_id", ())):
         batches.append(task_users_batch(keys["user_id"], cfg, min_ratings, max_ratings))
-    out = Path(artifact_dir) if artifact_dir is not None else None
-    results = _run_gx(batches, out, cfg.data_docs)
-    failures = [f for b in batches for f in _failures(b, results[b.table], cfg.max_examples)]
-    report = ValidationReport(
-        passed=not failures, failures=failures,
-        rows={b.table: len(b.raw) for b in batches if b.table != "interactions_per_user"},
-        evaluated=sum(len(b.checks) for b in batches), seconds=time.perf_counter() - t0)
-    if out is not None:
-        write_json(out / REPORT_FILE, report.to_dict())
-    logger.log(logging.INFO if report.passed else logging.WARNING,
-               "validation %s: %d expectations, %d failed, %.1f s",
-               "passed" if report.passed else "failed", report.evaluated, len(failures),
-               report.seconds)
-    return report
+    return batches, hints
 
 
 def validate_tables(tables: CanonicalTables, validation_cfg: ValidationConfig,
@@ -281,7 +389,8 @@ def validate_tables(tables: CanonicalTables, validation_cfg: ValidationConfig,
     return validate_frames(tables.interactions, tables.users, tables.items, validation_cfg,
                            tables.spec, min_ratings=tasks_cfg.min_ratings,
                            max_ratings=tasks_cfg.max_ratings, canonical=True,
-                           artifact_dir=artifact_dir, now=now)
+                           artifact_dir=artifact_dir, now=now,
+                           timed=tables.timestamps == "unix")
 
 
 def spec_from_csv(src: CsvSource) -> FeatureSpec:
@@ -291,36 +400,25 @@ def spec_from_csv(src: CsvSource) -> FeatureSpec:
                        item_multi=src.item_multi)
 
 
-def _read_raw(path: str | Path, src: CsvSource, mapping: dict[str, str]) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".pq", ".csv", ".tsv", ".txt"):
-        raise ValueError(f"{path}: unsupported file type '{suffix}' (use .csv or .parquet)")
-    try:
-        if suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        else:
-            # Strings only, no coercion; undecodable bytes become U+FFFD so the encoding check
-            # reports them by row instead of the read failing as a whole.
-            frame = pd.read_csv(path, sep=src.sep, encoding=src.encoding, dtype=object,
-                                keep_default_na=False, na_values=[""], encoding_errors="replace")
-    except (ValueError, OSError) as exc:  # pandas ParserError, pyarrow ArrowInvalid
-        raise ValueError(f"{path}: cannot be read as {suffix[1:]}: {exc}") from None
-    return frame.rename(columns={s: d for d, s in mapping.items() if s in frame.columns})
-
-
 def load_raw_files(interactions: str | Path, users: str | Path | None = None,
                    items: str | Path | None = None, csv_cfg: CsvSource = CsvSource()
                    ) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
-    """Read CSV/Parquet files as they are (CSV cells stay strings), columns renamed to canonical.
+    """The frames of :func:`read_raw_files` (interactions, users or None, items or None)."""
+    files = read_raw_files(interactions, users, items, csv_cfg)
+    return tuple(files[t].frame if t in files else None  # type: ignore[return-value]
+                 for t in ("interactions", "users", "items"))
 
-    Missing mapped columns are left missing: validation reports them.
-    """
-    c = csv_cfg.columns
-    inter = _read_raw(interactions, csv_cfg, {"user_id": c.user_id, "item_id": c.item_id,
-                                              "rating": c.rating, "timestamp": c.timestamp})
-    user_fr = _read_raw(users, csv_cfg, {"user_id": c.user_id}) if users else None
-    item_fr = _read_raw(items, csv_cfg, {"item_id": c.item_id, "title": c.title}) if items else None
-    return inter, user_fr, item_fr
+
+def validate_files(interactions: str | Path, users: str | Path | None = None,
+                   items: str | Path | None = None, csv_cfg: CsvSource = CsvSource(),
+                   cfg: ValidationConfig = ValidationConfig(), *, min_ratings: int = 13,
+                   max_ratings: int = 100, artifact_dir: str | Path | None = None,
+                   now: float | None = None) -> ValidationReport:
+    """Read and validate a user's files (mapped by ``data.csv``): failures name each file and
+    the lines of the offending rows; ``data.csv.columns.timestamp: null`` skips time checks."""
+    files = read_raw_files(interactions, users, items, csv_cfg)
+    frames = [files[t].frame if t in files else None for t in ("interactions", "users", "items")]
+    return validate_frames(*frames, cfg, spec_from_csv(csv_cfg), min_ratings=min_ratings,
+                           max_ratings=max_ratings, columns=csv_cfg.columns,
+                           artifact_dir=artifact_dir, now=now,
+                           timed=csv_cfg.columns.timestamp is not None, origins=files)

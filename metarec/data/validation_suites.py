@@ -5,24 +5,36 @@ columns computed here with pandas (``_item_id_int64``, ``_rating_value``...), an
 expectations on them with the wording of their failures. Derived boolean columns hold None where
 a check does not apply (GX skips nulls in column-map expectations), so one problem is reported
 once: a null id by "not null", not again by "integer".
+
+Raw cells may be anything a file or a caller's frame holds (text, bytes in any encoding, lists,
+numbers beyond float range, nulls of every kind): every derivation here works value by value
+where pandas' vectorised conversions could raise, and :meth:`Batch.guard` turns anything still
+unexpected into a failed check that says it could not be evaluated, never a pass or a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import pandas as pd
 
 from metarec.config import ValidationConfig
 from metarec.data.tables import INTERACTION_COLUMNS, INTERACTION_DTYPES
 
+log = logging.getLogger(__name__)
+
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 # Mojibake: UTF-8 bytes decoded as Latin-1/cp1252 ("é" -> "Ã©", "'" -> "â€™"), or U+FFFD from
 # bytes that were not valid in the declared encoding.
-MOJIBAKE = r"Ã[\u0080-\u00bf]|Â[\u0080-\u00bf]|â€|\ufffd"
+MOJIBAKE = re.compile(r"Ã[\u0080-\u00bf]|Â[\u0080-\u00bf]|â€|\ufffd")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 # --------------------------------------------------------------------------- planned checks
@@ -41,13 +53,15 @@ class _Check:
 
 @dataclass
 class Batch:
-    """One table as GX sees it: the raw columns plus derived check columns."""
+    """One table as GX sees it: the raw columns plus derived check columns. ``problems`` are
+    failures found before GX runs (a check that could not be evaluated, a repeated column)."""
 
     table: str
     frame: pd.DataFrame
     raw: pd.DataFrame
     checks: list[_Check] = field(default_factory=list)
     derived: dict[str, pd.Series] = field(default_factory=dict)
+    problems: list[tuple[str, str | None, str]] = field(default_factory=list)
 
     def add(self, name: str, kind: str, col: str | None, message: Callable, *,
             columns: tuple[str, ...] | None = None, **gx_kwargs: Any) -> None:
@@ -58,67 +72,156 @@ class Batch:
         self.checks.append(_Check(name, getattr(gxe, kind)(**gx_kwargs, meta=meta), col, message,
                                   columns if columns is not None else ((col,) if col else ())))
 
+    @contextlib.contextmanager
+    def guard(self, name: str, col: str | None) -> Iterator[None]:
+        """Derive checks in the block; an unexpected error fails check ``name`` as not
+        evaluated (the verdict is a failure, with the error, never a silent pass)."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - reported as a failed check, with its cause
+            log.debug("check %s of %s (%s) not evaluated", name, self.table, col, exc_info=True)
+            self.problems.append((name, col, f"could not be evaluated: "
+                                             f"{type(exc).__name__}: {exc}"))
+
 
 def _flag(ok: pd.Series, present: pd.Series) -> pd.Series:
     """True/False where ``present``, None elsewhere (GX skips nulls in column-map checks)."""
-    return ok.astype(object).where(present, None)
+    return ok.astype(object).where(present.astype(bool), None)
+
+
+def _missing(v: Any) -> bool:
+    """Scalar null test that never raises (lists and arrays are values, not nulls)."""
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and v != v) or (
+        isinstance(v, np.floating) and bool(np.isnan(v)))
+
+
+def present_mask(raw: pd.Series) -> pd.Series:
+    """Not null (pandas' notna: None, NaN, NA, NaT; lists and bytes are values)."""
+    try:
+        return raw.notna().astype(bool)
+    except (TypeError, ValueError):  # an object pandas cannot test: one by one
+        return pd.Series([not _missing(v) for v in raw.astype(object)], index=raw.index,
+                         dtype=bool)
+
+
+def _text(v: Any) -> str:
+    """A cell as text: bytes decoded as UTF-8 (invalid bytes -> U+FFFD), anything else str()."""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer():
+        return str(int(v))  # 3.0 read from a float column is the integer id 3
+    try:
+        return str(v)
+    except ValueError:  # an int beyond Python's str() digit limit
+        return f"<{type(v).__name__} too large to print>"
+
+
+def _as_int(s: str) -> int | None:
+    """The integer ``s`` spells, or None when it overflows int64 (decided by length first:
+    int() refuses very long digit strings)."""
+    digits = s.lstrip("+-").lstrip("0")
+    if len(digits) > 19:
+        return None
+    v = int(s)
+    return v if INT64_MIN <= v <= INT64_MAX else None
 
 
 def _id_keys(batch: Batch, col: str, label: str) -> pd.Series:
     """Check ``col`` holds int64-range integer ids; return comparable keys (None where null)."""
     raw = batch.raw[col]
-    present = raw.notna()
+    present = present_mask(raw)
     unsigned = pd.api.types.is_unsigned_integer_dtype(raw.dtype)
     if pd.api.types.is_integer_dtype(raw.dtype) and not (unsigned and raw.max() > INT64_MAX):
         return raw.astype(object).where(present, None)  # already int64-range integers
-    if pd.api.types.is_float_dtype(raw.dtype):
-        text = raw.map(lambda v: str(int(v)) if math.isfinite(v) and float(v).is_integer()
-                       else repr(float(v)), na_action="ignore")
-    else:
-        text = raw.map(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v),
-                       na_action="ignore")
-    text = text.astype(object)
-    stripped = text.map(str.strip, na_action="ignore")
-    is_int = stripped.map(lambda s: s.lstrip("+-").isdigit() and s.lstrip("+-").isascii(),
-                          na_action="ignore").fillna(False).astype(bool)
-    ints = stripped.where(is_int & present).map(int, na_action="ignore")
-    fits = ints.map(lambda v: INT64_MIN <= v <= INT64_MAX, na_action="ignore")
+    values = raw.astype(object)
+    text = pd.Series([_text(v) if p else None for v, p in zip(values, present)],
+                     index=raw.index, dtype=object)
+    stripped = text.map(lambda s: s.strip(), na_action="ignore")
+    is_int = pd.Series([p and _INTEGER.fullmatch(s) is not None for s, p in zip(stripped, present)],
+                       index=raw.index, dtype=bool)
+    ints = pd.Series([_as_int(s) if ok else None for s, ok in zip(stripped, is_int)],
+                     index=raw.index, dtype=object)
     batch.derived[f"_{col}_trimmed"] = _flag(text == stripped, present)
     batch.derived[f"_{col}_integer"] = _flag(is_int, present)
-    batch.derived[f"_{col}_int64"] = _flag(fits.fillna(True).astype(bool), is_int & present)
+    batch.derived[f"_{col}_int64"] = _flag(ints.notna(), is_int)
     for suffix, what in (("trimmed", "have leading/trailing whitespace"),
                          ("integer", "are not integers (text, decimals or empty)"),
                          ("int64", "overflow int64")):
         batch.add(f"{label} {suffix}", "ExpectColumnValuesToBeInSet", col,
                   lambda n, obs, c=col, w=what: f"{n} '{c}' value(s) {w}",
                   column=f"_{col}_{suffix}", value_set=[True], columns=(col,))
-    return ints.astype(object).where(is_int & present, stripped.where(present, None))
+    # Keys: the int where it is one, else the stripped text (so unknown ids still compare).
+    return ints.where(ints.notna(), stripped).where(present, None)
+
+
+def _one_number(v: Any) -> float:
+    """A cell as a float (NaN when it is not a number); never raises."""
+    if isinstance(v, (bool, np.bool_)):
+        return float(v)
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if isinstance(v, str):
+        v = v.strip()
+        if not v or "_" in v:  # float() accepts "1_000"; a data file does not mean that
+            return math.nan
+    try:
+        return float(v)
+    except OverflowError:  # an int beyond float range
+        return math.inf if v > 0 else -math.inf
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _numbers(raw: pd.Series, dates: bool = False) -> pd.Series:
-    """Numeric view of a raw column (NaN where not a number); ``dates``: ISO dates -> seconds."""
+    """Numeric view of a raw column (NaN where not a number); ``dates``: dates -> Unix seconds."""
     if pd.api.types.is_datetime64_any_dtype(raw.dtype):
-        return pd.Series(raw.astype("int64") // 10**9, index=raw.index, dtype="float64")
-    if pd.api.types.is_bool_dtype(raw.dtype):
-        return raw.astype("float64")
-    num = pd.to_numeric(raw, errors="coerce") if raw.dtype == object or not \
-        pd.api.types.is_numeric_dtype(raw.dtype) else raw.astype("float64")
-    num = num.astype("float64")
-    if dates and (num.isna() & raw.notna()).any():
-        todo = num.isna() & raw.notna()
-        parsed = pd.to_datetime(raw[todo].astype(str), errors="coerce", utc=True, format="mixed")
-        num[todo] = (parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+        epoch = pd.Timestamp(0, tz=getattr(raw.dtype, "tz", None))
+        return ((raw - epoch) / pd.Timedelta(seconds=1)).astype("float64")
+    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_object_dtype(raw.dtype):
+        return pd.Series(raw.astype("Float64").to_numpy("float64", na_value=np.nan),
+                         index=raw.index)
+    try:
+        num = pd.to_numeric(raw, errors="coerce").astype("float64")
+    except (TypeError, ValueError, OverflowError):
+        num = pd.Series([_one_number(v) for v in raw.astype(object)], index=raw.index,
+                        dtype="float64")
+    if dates:
+        todo = num.isna() & present_mask(raw)
+        if todo.any():
+            num[todo] = _date_seconds(raw[todo])
     return num
 
 
-def _require(batch: Batch, columns: tuple[str, ...], sources: dict[str, str]) -> list[str]:
+def _date_seconds(raw: pd.Series) -> pd.Series:
+    """Dates (ISO and other formats pandas reads) -> Unix seconds; NaN where not a date."""
+    text = raw.astype(object).map(_text)
+    epoch = pd.Timestamp(0, tz="UTC")
+    try:
+        parsed = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
+        return (parsed - epoch) / pd.Timedelta(seconds=1)
+    except (TypeError, ValueError, OverflowError):  # a value the parser chokes on: one by one
+        out = []
+        for s in text:
+            try:
+                out.append((pd.to_datetime(s, utc=True) - epoch) / pd.Timedelta(seconds=1))
+            except (TypeError, ValueError, OverflowError):
+                out.append(math.nan)
+        return pd.Series(out, index=raw.index, dtype="float64")
+
+
+def _require(batch: Batch, columns: tuple[str, ...], sources: dict[str, str],
+             hint: str = "") -> list[str]:
     """Expect each column to exist; return those present."""
     have = list(batch.raw.columns)
+    first_missing = next((c for c in columns if c not in have), None)
     for col in columns:
         src = f" (source column '{sources[col]}')" if sources.get(col, col) != col else ""
+        extra = f"; {hint}" if hint and col == first_missing else ""  # said once
         batch.add("column exists", "ExpectColumnToExist", col,
-                  lambda n, obs, c=col, s=src: f"required column '{c}'{s} is missing; "
-                  f"columns present: {have}", column=col)
+                  lambda n, obs, c=col, s=src, e=extra: f"required column '{c}'{s} is missing; "
+                  f"columns present: {have}{e}", column=col)
     batch.add("not empty", "ExpectTableRowCountToBeBetween", None,
               lambda n, obs: "table is empty (0 rows)", min_value=1)
     return [c for c in columns if c in batch.raw.columns]
@@ -144,7 +247,7 @@ def _dtypes(batch: Batch, dtypes: dict[str, str], present: list[str]) -> None:
 def _ratings(b: Batch, cfg: ValidationConfig) -> None:
     raw = b.raw["rating"]
     num = _numbers(raw)
-    b.derived["_rating_number"] = _flag(num.notna(), raw.notna())
+    b.derived["_rating_number"] = _flag(num.notna(), present_mask(raw))
     b.derived["_rating_value"] = num
     b.add("rating is a number", "ExpectColumnValuesToBeInSet", "rating",
           lambda n, obs: f"{n} rating value(s) are not numbers", column="_rating_number",
@@ -165,7 +268,7 @@ def _timestamps(b: Batch, cfg: ValidationConfig, now: float) -> pd.Series:
     num = _numbers(raw, dates=True)
     start = pd.Timestamp(cfg.timestamp_min, tz="UTC").timestamp()
     now_iso = pd.Timestamp(int(now), unit="s", tz="UTC").isoformat()
-    b.derived["_timestamp_number"] = _flag(num.notna(), raw.notna())
+    b.derived["_timestamp_number"] = _flag(num.notna(), present_mask(raw))
     b.derived["_timestamp_seconds"] = num
     b.add("timestamp is a time", "ExpectColumnValuesToBeInSet", "timestamp",
           lambda n, obs: f"{n} timestamp(s) are neither Unix seconds nor dates",
@@ -181,76 +284,109 @@ def _timestamps(b: Batch, cfg: ValidationConfig, now: float) -> pd.Series:
 
 
 def interactions_batch(raw: pd.DataFrame, cfg: ValidationConfig, strict: bool, now: float,
-                  sources: dict[str, str]) -> tuple[Batch, dict[str, pd.Series]]:
+                       sources: dict[str, str], *, timed: bool = True, hint: str = ""
+                       ) -> tuple[Batch, dict[str, pd.Series]]:
+    """Suite of the interactions. ``timed`` false: there is no time (the source maps no
+    timestamp, or the canonical timestamps are row order), so no timestamp range is checked and
+    a duplicate is a repeated (user, item)."""
     b = Batch("interactions", raw, raw)
-    present = _require(b, INTERACTION_COLUMNS, sources)
+    needed = INTERACTION_COLUMNS if timed or strict else INTERACTION_COLUMNS[:3]
+    present = _require(b, needed, sources, hint)
     _not_null(b, present)
     if strict:
         _dtypes(b, INTERACTION_DTYPES, present)
-    keys = {c: _id_keys(b, c, c.replace("_", " ")) for c in ("user_id", "item_id") if c in present}
+    keys: dict[str, pd.Series] = {}
+    for c in ("user_id", "item_id"):
+        if c in present:
+            with b.guard(f"{c.replace('_', ' ')} integer", c):
+                keys[c] = _id_keys(b, c, c.replace("_", " "))
     if "rating" in present:
-        _ratings(b, cfg)
-    if "timestamp" in present:
-        keys["timestamp"] = _timestamps(b, cfg, now)
-    if cfg.duplicates == "error" and len(keys) == 3:
-        for col, key in keys.items():
-            b.derived[f"_{col}_key"] = key
-        b.add("no duplicate (user, item, timestamp)", "ExpectCompoundColumnsToBeUnique",
-              "user_id, item_id, timestamp",
-              lambda n, obs: f"{n} rows share (user_id, item_id, timestamp) with another row "
-              "(validation.duplicates is 'error')",
-              column_list=[f"_{c}_key" for c in keys], columns=tuple(keys))
+        with b.guard("rating is a number", "rating"):
+            _ratings(b, cfg)
+    if "timestamp" in present and timed:
+        with b.guard("timestamp is a time", "timestamp"):
+            keys["timestamp"] = _timestamps(b, cfg, now)
+    _no_duplicates(b, cfg, keys, timed)
     return b, keys
 
 
+def _no_duplicates(b: Batch, cfg: ValidationConfig, keys: dict[str, pd.Series],
+                   timed: bool) -> None:
+    cols = ("user_id", "item_id", "timestamp") if timed else ("user_id", "item_id")
+    if cfg.duplicates != "error" or any(c not in keys for c in cols):
+        return
+    for col in cols:
+        b.derived[f"_{col}_key"] = keys[col]
+    what = ", ".join(cols)
+    why = "" if timed else "; without timestamps a repeated (user_id, item_id) is a duplicate"
+    b.add(f"no duplicate ({what.replace('_id', '')})", "ExpectCompoundColumnsToBeUnique", what,
+          lambda n, obs: f"{n} rows share ({what}) with another row (validation.duplicates is "
+          f"'error'{why})", column_list=[f"_{c}_key" for c in cols], columns=cols)
+
+
 def entity_batch(raw: pd.DataFrame, table: str, id_col: str, text: tuple[str, ...],
-              numeric: tuple[str, ...], others: tuple[str, ...], strict: bool,
-              sources: dict[str, str]) -> tuple[Batch, pd.Series | None]:
+                 numeric: tuple[str, ...], others: tuple[str, ...], strict: bool,
+                 sources: dict[str, str], hint: str = "") -> tuple[Batch, pd.Series | None]:
     """Suite of the users or items table: unique valid ids, text, feature columns."""
     b = Batch(table, raw, raw)
-    present = _require(b, (id_col, *text, *numeric, *others), sources)
+    present = _require(b, (id_col, *text, *numeric, *others), sources, hint)
     _not_null(b, [c for c in (id_col, *text) if c in present])
     if strict:
         _dtypes(b, {id_col: "int64"}, present)
     keys = None
     if id_col in present:
-        keys = _id_keys(b, id_col, id_col.replace("_", " "))
-        b.derived[f"_{id_col}_key"] = keys
-        b.add("unique id", "ExpectColumnValuesToBeUnique", id_col,
-              lambda n, obs: f"{n} row(s) share a {id_col} with another row",
-              column=f"_{id_col}_key", columns=(id_col,))
+        with b.guard(f"{id_col.replace('_', ' ')} integer", id_col):
+            keys = _id_keys(b, id_col, id_col.replace("_", " "))
+            b.derived[f"_{id_col}_key"] = keys
+            b.add("unique id", "ExpectColumnValuesToBeUnique", id_col,
+                  lambda n, obs: f"{n} row(s) share a {id_col} with another row",
+                  column=f"_{id_col}_key", columns=(id_col,))
     for col in (c for c in text if c in present):
-        s = raw[col].map(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes)
-                         else str(v), na_action="ignore").astype(object)
-        b.derived[f"_{col}_nonempty"] = _flag(s.str.strip().str.len() > 0, s.notna())
-        b.derived[f"_{col}_encoding"] = _flag(~s.str.contains(MOJIBAKE, regex=True) &
-                                              ~raw[col].map(lambda v: isinstance(v, bytes)),
-                                              s.notna())
-        for suffix, what in (("nonempty", "are empty or blank"),
-                             ("encoding", "look mis-encoded (mojibake such as 'Ã©' or U+FFFD; "
-                              "mixed encodings?)")):
-            b.add(f"{col} {suffix}", "ExpectColumnValuesToBeInSet", col,
-                  lambda n, obs, c=col, w=what: f"{n} {c}(s) {w}", column=f"_{col}_{suffix}",
-                  value_set=[True], columns=(col,))
+        with b.guard(f"{col} nonempty", col):
+            _text_checks(b, col)
     for col in (c for c in numeric if c in present):
-        b.derived[f"_{col}_number"] = _flag(_numbers(raw[col]).notna(), raw[col].notna())
-        b.add("numeric feature", "ExpectColumnValuesToBeInSet", col,
-              lambda n, obs, c=col: f"{n} value(s) of numeric feature '{c}' are not numbers",
-              column=f"_{col}_number", value_set=[True], columns=(col,))
+        with b.guard("numeric feature", col):
+            b.derived[f"_{col}_number"] = _flag(_numbers(raw[col]).notna(), present_mask(raw[col]))
+            b.add("numeric feature", "ExpectColumnValuesToBeInSet", col,
+                  lambda n, obs, c=col: f"{n} value(s) of numeric feature '{c}' are not numbers",
+                  column=f"_{col}_number", value_set=[True], columns=(col,))
     return b, keys
 
 
+def _text_checks(b: Batch, col: str) -> None:
+    """A text column is not blank and not mis-encoded (mojibake, U+FFFD, raw bytes)."""
+    raw = b.raw[col]
+    present = present_mask(raw)
+    values = raw.astype(object)
+    s = pd.Series([_text(v) if p else None for v, p in zip(values, present)], index=raw.index,
+                  dtype=object)
+    nonempty = s.map(lambda v: bool(v.strip()), na_action="ignore")
+    clean = pd.Series([p and not isinstance(v, bytes) and MOJIBAKE.search(t) is None
+                       for v, t, p in zip(values, s, present)], index=raw.index, dtype=bool)
+    b.derived[f"_{col}_nonempty"] = _flag(nonempty.fillna(False).astype(bool), present)
+    b.derived[f"_{col}_encoding"] = _flag(clean, present)
+    for suffix, what in (("nonempty", "are empty or blank"),
+                         ("encoding", "look mis-encoded (mojibake such as 'Ã©' or U+FFFD; "
+                          "mixed encodings?)")):
+        b.add(f"{col} {suffix}", "ExpectColumnValuesToBeInSet", col,
+              lambda n, obs, c=col, w=what: f"{n} {c}(s) {w}", column=f"_{col}_{suffix}",
+              value_set=[True], columns=(col,))
+
+
 def add_known(b: Batch, keys: pd.Series, known: pd.Series, col: str, table: str) -> None:
-    b.derived[f"_{col}_known"] = _flag(keys.isin(list(known.dropna().unique())), keys.notna())
-    b.add(f"{col} known", "ExpectColumnValuesToBeInSet", col,
-          lambda n, obs: f"{n} interaction(s) reference {col}(s) missing from the {table} table",
-          column=f"_{col}_known", value_set=[True], columns=(col,))
+    with b.guard(f"{col} known", col):
+        ok = keys.isin(list({k for k in known if k is not None})).astype(bool)
+        b.derived[f"_{col}_known"] = _flag(ok, keys.notna())
+        b.add(f"{col} known", "ExpectColumnValuesToBeInSet", col,
+              lambda n, obs: f"{n} interaction(s) reference {col}(s) missing from the {table} "
+              "table", column=f"_{col}_known", value_set=[True], columns=(col,))
 
 
 def task_users_batch(keys: pd.Series, cfg: ValidationConfig, lo: int, hi: int) -> Batch:
     """Per-user interaction counts: enough users must be eligible for the task protocol."""
-    counts = keys.dropna().value_counts()
-    frame = pd.DataFrame({"user": counts.index.astype(str), "n_interactions": counts.to_numpy(),
+    counts = keys.dropna().astype(object).value_counts()
+    frame = pd.DataFrame({"user": [str(u) for u in counts.index],
+                          "n_interactions": counts.to_numpy(dtype=np.int64),
                           "eligible": ((counts >= lo) & (counts <= hi)).astype("int64").to_numpy()})
     b = Batch("interactions_per_user", frame, frame)
     need = cfg.min_task_users

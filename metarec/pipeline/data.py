@@ -7,6 +7,7 @@ from pathlib import Path
 
 from metarec.config import DataConfig
 from metarec.dvc import checkout_version, dir_md5, read_dvc_file
+from metarec.io import clean_stale_staging
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,8 @@ def ensure_data(data_cfg: DataConfig, root: Path) -> str:
 
     data_dir = root / data_cfg.raw_dir
     dvc_file = root / data_cfg.dvc_file
-    recovered = recover(data_cfg, root)
+    recovered = recover(data_cfg, root)  # an interrupted ingest first: its journal decides
+    clean_stale_staging(data_dir)  # what an interrupted fetch left (fetch itself does too)
     if data_dir.is_dir() and dvc_file.exists():
         md5 = dir_md5(data_dir)
         if md5 == read_dvc_file(dvc_file).md5:

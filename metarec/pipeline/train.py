@@ -78,11 +78,16 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
                "init": init}
     if track:
         from metarec import registry
+        from metarec.config.overrides import applied_overrides, overrides_tags
 
+        # Which reviewed tuning overrides (params.tuned.yaml) these settings include, if any.
+        tuned = applied_overrides(cfg)
         summary["mlflow_run_id"] = registry.log_training_run(
             cfg.tracking, params=cfg.to_dict(), epoch_metrics=result.history,
-            artifacts={"checkpoint": out / META_FILE}, data_hash=dataset_hash_or_none(cfg.data),
-            git_sha=git_sha(), dagster_run_id=dagster_run_id)
+            artifacts={"checkpoint": out / META_FILE,
+                       **({"tuning": tuned.path} if tuned is not None else {})},
+            data_hash=dataset_hash_or_none(cfg.data), git_sha=git_sha(),
+            dagster_run_id=dagster_run_id, tags=overrides_tags(cfg))
         summary["mlflow_run_url"] = registry.run_url(cfg.tracking, summary["mlflow_run_id"])
     write_json(out / SUMMARY_FILE, summary)
     return summary

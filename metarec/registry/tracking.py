@@ -86,7 +86,7 @@ def log_training_run(cfg: TrackingConfig, *, params: Mapping[str, Any],
                      artifacts: Mapping[str, str | Path] | None = None,
                      data_hash: str | None = None, git_sha: str | None = None,
                      dagster_run_id: str | None = None, run_name: str | None = None,
-                     run_id: str | None = None) -> str:
+                     run_id: str | None = None, tags: Mapping[str, str] | None = None) -> str:
     """Record one training as an MLflow run; returns its run id.
 
     With ``run_id``, the run the training step opened is completed instead of a new one
@@ -95,13 +95,15 @@ def log_training_run(cfg: TrackingConfig, *, params: Mapping[str, Any],
     ``params``: nested config dict (flattened to dotted keys); ``epoch_metrics``: one mapping per
     step (its index is the step); ``report_dir``: the folder written by
     :func:`metarec.evaluation.output.write_report`, logged under ``evaluation/``; ``artifacts``:
-    ``{artifact folder: local file or folder}`` (encoders, checkpoint, ONNX model...).
+    ``{artifact folder: local file or folder}`` (encoders, checkpoint, ONNX model...);
+    ``tags``: more run tags (e.g. the tuned overrides the training used).
     The run ends FINISHED, or FAILED when an upload raises (the error propagates).
     """
     from mlflow.entities import Metric, Param, RunTag
 
     mlc = client(cfg)
-    tags = {"data_hash": data_hash, "git_sha": git_sha, "dagster_run_id": dagster_run_id}
+    tags = {"data_hash": data_hash, "git_sha": git_sha, "dagster_run_id": dagster_run_id,
+            **(tags or {})}
     if decision is not None:
         # Run tags hold at most 8000 characters: the full verdict is evaluation/gate_verdict.json.
         tags["gate_verdict"] = "passed" if decision.passed else "failed"
