@@ -16,6 +16,7 @@ p90, p99 and max, the achieved rate, non-200 answers, and the store's row count 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -45,7 +46,6 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/feedback_latency.json"))
     args = ap.parse_args()
-    import httpx
 
     meta = json.loads((args.model / "metadata.json").read_text())
     items = [int(i) for i in meta["item_ids"]]
@@ -61,22 +61,38 @@ def main() -> None:
     local = threading.local()
     results: list[tuple[float, int, int]] = [(0.0, 0, 0)] * n
 
+    def post(port: int, path: str, body: dict, headers: dict | None = None) -> int:
+        """POST on this thread's keep-alive connection (reconnecting once if it was closed)."""
+        for attempt in (0, 1):
+            if getattr(local, "conn", None) is None:
+                local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                local.conn.request("POST", path, body=json.dumps(body), headers={
+                    "content-type": "application/json", **(headers or {})})
+                resp = local.conn.getresponse()
+                resp.read()
+                return resp.status
+            except (OSError, http.client.HTTPException):
+                local.conn.close()
+                local.conn = None
+                if attempt:
+                    return 0
+        return 0
+
     def one(i: int, port: int, t0: float) -> None:
         due = t0 + i / args.rate
         time.sleep(max(0.0, due - time.perf_counter()))
-        if getattr(local, "client", None) is None:
-            local.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
         user, item, rating = plan[i]
-        fb = local.client.post("/feedback", headers={"Authorization": f"Bearer {TOKEN}"},
-                               json={"events": [{"event_id": f"bench-{i}", "user_id": user,
-                                                 "item_id": item, "rating": rating}]})
-        rec = local.client.post("/recommend", json={"user_id": user, "k": 10})
-        results[i] = (time.perf_counter() - due, fb.status_code, rec.status_code)
+        fb = post(port, "/feedback", {"events": [{"event_id": f"bench-{i}", "user_id": user,
+                                                   "item_id": item, "rating": rating}]},
+                  {"Authorization": f"Bearer {TOKEN}"})
+        rec = post(port, "/recommend", {"user_id": user, "k": 10})
+        results[i] = (time.perf_counter() - due, fb, rec)
 
     env = {"METAREC_SERVE_TOKEN": TOKEN, "METAREC_FEEDBACK_URI": f"sqlite:///{tmp}/feedback.db"}
     with running_server(args.model, params, workers=args.workers, env=env) as (port, _):
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as warm:  # first-use costs
-            warm.post("/recommend", json={"user_id": 1, "k": 10})
+        post(port, "/recommend", {"user_id": 1, "k": 10})  # first-use costs (store, session)
+        local.conn = None
         t0 = time.perf_counter() + 0.5
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(lambda i: one(i, port, t0), range(n)))
