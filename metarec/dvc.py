@@ -98,6 +98,13 @@ def record_version(data_dir: str | Path, root: str | Path = ".") -> DvcOut:
     return read_dvc_file(root / f"{rel}.dvc")
 
 
+def checkout_version(dvc_file: str | Path, root: str | Path = ".") -> DvcOut:
+    """``dvc checkout`` the version a .dvc file records from the local cache into the
+    workspace (RuntimeError with DVC's message when the cache lacks it); returns the record."""
+    root = Path(root)
+    rel = Path(dvc_file).resolve().relative_to(root.resolve())
+    run_dvc("checkout", "-q", "--force", str(rel), cwd=root)
+    return read_dvc_file(root / rel)
 def stage_params(root: str | Path, stage: str) -> list[str] | None:
     """The params.yaml keys ``stage`` of ``root``/dvc.yaml depends on; None when there is no
     such stage (or no dvc.yaml)."""

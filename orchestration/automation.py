@@ -20,14 +20,22 @@ from orchestration.tune_assets import TUNING_GROUP
 # that `metarec pipeline run` creates): the workspace's data stages and the GPU are shared.
 RETRAIN_TAG = {"metarec/retrain": "workspace"}
 
+# Ingesting feedback is a job of its own: it changes data.dvc, and the new-data sensor then
+# starts `retrain` once per new version (a retrain that ingested would be started again).
 retrain_job = dg.define_asset_job(
-    # Every asset but the tuning study (its own job, `tune`) and the item catalog
-    # (orchestration/catalog_assets.py: its own job, `add_items`).
-    "retrain", selection=dg.AssetSelection.all() - dg.AssetSelection.groups(TUNING_GROUP)
-    - dg.AssetSelection.groups("catalog"),
+    # Every asset but the tuning study (its own job, `tune`), the item catalog
+    # (orchestration/catalog_assets.py: its own job, `add_items`) and the feedback ingest (its
+    # own job, `ingest`: it moves data.dvc, and the sensor then starts retrain once per version).
+    "retrain", selection=(dg.AssetSelection.all() - dg.AssetSelection.groups(TUNING_GROUP)
+                          - dg.AssetSelection.groups("catalog")
+                          - dg.AssetSelection.assets("feedback_events")),
     tags=RETRAIN_TAG,
     description="Validate data, rebuild features and tasks, meta-train, evaluate, gate, export "
                 "and register a challenger.")
+ingest_job = dg.define_asset_job(
+    "ingest", selection=dg.AssetSelection.assets("feedback_events"), tags=RETRAIN_TAG,
+    description="Fold new feedback events into data/ (a new data.dvc version, events contract "
+                "checked, failing events quarantined); the new-data sensor then retrains.")
 
 
 def build_schedule(cfg: ScheduleConfig) -> dg.ScheduleDefinition:
@@ -35,6 +43,13 @@ def build_schedule(cfg: ScheduleConfig) -> dg.ScheduleDefinition:
         name="weekly_retrain", job=retrain_job, cron_schedule=cfg.retrain_cron,
         execution_timezone=cfg.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Retrain on cron '{cfg.retrain_cron}' ({cfg.timezone}).")
+
+
+def build_ingest_schedule(cfg: ScheduleConfig) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="feedback_ingest", job=ingest_job, cron_schedule=cfg.ingest_cron,
+        execution_timezone=cfg.timezone, default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Ingest feedback events on cron '{cfg.ingest_cron}' ({cfg.timezone}).")
 
 
 def build_data_sensor(cfg: ScheduleConfig, dvc_file: str) -> dg.SensorDefinition:

@@ -15,6 +15,7 @@ TABLES = ("interactions", "users", "items")
 
 
 @dg.asset(group_name=DATA_GROUP, pool="dvc", code_version="1", kinds={"dvc"},
+          deps=["feedback_events"],
           description="The raw dataset in data/, at the version data.dvc records (fetched when "
                       "missing). Its data version is the DVC md5, carried by everything downstream.")
 def raw_dataset(metarec: MetarecConfig, dvc: DvcResource) -> dg.MaterializeResult:
@@ -42,7 +43,7 @@ def canonical_tables(metarec: MetarecConfig, dvc: DvcResource):
     from metarec.data.tables import frame_hash
 
     cfg = metarec.load()
-    tables = prepare_dataset(cfg.data)
+    tables = prepare_dataset(cfg.data, feedback_folder=cfg.feedback.folder)
     lock = dvc.record_stage("prepare", cfg)
     for name in TABLES:
         frame = getattr(tables, name)

@@ -119,6 +119,7 @@ def parity_check(context: dg.AssetCheckExecutionContext,
                       "when the gate and the parity check passed.")
 def registered_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
                      dvc: DvcResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    from metarec.feedback.ingest import feedback_lineage
     from metarec.pipeline.register import register_candidate
 
     cfg = run_config(metarec, mlflow, key=run_key(context))
@@ -130,4 +131,5 @@ def registered_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
         "version": done.version, "alias": "challenger", "mlflow_run_id": done.run_id,
         "tracking_uri": mlflow.uri(cfg), "model_uri": f"models:/{cfg.tracking.registered_model}/"
                                                       f"{done.version}",
-        "data_hash": data_hash, "dagster_run_id": context.run_id})
+        "data_hash": data_hash, "dagster_run_id": context.run_id,
+        **feedback_lineage(cfg, dvc.root)})

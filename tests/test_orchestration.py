@@ -30,14 +30,20 @@ def test_definitions_load(monkeypatch):
     monkeypatch.chdir(REPO)
     defs = build_definitions()
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert DATA_ASSETS | MODEL_ASSETS | {"tuning_study", "item_catalog"} == keys
+    assert DATA_ASSETS | MODEL_ASSETS | {"feedback_events", "tuning_study", "item_catalog"} == keys
     retrain = defs.resolve_job_def("retrain")
     assert "item_catalog" not in {n.name for n in retrain.graph.node_defs}  # never retrains
     assert defs.resolve_job_def("tune") is not None  # its assets: tests/test_tuning.py
     assert defs.resolve_job_def("add_items") is not None
     assert defs.get_sensor_def("new_items_sensor") is not None
+    # Ingesting is its own job (it moves data.dvc; the sensor then starts retrain).
+    ingest = defs.resolve_job_def("ingest").asset_layer.executable_asset_keys
+    retrain_keys = defs.resolve_job_def("retrain").asset_layer.executable_asset_keys
+    assert {k.to_user_string() for k in ingest} == {"feedback_events"}
+    assert "feedback_events" not in {k.to_user_string() for k in retrain_keys}
     cfg = load_config(REPO / "params.yaml")
     assert defs.get_schedule_def("weekly_retrain").cron_schedule == cfg.schedule.retrain_cron
+    assert defs.get_schedule_def("feedback_ingest").cron_schedule == cfg.schedule.ingest_cron
     assert defs.get_sensor_def("new_data_sensor") is not None
 
 
@@ -156,7 +162,10 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     assert run.checks["evaluation_report:gate"] is False
     assert run.gate_blocked  # `metarec pipeline run` reports it and exits 0 unless --strict
     reasons = run.check_details["evaluation_report:gate"]
-    assert reasons and all(" vs " in r or "meta_training_gain" in r for r in reasons), reasons
+    assert reasons and all(" vs " in r or "meta_training_gain" in r or
+                           r == "champion version 1 re-evaluated on this run's test users"
+                           for r in reasons), reasons
+    assert any("vs champion" in r for r in reasons)  # compared on this run's test users
     assert "## Gate: FAILED" in (project / "artifacts/runs" / run.run_id /
                                  "evaluation/report.md").read_text()
     assert not {"onnx_model", "registered_model"} & set(run.materialized)

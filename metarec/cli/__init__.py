@@ -1,9 +1,10 @@
 """The `metarec` command line. Every command is a thin call into a library function; the
 commands live by concern in :mod:`.data` (data, features and tasks stages), :mod:`.model`
 (train, evaluate, export, register), :mod:`.registry` (models, promote, rollback),
-:mod:`.serving` (recommend, serve), :mod:`.tune` (tune) and :mod:`.items` (the item
-catalog). `metarec pipeline` is contributed by orchestration/ through the `metarec.cli`
-entry point, so the library never imports the orchestrator.
+:mod:`.serving` (recommend, serve), :mod:`.tune` (tune), :mod:`.items` (the item
+catalog) and :mod:`.feedback` (feedback add/show, data ingest). `metarec pipeline` is
+contributed by orchestration/ through the `metarec.cli` entry point, so the library never
+imports the orchestrator.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import click
 
 from metarec.cli import data as _data
 from metarec.cli import items as _items
+from metarec.cli import feedback as _feedback
 from metarec.cli import model as _model
 from metarec.cli import registry as _registry
 from metarec.cli import serving as _serving
@@ -36,8 +38,10 @@ def main(ctx: click.Context, params: Path | None, verbose: bool) -> None:
 for _command in (_data.data, _data.features, _data.tasks, _model.train_cmd,
                  _model.evaluate_cmd, _model.export_cmd, _model.register_cmd,
                  _registry.models_cmd, _registry.promote_cmd, _registry.rollback_cmd,
-                 _serving.recommend_cmd, _serving.serve_cmd, _tune.tune_cmd, _items.items):
+                 _serving.recommend_cmd, _serving.serve_cmd, _tune.tune_cmd, _items.items,
+                 _feedback.feedback):
     main.add_command(_command)
+_data.data.add_command(_feedback.ingest_cmd)
 
 
 def _load_plugins(group: click.Group) -> None:

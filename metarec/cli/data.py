@@ -69,7 +69,7 @@ def data_prepare(ctx: click.Context) -> None:
 
     cfg = config_of(ctx)
     with reported():
-        tables = prepare_dataset(cfg.data)
+        tables = prepare_dataset(cfg.data, feedback_folder=cfg.feedback.folder)
     click.echo(f"{tables.name}: {json.dumps(tables.summary())} -> {cfg.data.prepared_dir}")
 
 

@@ -69,7 +69,9 @@ def recommend_cmd(ctx: click.Context, model_uri: str | None, user_json: str | No
 @click.pass_context
 def serve_cmd(ctx: click.Context, host: str | None, port: int | None, model_uri: str | None,
               workers: int | None) -> None:
-    """Serve POST /recommend, GET /health, POST /reload (docs at /docs) with uvicorn."""
+    """Serve POST /recommend, POST /feedback, GET /users/ID, GET /health, POST /reload
+    (docs at /docs) with uvicorn."""
+    from metarec.serving.profiles import Profiles
     from metarec.serving.run import run_server
 
     cfg = config_of(ctx)
@@ -78,4 +80,4 @@ def serve_cmd(ctx: click.Context, host: str | None, port: int | None, model_uri:
                    tracking_uri=cfg.tracking.tracking_uri, host=host or cfg.serve.host,
                    port=cfg.serve.port if port is None else port,
                    workers=cfg.serve.workers if workers is None else workers,
-                   catalog=cfg.catalog)
+                   catalog=cfg.catalog, profiles=Profiles(cfg.feedback, cfg.validation))

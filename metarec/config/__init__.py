@@ -10,13 +10,15 @@ from metarec.config.loader import (DEFAULT_PARAMS, PARAMS_ENV, ConfigError, conf
                                    default_params_path, load_config)
 from metarec.config.catalog import CatalogConfig
 from metarec.config.sections import (ColumnMap, Config, CsvSource, DataConfig, EvaluationConfig,
-                                     ExportConfig, FeaturesConfig, GateConfig, MetaConfig,
+                                     ExportConfig, FeaturesConfig, FeedbackConfig,
+                                     GateConfig, MetaConfig,
                                      ModelConfig, ScheduleConfig, ServeConfig, TasksConfig,
                                      TrackingConfig, TrainConfig, ValidationConfig)
 from metarec.config.tune import ParamRange, TuneConfig, TuneObjective
 
-__all__ = ["DEFAULT_PARAMS", "PARAMS_ENV", "CatalogConfig", "ColumnMap", "Config", "ConfigError", "CsvSource",
-           "DataConfig", "EvaluationConfig", "ExportConfig", "FeaturesConfig", "GateConfig",
-           "MetaConfig", "ModelConfig", "ParamRange", "ScheduleConfig", "ServeConfig",
-           "TasksConfig", "TrackingConfig", "TrainConfig", "TuneConfig", "TuneObjective",
-           "ValidationConfig", "config_from_dict", "default_params_path", "load_config"]
+__all__ = ["DEFAULT_PARAMS", "PARAMS_ENV", "CatalogConfig", "ColumnMap", "Config", "ConfigError",
+           "CsvSource", "DataConfig", "EvaluationConfig", "ExportConfig", "FeaturesConfig",
+           "FeedbackConfig", "GateConfig", "MetaConfig", "ModelConfig", "ParamRange",
+           "ScheduleConfig", "ServeConfig", "TasksConfig", "TrackingConfig", "TrainConfig",
+           "TuneConfig", "TuneObjective", "ValidationConfig", "config_from_dict",
+           "default_params_path", "load_config"]

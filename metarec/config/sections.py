@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from metarec.config.catalog import CatalogConfig
+from metarec.config.feedback import FeedbackConfig
 from metarec.config.tune import TuneConfig
 
 # --------------------------------------------------------------------------- sections
@@ -240,9 +241,8 @@ class MetaConfig:
     # Meta-loss += this weight * the support MSE of the unadapted initial weights (0: plain
     # query loss); gives every training rating a gradient, as the global baseline has.
     support_loss_weight: float = 0.0
-    # Meta-loss += this weight * the query MSE of the unadapted model (the 0-shot prior), for
-    # every task whatever its support size: the prior is trained as the global network is, and
-    # ridge shrinks towards it (maml, fomaml, melu, metasgd and ridge; 0 disables).
+    # Meta-loss += this weight * the query MSE of the unadapted model (the 0-shot prior) on every
+    # task, whatever its support size (maml, fomaml, melu, metasgd and ridge; 0 disables).
     prior_loss_weight: float = 0.0
     # + weight * ListNet loss on each query set (softmax cross-entropy between the adapted
     # scores and the true ratings): a within-user ranking objective beside the MSE.
@@ -301,13 +301,14 @@ class TrainConfig:
     support_full_prob: float = 0.5
     support_max_shots: int = 10
     support_shots: Literal["uniform", "log-uniform"] = "log-uniform"
-    # Early stopping reads the validation MAE averaged over these support sizes, each a seeded
-    # random subset of the validation support as the evaluation curves cut it ("all": the whole
-    # support). ["all"]: the full-support MAE alone (the former behaviour).
+    # Early stopping on the validation MAE averaged over these support sizes (seeded subsets as
+    # in the evaluation curves; "all": the whole support; ["all"]: the former behaviour).
     valid_shots: tuple[int | Literal["all"], ...] = ("all",)
     # Show a progress bar (only on a terminal).
     progress: bool = True
     out_dir: str = "artifacts/train"
+    # "champion": start from the registry champion's meta-parameters (training/warmstart.py).
+    init_from: Literal["none", "champion"] = "none"
 
 
 @dataclass(frozen=True)
@@ -419,6 +420,7 @@ class ScheduleConfig:
     timezone: str = "UTC"
     # Seconds between checks of data.dvc by the new-data sensor.
     sensor_interval_s: int = 60
+    ingest_cron: str = "0 2 * * 1"  # the `ingest` job: feedback -> a new data.dvc version
 
 
 @dataclass(frozen=True)
@@ -439,6 +441,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = 0
 

@@ -16,8 +16,10 @@ mae/rmse are lower-is-better, ranking metrics higher-is-better. ``gate.rule`` de
   interval.
 - ``point``: the pre-curve rule at every k: strictly better point estimate (a tie fails).
 
-The champion is compared at full support only (``report.metrics``): its report comes from
-another run, possibly older code without curves, and is not paired with this one's tasks. The
+The champion is compared at full support only. When the report evaluated the champion itself
+on this run's test users (method ``champion``: metarec.pipeline.evaluate.champion_predictor,
+``training.champion.evaluated == "here"``), those values count; otherwise the champion's
+stored report does (another run's test users, possibly older code without curves). The
 candidate may be worse than the champion by at most ``champion_margin`` (the metric's unit).
 
 A learner whose meta-training never beat its step-0 weights (``meta_training_gain`` false, or
@@ -35,6 +37,8 @@ from typing import Any, Mapping
 from metarec.config import GateConfig
 from metarec.evaluation.metrics import lower_is_better
 from metarec.evaluation.report import ALL_SHOTS, PairedDifference, Report
+
+CHAMPION = "champion"  # the report's method name of the champion re-evaluated on its tasks
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,13 @@ def gate(report: Report, champion_report: Report | None, policy: GateConfig) -> 
         raise ValueError(f"gate.champion_margin must be >= 0, got {policy.champion_margin}")
     scenarios = list(policy.scenarios) or sorted(report.metrics)
     checks, notes = _training_check(report, policy)
+    here = report.training.get("champion", {}) if isinstance(report.training, dict) else {}
+    rerun = isinstance(here, dict) and here.get("evaluated") == "here"
+    if rerun:
+        notes.append(f"champion version {here.get('version')} re-evaluated on this run's test "
+                     "users")
+    elif champion_report is not None and isinstance(here, dict) and here.get("reason"):
+        notes.append(f"champion compared through its stored report: {here['reason']}")
     if not scenarios:
         checks.append(GateCheck("-", "-", "-", None, None, False, "the report has no scenarios"))
     for scenario in scenarios:
@@ -204,10 +215,11 @@ def gate(report: Report, champion_report: Report | None, policy: GateConfig) -> 
         shots = _gated_shots(report, scenario, policy)
         for metric in policy.metrics:
             checks += _baseline_checks(report, scenario, metric, shots, policy)
-            if champion_report is None:
+            if champion_report is None and not rerun:
                 continue
             cand = report.value(scenario, report.candidate, metric)
-            champ = champion_report.value(scenario, champion_report.candidate, metric)
+            champ = (report.value(scenario, CHAMPION, metric) if rerun else
+                     champion_report.value(scenario, champion_report.candidate, metric))
             name = f"{scenario}/{metric}@{ALL_SHOTS} vs champion"
             if champ is None:
                 notes.append(f"{scenario}/{metric}: the champion has no value; not compared")
@@ -221,5 +233,6 @@ def gate(report: Report, champion_report: Report | None, policy: GateConfig) -> 
     if failed:
         return GateDecision(False, tuple(failed + notes), tuple(checks))
     summary = (f"all {len(checks)} checks passed ({policy.rule} rule) on "
-               f"{', '.join(scenarios)} ({'with' if champion_report else 'no'} champion)")
+               f"{', '.join(scenarios)} "
+               f"({'with' if champion_report or rerun else 'no'} champion)")
     return GateDecision(True, (summary, *notes), tuple(checks))

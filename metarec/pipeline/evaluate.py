@@ -21,11 +21,13 @@ from metarec.config import Config
 from metarec.data.arrays import TaskArrays
 from metarec.pipeline.inputs import Inputs, load_inputs
 from metarec.io import file_sha256
-from metarec.pipeline.train import META_FILE, load_baselines, load_meta_model, read_summary
+from metarec.pipeline.train import (META_FILE, build_estimator_and_learner, load_baselines,
+                                    load_meta_model, read_summary)
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"
+CHAMPION_METHOD = "champion"  # the registry's champion, re-evaluated on this run's test users
 
 
 def training_gain(summary: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
@@ -56,11 +58,50 @@ def evaluate_models(cfg: Config, inputs: Inputs | None = None):
     methods: dict[str, Callable[[TaskArrays], np.ndarray]] = {
         cfg.meta.learner: lambda t: predict(model, learner, t, cfg.train)}
     methods.update({n: b.predict for n, b in load_baselines(cfg, inputs).items()})
+    champion, champion_note = champion_predictor(cfg, inputs)
+    if champion is not None:
+        methods[CHAMPION_METHOD] = champion
     report = evaluate_all(methods, {s: inputs.sets[s] for s in inputs.scenarios},
                           cfg.meta.learner, cfg.evaluation, cfg.seed)
     report = annotate_report(report, _summary_or_none(cfg), inputs.manifest, model_sha256)
+    report.training["champion"] = champion_note
     write_report(report, cfg.evaluation.out_dir, cfg.evaluation.plot_metrics)
     return report
+
+
+def champion_predictor(cfg: Config, inputs: Inputs
+                       ) -> tuple[Callable[[TaskArrays], np.ndarray] | None, dict[str, Any]]:
+    """The registry's champion rebuilt on this run's data, to be scored on the same test
+    users as the candidate (the gate then compares the two there, not with the champion's
+    stored report): its own model/meta settings and meta-parameters (carried by value onto
+    this data's encoders, metarec.training.warmstart), item statistics from this run's
+    training users. Returns (predict or None, what was done: the report's
+    ``training.champion``); when the champion cannot be rebuilt (a version without its
+    training state, another architecture) the gate falls back to its stored report."""
+    import dataclasses
+
+    from metarec.config import ConfigError, config_from_dict
+    from metarec.features.build import load_encoders
+    from metarec.training.loop import fit_item_stats, predict
+    from metarec.training.warmstart import WarmStartError, load_champion, transfer
+
+    try:
+        champ = load_champion(cfg.tracking)
+        if champ is None:
+            return None, {"evaluated": "none", "reason": "no champion registered"}
+        own = config_from_dict(champ.params, f"champion version {champ.version} params")
+        ccfg = dataclasses.replace(cfg, model=own.model, meta=own.meta)
+        model, learner = build_estimator_and_learner(ccfg, inputs.features)
+        transfer(champ, model, learner, load_encoders(cfg.features.out_dir),
+                 [int(i) for i in inputs.features.item_ids])
+    except (WarmStartError, ConfigError) as exc:
+        log.warning("champion not re-evaluated on this data (%s); the gate reads its stored "
+                    "report", exc)
+        return None, {"evaluated": "stored report", "reason": str(exc)}
+    fit_item_stats(model, inputs.train)
+    model.eval()
+    note = {"evaluated": "here", "version": champ.version, "sha256": champ.sha256}
+    return (lambda t: predict(model, learner, t, cfg.train)), note
 
 
 def _summary_or_none(cfg: Config) -> dict[str, Any] | None:
@@ -95,6 +136,20 @@ def load_report(cfg: Config):
     return Report.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
+def _same_champion(decision, report, current: int | None):
+    """``decision``, failed when the report re-evaluated a champion that is no longer the
+    champion (promoted or rolled back since): its comparison would be with the wrong model."""
+    from metarec.evaluation.gate import GateCheck, GateDecision
+
+    here = report.training.get("champion") or {}
+    if here.get("evaluated") != "here" or here.get("version") == current:
+        return decision
+    check = GateCheck("-", "-", "champion", None, None, False,
+                      f"the report re-evaluated champion version {here.get('version')}, but "
+                      f"the champion is now {current}: evaluate again")
+    return GateDecision(False, (check.reason, *decision.reasons), (check, *decision.checks))
+
+
 def gate_decision(cfg: Config, report=None):
     """The gate verdict of ``report`` (default: the stored one) against the champion; the
     verdict and its reasons are appended to evaluation.out_dir/report.md."""
@@ -102,7 +157,10 @@ def gate_decision(cfg: Config, report=None):
     from metarec.evaluation.output import write_verdict
     from metarec.registry import champion_report
 
+    from metarec.registry import aliases
+
     report = report or load_report(cfg)
     decision = gate(report, champion_report(cfg.tracking), cfg.gate)
+    decision = _same_champion(decision, report, aliases(cfg.tracking).get("champion"))
     write_verdict(report, decision, cfg.evaluation.out_dir)
     return decision

@@ -14,6 +14,7 @@ under another's metrics or MLflow run.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +22,7 @@ from typing import Any, Mapping
 from metarec.config import Config
 from metarec.evaluation.gate import GateDecision
 from metarec.export.runtime import METADATA_FILE
+from metarec.feedback.ingest import feedback_lineage
 from metarec.pipeline.evaluate import gate_decision, load_report
 from metarec.pipeline.export import read_parity
 from metarec.pipeline.lineage import git_sha
@@ -94,8 +96,15 @@ def register_candidate(cfg: Config, *, data_hash: str | None,
         artifacts={"encoders": Path(cfg.features.out_dir) / "encoders.json",
                    **({} if opened else {"checkpoint": Path(cfg.train.out_dir) / META_FILE})},
         data_hash=data_hash, git_sha=sha, dagster_run_id=dagster_run_id, run_id=opened)
-    version = registry.register_if_passed(
-        cfg.tracking, run_id, cfg.export.out_dir, decision, report=report,
-        key_metric_names=cfg.gate.metrics, data_hash=data_hash, git_sha=sha,
-        dagster_run_id=dagster_run_id, auto_promote=cfg.gate.auto_promote)
+    with tempfile.TemporaryDirectory() as tmp:
+        params = Path(tmp) / "params.json"
+        params.write_text(json.dumps(cfg.to_dict(), sort_keys=True, default=list), "utf-8")
+        version = registry.register_if_passed(
+            cfg.tracking, run_id, cfg.export.out_dir, decision, report=report,
+            key_metric_names=cfg.gate.metrics, data_hash=data_hash, git_sha=sha,
+            dagster_run_id=dagster_run_id, auto_promote=cfg.gate.auto_promote,
+            training_files={"meta_model.pt": Path(cfg.train.out_dir) / META_FILE,
+                            "encoders.json": Path(cfg.features.out_dir) / "encoders.json",
+                            "params.json": params},
+            extra_tags=feedback_lineage(cfg))
     return Registration(run_id=run_id, version=version, decision=decision, data_hash=data_hash)

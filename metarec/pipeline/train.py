@@ -59,12 +59,14 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
     inputs = inputs or load_inputs(cfg.features, cfg.tasks)
     out = Path(cfg.train.out_dir)
     model, learner = build_estimator_and_learner(cfg, inputs.features)
-    # Resume only a checkpoint of this very training: same tasks, model, learner and loop.
+    init = warm_start(cfg, model, learner, inputs)
+    # Resume only a checkpoint of this very training: same tasks, model, learner, loop and
+    # starting point.
     checkpoints = Path(checkpoint_root) if checkpoint_root is not None else out / "checkpoints"
     result = meta_train(model, learner, inputs.train, inputs.valid, cfg.train, cfg.seed,
                         callbacks=callbacks, resume=resume,
-                        checkpoint_dir=checkpoints / training_fingerprint(cfg, inputs),
-                        world=world)
+                        checkpoint_dir=checkpoints / training_fingerprint(cfg, inputs, init),
+                        world=world, warm_start=init["from"] == "champion")
     if world is not None and not world.is_main:  # DDP: only rank 0 writes and logs
         return {"learner": cfg.meta.learner, "steps": result.steps,
                 "best_step": result.best_step, "best_valid_mae": result.best_valid_mae}
@@ -72,7 +74,8 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
     summary = {"learner": cfg.meta.learner, "steps": result.steps, "best_step": result.best_step,
                "best_valid_mae": result.best_valid_mae, "stopped_early": result.stopped_early,
                "train_tasks": len(inputs.train), "valid_tasks": len(inputs.valid),
-               "history": result.history, "model_sha256": file_sha256(out / META_FILE)}
+               "history": result.history, "model_sha256": file_sha256(out / META_FILE),
+               "init": init}
     if track:
         from metarec import registry
         from metarec.config.overrides import applied_overrides, overrides_tags
@@ -90,11 +93,41 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
     return summary
 
 
-def training_fingerprint(cfg: Config, inputs: Inputs) -> str:
-    """Identity of a training run: the task manifest and the model/meta/train settings."""
+def warm_start(cfg: Config, model: Estimator, learner: nn.Module, inputs: Inputs
+               ) -> dict[str, Any]:
+    """Load the champion's meta-parameters into ``model``/``learner`` when
+    ``train.init_from`` is "champion" (metarec.training.warmstart); returns the starting point
+    as summary.json records it. With no champion yet, training starts afresh and says so."""
+    import logging
+
+    if cfg.train.init_from == "none":
+        return {"from": "none"}
+    from metarec.features.build import load_encoders
+    from metarec.training.warmstart import load_champion, transfer
+
+    champion = load_champion(cfg.tracking)
+    if champion is None:
+        logging.getLogger(__name__).warning(
+            "train.init_from is 'champion' but %s has no champion yet: starting afresh",
+            cfg.tracking.registered_model)
+        return {"from": "none", "reason": "no champion registered yet"}
+    counts = transfer(champion, model, learner, load_encoders(cfg.features.out_dir),
+                      [int(i) for i in inputs.features.item_ids])
+    logging.getLogger(__name__).info("warm start from champion version %d: %s",
+                                     champion.version, counts)
+    return {"from": "champion", "version": champion.version, "sha256": champion.sha256,
+            **counts}
+
+
+def training_fingerprint(cfg: Config, inputs: Inputs,
+                         init: dict[str, Any] | None = None) -> str:
+    """Identity of a training run: the task manifest, the model/meta/train settings and the
+    starting point (a warm start's champion)."""
     payload = {"tasks": inputs.manifest, "model": asdict(cfg.model), "meta": asdict(cfg.meta),
                "train": {k: v for k, v in asdict(cfg.train).items()
                          if k not in ("device", "progress", "out_dir")}, "seed": cfg.seed}
+    if init and init.get("from") == "champion":
+        payload["init"] = init["sha256"]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()
                           ).hexdigest()[:16]
 

@@ -1,4 +1,5 @@
-"""The FastAPI app: POST /recommend, GET /health, POST /reload (bearer token), docs at /docs.
+"""The FastAPI app: POST /recommend, GET /health, POST /reload (bearer token), POST /feedback
+and GET /users/{id} (:mod:`.profiles`), docs at /docs.
 
 Requests are validated strictly (JSON types as sent: ``true`` is not a number, ``10.0`` is not
 an integer); errors are 422 with the field's location. :mod:`.guard` runs in front of every
@@ -19,10 +20,11 @@ import os
 from contextlib import asynccontextmanager
 from typing import Any
 
-from metarec.config import CatalogConfig, ServeConfig
+from metarec.config import CatalogConfig, FeedbackConfig, ServeConfig, ValidationConfig
 from metarec.serve import Recommender, RequestError, catalog_options
 from metarec.serving.fleet import ModelHolder, ReloadBoard
 from metarec.serving.guard import GuardStats, Limits, RequestGuard
+from metarec.serving.profiles import Profiles, event_error_detail
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +52,13 @@ def token_matches(given: str, token: str) -> bool:
 
 def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
                tracking_uri: str | None = None, board: ReloadBoard | None = None,
-               catalog: CatalogConfig | None = None) -> Any:
+               catalog: CatalogConfig | None = None, profiles: Profiles | None = None) -> Any:
     """The app serving ``model_uri`` (default ``cfg.model_uri``), loaded at start and on
     POST /reload; with a ``board`` (one per `metarec serve`) a reload reaches every worker.
     ``catalog``: the catalog store and how often to look for a newer version (default: the
-    ``catalog`` section's defaults)."""
+    ``catalog`` section's defaults). ``profiles``: the event store settings of /feedback and
+    profiles (default: params.yaml's defaults). Write endpoints (/feedback) need the bearer
+    token when one is configured."""
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -62,6 +66,7 @@ def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
     from pydantic import BaseModel, ConfigDict, Field
 
     cfg = cfg or ServeConfig()
+    profiles = profiles or Profiles()
     uri = model_uri or cfg.model_uri
     token = serve_token(cfg)
     limits = Limits(cfg.max_body_bytes, cfg.max_active, cfg.max_queue, cfg.retry_after_s,
@@ -101,6 +106,10 @@ def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
             description="Ratings (numbers) by item id.", examples=[{"50": 5, "172": 4}])
         k: int = Field(10, ge=1, le=cfg.max_k, description="How many items to return.")
         exclude_seen: bool = Field(True, description="Leave out the items rated in the request.")
+        user_id: int | None = Field(
+            None, ge=-(2**63), le=2**63 - 1,
+            description="A user whose stored ratings (POST /feedback) join the request's: the "
+                        "newest up to serve.max_ratings; the request's rating wins per item.")
 
     class Item(BaseModel):
         item_id: int
@@ -110,6 +119,15 @@ def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
     class RecommendResponse(BaseModel):
         model: str
         items: list[Item]
+        profile: dict[str, Any] | None = None
+
+    class FeedbackRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        events: list[dict[str, Any]] = Field(
+            ..., description="Rating events: event_id, user_id, item_id, rating, timestamp "
+                             "(Unix seconds or ISO 8601; default now), user_features.",
+            examples=[[{"event_id": "5f1c...", "user_id": 7001, "item_id": 50, "rating": 5,
+                        "timestamp": 1700000000, "user_features": {"age": 25}}]])
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
@@ -132,6 +150,13 @@ def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
             raise HTTPException(401, "a valid bearer token is required",
                                 headers={"WWW-Authenticate": "Bearer"})
 
+    def writer(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        """Write endpoints: open without a configured token (then `metarec serve` binds only
+        loopback), else the bearer token is required."""
+        if token is not None and (creds is None or not token_matches(creds.credentials, token)):
+            raise HTTPException(401, "a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+
     @app.get("/health")
     def health() -> dict[str, Any]:
         if holder.model is None:
@@ -142,8 +167,28 @@ def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
     @app.post("/recommend", response_model=RecommendResponse)
     def recommend(req: RecommendRequest) -> dict[str, Any]:
         rec = holder.model
-        items = rec.recommend(req.user, req.ratings, k=req.k, exclude_seen=req.exclude_seen)
-        return {"model": rec.source, "items": [i.to_dict() for i in items]}
+        ratings, user, note = req.ratings, req.user, None
+        if req.user_id is not None:
+            ratings, user, note = profiles.support(req.user_id, req.ratings, req.user,
+                                                   rec.row_of, cfg.max_ratings, rec.user_fields)
+        items = rec.recommend(user, ratings, k=req.k, exclude_seen=req.exclude_seen)
+        return {"model": rec.source, "items": [i.to_dict() for i in items], "profile": note}
+
+    @app.post("/feedback", dependencies=[Depends(writer)])
+    def feedback(req: FeedbackRequest) -> dict[str, Any]:
+        from metarec.feedback.events import EventError
+        from metarec.feedback.store import StoreError
+
+        try:
+            return profiles.add(req.events)
+        except EventError as exc:
+            return JSONResponse(status_code=422, content={"detail": event_error_detail(exc)})
+        except StoreError as exc:
+            raise HTTPException(503, f"event store unavailable: {exc}") from None
+
+    @app.get("/users/{user_id}")
+    def user_profile(user_id: int) -> dict[str, Any]:
+        return profiles.profile(user_id, cfg.max_ratings)
 
     @app.post("/reload", dependencies=[Depends(authorized)])
     def reload() -> dict[str, Any]:
@@ -168,14 +213,17 @@ def create_app(model_uri: str | None = None, cfg: ServeConfig | None = None,
 
 
 def runtime_env(model_uri: str, cfg: ServeConfig, tracking_uri: str | None,
-                state_dir: str, workers: int, catalog: CatalogConfig | None = None) -> str:
+                state_dir: str, workers: int, catalog: CatalogConfig | None = None,
+                profiles: Profiles | None = None) -> str:
     """What :func:`app_from_env` needs, as the JSON the parent puts in ``$METAREC_SERVE_RUNTIME``
     for its workers (an environment only the same user can read; ``$METAREC_SERVE_TOKEN``,
     when set, is inherited and wins as in the parent)."""
     return json.dumps({"model_uri": model_uri, "tracking_uri": tracking_uri,
                        "serve": dataclasses.asdict(cfg), "state_dir": state_dir,
                        "workers": workers,
-                       "catalog": dataclasses.asdict(catalog or CatalogConfig())})
+                       "catalog": dataclasses.asdict(catalog or CatalogConfig()),
+                       "feedback": dataclasses.asdict((profiles or Profiles()).feedback),
+                       "validation": dataclasses.asdict((profiles or Profiles()).validation)})
 
 
 def app_from_env() -> Any:
@@ -184,7 +232,12 @@ def app_from_env() -> Any:
     if not raw:
         raise RuntimeError(f"${RUNTIME_ENV} is not set: start the server with `metarec serve`")
     spec = json.loads(raw)
+    from metarec.config import config_from_dict
+
     cfg = ServeConfig(**spec["serve"])
+    own = config_from_dict({"feedback": spec.get("feedback", {}),
+                            "validation": spec.get("validation", {})}, RUNTIME_ENV)
     return create_app(spec["model_uri"], cfg, spec["tracking_uri"],
                       board=ReloadBoard(spec["state_dir"], spec["workers"]),
-                      catalog=CatalogConfig(**spec.get("catalog", {})))
+                      catalog=CatalogConfig(**spec.get("catalog", {})),
+                      profiles=Profiles(own.feedback, own.validation))

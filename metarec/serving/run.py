@@ -1,6 +1,7 @@
 """Starting the server: the bind check, the worker count, uvicorn.
 
-:func:`run_server` refuses a non-loopback address unless a token protects /reload, makes
+:func:`run_server` refuses a non-loopback address unless a token protects /reload and
+/feedback, makes
 the :class:`~metarec.serving.fleet.ReloadBoard` directory for the server's lifetime (removed
 at exit), and hands uvicorn the app factory: with ``workers > 1`` uvicorn's supervisor starts
 that many processes on one listening socket (the kernel spreads the connections) and restarts
@@ -59,15 +60,17 @@ def worker_count(workers: int) -> int:
 
 
 def run_server(cfg: ServeConfig, *, model_uri: str, tracking_uri: str | None, host: str,
-               port: int, workers: int, catalog: CatalogConfig | None = None) -> None:
-    """Serve ``model_uri`` on ``host:port`` with ``workers`` processes until interrupted."""
+               port: int, workers: int, catalog: CatalogConfig | None = None,
+               profiles=None) -> None:
+    """Serve ``model_uri`` on ``host:port`` with ``workers`` processes until interrupted;
+    ``profiles`` (:class:`metarec.serving.profiles.Profiles`): the event store settings."""
     import uvicorn
 
     check_bind(host, serve_token(cfg))
     workers = worker_count(workers)
     state_dir = tempfile.mkdtemp(prefix="metarec-serve-")
     os.environ[RUNTIME_ENV] = runtime_env(model_uri, cfg, tracking_uri, state_dir, workers,
-                                          catalog)
+                                          catalog, profiles)
     log.info("serving %s on %s:%d with %d worker(s)", model_uri, host, port, workers)
     # uvicorn re-raises the SIGTERM it shut down on; exit through `finally` then, not by the
     # default action that would leave the board directory behind.

@@ -154,7 +154,8 @@ def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
 def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
                valid_tasks: TaskArrays, cfg: TrainConfig, seed: int,
                callbacks: Iterable[Callback] = (), checkpoint_dir: str | Path | None = None,
-               resume: bool = False, world: "World | None" = None) -> TrainResult:
+               resume: bool = False, world: "World | None" = None,
+               warm_start: bool = False) -> TrainResult:
     """Meta-train ``model`` with ``learner`` on ``train_tasks``; returns the best weights.
 
     Every ``cfg.eval_every`` steps (and at the end) the validation MAE is computed with
@@ -163,13 +164,16 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     ``resume=True`` continues from it when it exists. The model ends holding the best weights.
     With ``world`` (metarec.training.distributed), each rank trains on its slice of every batch, the
     gradients are averaged across ranks, and only rank 0 writes checkpoints.
+    ``warm_start``: ``model`` already holds trained meta-parameters (metarec.training.warmstart);
+    its output bias is kept instead of being set to the mean training rating.
     """
     if len(train_tasks) == 0 or len(valid_tasks) == 0:
         raise ValueError(f"need training and validation tasks, got {len(train_tasks)} and "
                          f"{len(valid_tasks)}")
     device = resolve_device(cfg.device)
     fit_item_stats(model, train_tasks)
-    init_output_bias(model, train_tasks)
+    if not warm_start:
+        init_output_bias(model, train_tasks)
     model.to(device).train()
     learner.to(device)
     torch.manual_seed(seed)
