@@ -263,6 +263,7 @@ def main() -> None:  # noqa: C901 - one linear script
                       HF_HUB_OFFLINE="1", MLFLOW_ENABLE_ASYNC_LOGGING="false")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("METAREC_FEEDBACK_URI", None)
+    args.out = args.out.resolve()  # the run works inside its workspace
     ws = args.workspace or Path(tempfile.mkdtemp(prefix="metarec-replay-"))
     ws.mkdir(parents=True, exist_ok=True)
     os.chdir(ws)
