@@ -228,18 +228,25 @@ def _gx_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _run_gx(batches: list[Batch], artifact_dir: Path | None, data_docs: bool) -> dict[str, Any]:
-    """Run one suite per batch in an ephemeral GX context; keep the full results if asked."""
+def ephemeral_context() -> Any:
+    """A GX context with in-memory stores, no default temporary docs site, no analytics and
+    no progress bars (the data contracts and the feedback events contract alike)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     from great_expectations.data_context.types.base import (DataContextConfig,
                                                             InMemoryStoreBackendDefaults,
                                                             ProgressBarsConfig)
 
-    # In-memory stores, no default temporary docs site, no analytics, no progress bars.
-    ctx = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
+    return gx.get_context(mode="ephemeral", project_config=DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(), analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False)))
+
+
+def _run_gx(batches: list[Batch], artifact_dir: Path | None, data_docs: bool) -> dict[str, Any]:
+    """Run one suite per batch in an ephemeral GX context; keep the full results if asked."""
+    import great_expectations as gx
+
+    ctx = ephemeral_context()
     source = ctx.data_sources.add_pandas("metarec")
     results = {}
     for b in batches:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -157,15 +156,11 @@ def _plan(events: pd.DataFrame, base: CanonicalTables, previous: pd.DataFrame,
 
 def _run(plan: _Plan) -> list[tuple[str, str, list[int]]]:
     """Run the planned suite in an ephemeral GX context; (name, message, failing seqs)."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
-    from great_expectations.data_context.types.base import (DataContextConfig,
-                                                            InMemoryStoreBackendDefaults,
-                                                            ProgressBarsConfig)
 
-    ctx = gx.get_context(mode="ephemeral", project_config=DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(), analytics_enabled=False,
-        progress_bars=ProgressBarsConfig(globally=False)))
+    from metarec.data.validation import ephemeral_context
+
+    ctx = ephemeral_context()
     batch = ctx.data_sources.add_pandas("feedback").add_dataframe_asset(
         "events").add_batch_definition_whole_dataframe("events")
     suite = ctx.suites.add(gx.ExpectationSuite(name="events",
