@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,9 +22,31 @@ import yaml
 from metarec.config.overrides import merge
 from tests.conftest import REPO
 from tests.test_scale import _run, postgres  # noqa: F401  (the module-scoped server fixture)
+from tests.synth import write_synthetic_csv
 from tests.test_tuning import SPACE
 
 WORKER_BOUND_S = 600  # two workers, six small trials: minutes at most on 2 cores
+
+
+def _workspace(tmp_path: Path, raw: dict) -> tuple[Any, Path, dict[str, str]]:
+    """Prepare the synthetic dataset's features and tasks for ``raw``, write its params file;
+    returns the Config, that file and the environment of a `metarec tune` worker process."""
+    from metarec.config import config_from_dict
+    from metarec.data.prepare import prepare_dataset
+    from metarec.features.build import prepare_features
+    from metarec.pipeline.tasks import build_task_sets
+    from tests.test_encoders import fake_encoder
+
+    write_synthetic_csv(tmp_path / "data" / "csv")
+    cfg = config_from_dict(raw)
+    tables = prepare_dataset(cfg.data)
+    prepare_features(cfg.features, cfg.tasks, cfg.seed, tables, encode_fn=fake_encoder)
+    build_task_sets(cfg, tables)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return cfg, params, env
 
 
 @pytest.mark.integration
@@ -31,18 +55,12 @@ def test_two_workers_share_one_study_on_postgres(postgres, tmp_path):  # noqa: F
     import mlflow
     import optuna
 
-    from metarec.config import config_from_dict
-    from metarec.data.prepare import prepare_dataset
-    from metarec.features.build import prepare_features
-    from metarec.pipeline.tasks import build_task_sets
-    from tests.synth import SYNTH_PARAMS, write_synthetic_csv
-    from tests.test_encoders import fake_encoder
+    from tests.synth import SYNTH_PARAMS
 
     for db in ("optuna", "mlflow_tune"):
         _run(["psql", f"{postgres}/postgres", "-q", "-c", f"CREATE DATABASE {db}"])
     pg = postgres.replace("postgresql://", "postgresql+psycopg2://")
     storage, tracking = f"{pg}/optuna", f"{pg}/mlflow_tune"
-    write_synthetic_csv(tmp_path / "data" / "csv")
     raw = merge(SYNTH_PARAMS, {
         "data": {"raw_dir": str(tmp_path / "data"), "prepared_dir": str(tmp_path / "prepared")},
         "features": {"out_dir": str(tmp_path / "features"), "cache_dir": str(tmp_path / "c")},
@@ -53,15 +71,7 @@ def test_two_workers_share_one_study_on_postgres(postgres, tmp_path):  # noqa: F
                  "pruner": "none", "out_dir": str(tmp_path / "tune"), "space": SPACE,
                  "overrides_file": str(tmp_path / "params.tuned.yaml"),
                  "objective": {"constraint_margin": 1.0, "shots": [1, "all"]}}})
-    cfg = config_from_dict(raw)
-    tables = prepare_dataset(cfg.data)
-    prepare_features(cfg.features, cfg.tasks, cfg.seed, tables, encode_fn=fake_encoder)
-    build_task_sets(cfg, tables)
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
-
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    cfg, params, env = _workspace(tmp_path, raw)
     cmd = [sys.executable, "-m", "metarec.cli", "--params", str(params), "tune", "--worker",
            "--json"]
     start = time.monotonic()
@@ -109,15 +119,9 @@ def test_a_dead_workers_trial_is_run_again(tmp_path):
     it again (the same settings), so the study loses no trial."""
     import optuna
 
-    from metarec.config import config_from_dict
-    from metarec.data.prepare import prepare_dataset
-    from metarec.features.build import prepare_features
-    from metarec.pipeline.tasks import build_task_sets
     from metarec.tuning.study import run_worker
-    from tests.synth import SYNTH_PARAMS, write_synthetic_csv
-    from tests.test_encoders import fake_encoder
+    from tests.synth import SYNTH_PARAMS
 
-    write_synthetic_csv(tmp_path / "data" / "csv")
     storage = f"sqlite:///{tmp_path}/optuna.db"
     raw = merge(SYNTH_PARAMS, {
         "data": {"raw_dir": str(tmp_path / "data"), "prepared_dir": str(tmp_path / "prepared")},
@@ -130,14 +134,7 @@ def test_a_dead_workers_trial_is_run_again(tmp_path):
         "tune": {"storage": storage, "n_trials": 2, "folds": 2, "pruner": "none",
                  "heartbeat_s": 1, "out_dir": str(tmp_path / "tune"), "space": SPACE,
                  "objective": {"constraint_margin": 1.0, "shots": ["all"]}}})
-    cfg = config_from_dict(raw)
-    tables = prepare_dataset(cfg.data)
-    prepare_features(cfg.features, cfg.tasks, cfg.seed, tables, encode_fn=fake_encoder)
-    build_task_sets(cfg, tables)
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    cfg, params, env = _workspace(tmp_path, raw)
     doomed = subprocess.Popen([sys.executable, "-m", "metarec.cli", "--params", str(params),
                                "tune", "--worker"], env=env, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
