@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from metarec.config.catalog import CatalogConfig
 from metarec.config.feedback import FeedbackConfig
+from metarec.config.implicit import FullCatalogConfig, ImplicitRule
+from metarec.config.serving import ServeConfig
 from metarec.config.tune import TuneConfig
 
 # --------------------------------------------------------------------------- sections
@@ -73,6 +75,9 @@ class DataConfig:
     # Canonical tables (Parquet) written by `metarec data prepare` (a dvc.yaml stage output).
     prepared_dir: str = "artifacts/prepared"
     csv: CsvSource = field(default_factory=CsvSource)
+    # explicit (ratings) | implicit (clicks, plays: labels and sampled negatives, `implicit`)
+    feedback: Literal["explicit", "implicit"] = "explicit"
+    implicit: ImplicitRule = field(default_factory=ImplicitRule)
 
     @property
     def dvc_file(self) -> str:
@@ -224,6 +229,8 @@ class MetaConfig:
     """The meta-learner and its inner loop (metarec.meta)."""
 
     learner: Literal["maml", "fomaml", "melu", "metasgd", "reptile", "ridge"] = "ridge"
+    # Loss of the inner and outer loops; auto: mse (explicit) or bce (implicit); bpr: pairwise.
+    loss: Literal["auto", "mse", "bce", "bpr"] = "auto"
     # Gradient steps on the support set (training, validation, test and serving alike).
     inner_steps: int = 1
     # Inner-loop learning rate (Meta-SGD: the initial value of its learned per-parameter rates).
@@ -334,6 +341,7 @@ class EvaluationConfig:
     plot_metrics: tuple[str, ...] = ("mae", "ndcg_at_3")
     # Where report.json, report.md and the PNG plots go.
     out_dir: str = "artifacts/evaluation"
+    full_catalog: FullCatalogConfig = field(default_factory=FullCatalogConfig)
 
 
 @dataclass(frozen=True)
@@ -374,41 +382,6 @@ class ExportConfig:
     parity_tasks: int = 16
     # Where `metarec` writes model.onnx, scorer.onnx and metadata.json before registering them.
     out_dir: str = "artifacts/export"
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """The recommendation API (metarec.serve) and `metarec recommend`."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    # Most ratings accepted in one request (support set size inside the graph).
-    max_ratings: int = 200
-    # Largest k (number of recommendations) accepted in one request.
-    max_k: int = 100
-    # Model loaded at start and on POST /reload: a models:/ URI or a local export directory.
-    model_uri: str = "models:/metarec@champion"
-    # ONNX Runtime intra-op threads per session (0: ONNX Runtime's default).
-    threads: int = 1
-    # Worker processes of `metarec serve`, each with its own model (0: one per CPU core).
-    workers: int = 1
-    # Largest request body in bytes; more is refused with 413 before it is read in full.
-    max_body_bytes: int = 65536
-    # Per worker: requests processed at once, and requests waiting beyond them; a request
-    # arriving when both are full gets 503 with Retry-After (load is shed, not queued).
-    max_active: int = 1
-    max_queue: int = 4
-    retry_after_s: int = 1
-    # Seconds an admitted request may take to send its body (then 408): a stalled upload
-    # holds a queue place no longer.
-    body_timeout_s: float = 10.0
-    # Bearer token of POST /reload; $METAREC_SERVE_TOKEN takes precedence (prefer it: keep
-    # secrets out of versioned files). None: /reload is disabled and only loopback binds.
-    token: str | None = None
-    # Seconds between a worker's checks for a reload another worker announced, and the
-    # longest POST /reload waits for every worker to confirm it.
-    reload_poll_s: float = 0.5
-    reload_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
