@@ -106,7 +106,7 @@ def features(metarec: MetarecConfig, dvc: DvcResource) -> dg.MaterializeResult:
 
     cfg = metarec.load()
     feats = prepare_features(cfg.features, cfg.tasks, cfg.seed,
-                             read_tables(cfg.data.prepared_dir))
+                             read_tables(cfg.data.prepared_dir), data=cfg.data)
     manifest = read_features_manifest(cfg.features.out_dir)
     version = f"{manifest.get('data_hash', '')[:12]}-{manifest.get('encoder_hash', '')[:12]}"
     lock = dvc.record_stage("features", cfg)

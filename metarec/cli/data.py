@@ -167,7 +167,8 @@ def features_build(ctx: click.Context) -> None:
     cfg = config_of(ctx)
     start = time.perf_counter()
     with reported():
-        feats = prepare_features(cfg.features, cfg.tasks, cfg.seed, _prepared_tables(cfg))
+        feats = prepare_features(cfg.features, cfg.tasks, cfg.seed, _prepared_tables(cfg),
+                                 data=cfg.data)
     dim = None if feats.item_text is None else feats.item_text.shape[1]
     click.echo(f"{len(feats.user_ids)} users x {len(feats.user_fields)} fields, "
                f"{len(feats.item_ids)} items x {len(feats.item_fields)} fields + "

@@ -48,6 +48,11 @@ class TaskArrays:
     int64 item rows; ``support_ratings`` (N, S) float32; ``support_mask`` (N, S) bool;
     ``query_items``/``query_ratings``/``query_mask`` likewise (N, Q). ``user_ids`` (N,) gives
     the canonical user id of each task.
+
+    Implicit feedback (``data.feedback: implicit``, :mod:`metarec.data.implicit`): the rating
+    arrays hold labels, 1.0 for a positive (an interaction) and 0.0 for a sampled negative, and
+    ``support_weights``/``query_weights`` (N, S)/(N, Q) float32 hold each slot's confidence
+    weight (1.0 for negatives). Explicit tasks have no weights (None): :attr:`implicit` tells.
     """
 
     user_ids: np.ndarray
@@ -58,24 +63,79 @@ class TaskArrays:
     query_items: np.ndarray
     query_ratings: np.ndarray
     query_mask: np.ndarray
+    support_weights: np.ndarray | None = None
+    query_weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.user_row.shape[0])
 
+    @property
+    def implicit(self) -> bool:
+        """True for implicit-feedback tasks (labels and weights, sampled negatives)."""
+        return self.support_weights is not None
+
     def subset(self, index: np.ndarray) -> "TaskArrays":
         """The tasks at ``index`` (a slice of rows of every array)."""
-        return TaskArrays(**{k: v[index] for k, v in self.__dict__.items()})
+        return TaskArrays(**{k: None if v is None else v[index] for k, v in self.__dict__.items()})
 
 
-def limit_support(tasks: TaskArrays, shots: int, seed: int) -> TaskArrays:
-    """``tasks`` keeping at most ``shots`` real support ratings each (a seeded random choice)."""
+def rows_of(ids: np.ndarray, table_ids: np.ndarray, what: str) -> np.ndarray:
+    """Row of each id in the sorted ``table_ids``; an id not there is an error."""
+    if len(table_ids) == 0:
+        bad = np.ones(len(ids), dtype=bool)
+        pos = np.zeros(len(ids), dtype=np.int64)
+    else:
+        pos = np.minimum(np.searchsorted(table_ids, ids), len(table_ids) - 1)
+        bad = table_ids[pos] != ids
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} {what} id(s) have no feature row, e.g. "
+                         f"{ids[bad][0]}; rebuild features from the same tables")
+    return pos.astype(np.int64)
+
+
+def support_quota(tasks: TaskArrays, shots: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) positives and (N,) negatives each task keeps with ``shots`` support ratings.
+
+    Explicit tasks: ``shots`` of any rating, no negatives. Implicit tasks: ``shots`` positives
+    (the interactions a user brings) and the task's own share of sampled negatives for them,
+    round(shots * negatives / positives) of its support (so 0 shots keep nothing).
+    """
+    mask = tasks.support_mask.astype(bool)
+    if not tasks.implicit:
+        return np.full(len(tasks), shots, np.int64), np.zeros(len(tasks), np.int64)
+    pos = (mask & (tasks.support_ratings > 0)).sum(1)
+    neg = (mask & (tasks.support_ratings <= 0)).sum(1)
+    keep_pos = np.minimum(pos, shots)
+    ratio = np.where(pos > 0, neg / np.maximum(pos, 1), 0.0)
+    return keep_pos.astype(np.int64), np.minimum(neg, np.rint(keep_pos * ratio)).astype(np.int64)
+
+
+def pick_support(tasks: TaskArrays, shots: int, seed: int) -> np.ndarray:
+    """(N, S) bool: a seeded random choice of the support slots kept with ``shots`` ratings
+    (:func:`support_quota`; implicit tasks choose positives and negatives apart)."""
     if shots < 0:
         raise ValueError(f"shots must be >= 0, got {shots}")
     rng = np.random.default_rng(seed)
     mask = tasks.support_mask.astype(bool)
-    keys = np.where(mask, rng.random(mask.shape), np.inf)
-    rank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
-    kept = mask & (rank < shots)
+    keys = rng.random(mask.shape)
+    n_pos, n_neg = support_quota(tasks, shots)
+    if not tasks.implicit:
+        groups = [(mask, n_pos)]
+    else:
+        positive = tasks.support_ratings > 0
+        groups = [(mask & positive, n_pos), (mask & ~positive, n_neg)]
+    kept = np.zeros_like(mask)
+    for members, quota in groups:
+        k = np.where(members, keys, np.inf)
+        rank = np.argsort(np.argsort(k, axis=1, kind="stable"), axis=1, kind="stable")
+        kept |= members & (rank < quota[:, None])
+    return kept
+
+
+def limit_support(tasks: TaskArrays, shots: int, seed: int) -> TaskArrays:
+    """``tasks`` keeping at most ``shots`` real support ratings each (a seeded random choice;
+    implicit tasks: ``shots`` positives and their share of negatives, :func:`support_quota`)."""
+    kept = pick_support(tasks, shots, seed)
     out = TaskArrays(**tasks.__dict__)
     out.support_mask = kept.astype(tasks.support_mask.dtype)
     return out

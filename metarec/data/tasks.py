@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from metarec.data.arrays import FeatureArrays, TaskArrays
+from metarec.config import ImplicitRule
+from metarec.data.arrays import FeatureArrays, TaskArrays, pick_support, rows_of as _rows_of
+from metarec.data.implicit import build_implicit_tasks, negative_pools
 from metarec.data.npz import read_npz, write_npz
 from metarec.data.splits import ColdStartSplit
 from metarec.io import atomic_dir
@@ -37,24 +39,11 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE = "manifest.json"
 TASK_FIELDS = ("user_ids", "user_row", "support_items", "support_ratings", "support_mask",
                "query_items", "query_ratings", "query_mask")
+WEIGHT_FIELDS = ("support_weights", "query_weights")  # implicit tasks only
 
 
 def _salt(name: str) -> int:
     return zlib.crc32(name.encode("utf-8"))
-
-
-def _rows_of(ids: np.ndarray, table_ids: np.ndarray, what: str) -> np.ndarray:
-    """Row of each id in the sorted ``table_ids``; an id not there is an error."""
-    if len(table_ids) == 0:
-        bad = np.ones(len(ids), dtype=bool)
-        pos = np.zeros(len(ids), dtype=np.int64)
-    else:
-        pos = np.minimum(np.searchsorted(table_ids, ids), len(table_ids) - 1)
-        bad = table_ids[pos] != ids
-    if bad.any():
-        raise ValueError(f"{int(bad.sum())} {what} id(s) have no feature row, e.g. "
-                         f"{ids[bad][0]}; rebuild features from the same tables")
-    return pos.astype(np.int64)
 
 
 def build_tasks(interactions: pd.DataFrame, features: FeatureArrays, *, query_size: int,
@@ -103,9 +92,13 @@ def kshot(tasks: TaskArrays, k: int, seed: int) -> TaskArrays:
     """The same tasks with each support set capped at ``k`` random ratings, width ``k``.
 
     Tasks with fewer than ``k`` support ratings keep them all (padded). Queries are unchanged.
+    Implicit tasks keep ``k`` positives and their share of negatives
+    (:func:`metarec.data.arrays.support_quota`), width the largest number kept.
     """
     if k < 1:
         raise ValueError(f"k-shot needs k >= 1, got {k}")
+    if tasks.implicit:
+        return _implicit_kshot(tasks, k, seed)
     n, width = tasks.support_mask.shape
     keys = np.random.default_rng(seed).random((n, width))
     keys[~tasks.support_mask] = np.inf  # padding sorts last
@@ -124,13 +117,49 @@ def kshot(tasks: TaskArrays, k: int, seed: int) -> TaskArrays:
                       query_mask=tasks.query_mask)
 
 
+def _implicit_kshot(tasks: TaskArrays, k: int, seed: int) -> TaskArrays:
+    kept = pick_support(tasks, k, seed)
+    width = max(int(kept.sum(1).max(initial=0)), 1)
+    pick = np.argsort(~kept, axis=1, kind="stable")[:, :width]  # kept slots first, in order
+    mask = np.take_along_axis(kept, pick, axis=1)
+
+    def take(a: np.ndarray) -> np.ndarray:
+        return np.where(mask, np.take_along_axis(a, pick, axis=1), 0).astype(a.dtype)
+    return TaskArrays(user_ids=tasks.user_ids, user_row=tasks.user_row,
+                      support_items=take(tasks.support_items),
+                      support_ratings=take(tasks.support_ratings), support_mask=mask,
+                      query_items=tasks.query_items, query_ratings=tasks.query_ratings,
+                      query_mask=tasks.query_mask, support_weights=take(tasks.support_weights),
+                      query_weights=tasks.query_weights)
+
+
 def build_split_tasks(split: ColdStartSplit, features: FeatureArrays, *, query_size: int,
-                      support_width: int, kshots: tuple[int, ...] = ()) -> dict[str, TaskArrays]:
-    """Tasks of every set of ``split`` plus the k-shot variants of its evaluation sets."""
+                      support_width: int, kshots: tuple[int, ...] = (),
+                      implicit: ImplicitRule | None = None,
+                      interactions: pd.DataFrame | None = None) -> dict[str, TaskArrays]:
+    """Tasks of every set of ``split`` plus the k-shot variants of its evaluation sets.
+
+    ``implicit``: the split holds positives (:func:`metarec.data.implicit.to_implicit`) and
+    the tasks get sampled negatives by that rule; ``interactions`` then holds every positive
+    of the data (none of them is ever sampled as a user's negative).
+    """
+    if implicit is not None:
+        if interactions is None:
+            raise ValueError("implicit tasks need the positives of the whole data")
+        positives_of, pools = negative_pools(split.sets, split.training, interactions,
+                                             features, implicit)
     sets: dict[str, TaskArrays] = {}
     for name in sorted(split.sets):
-        tasks = build_tasks(split.sets[name], features, query_size=query_size,
-                            support_width=support_width, seed=split.seed + _salt(name))
+        seed = split.seed + _salt(name)
+        if implicit is None:
+            tasks = build_tasks(split.sets[name], features, query_size=query_size,
+                                support_width=support_width, seed=seed)
+        else:
+            pool, probs = pools[name]
+            tasks = build_implicit_tasks(split.sets[name], features, query_size=query_size,
+                                         support_width=support_width,
+                                         negatives=implicit.negatives, seed=seed,
+                                         positives_of=positives_of, pool=pool, probs=probs)
         sets[name] = tasks
         if name not in split.training:
             for k in kshots:
@@ -146,7 +175,11 @@ def dropped_by_width(split: ColdStartSplit, sets: dict[str, TaskArrays]) -> dict
     ratings = 0
     for name, df in split.sets.items():
         tasks = sets[name]  # one task per user, in user-id order
-        held = tasks.support_mask.sum(1) + tasks.query_mask.sum(1)
+        if tasks.implicit:  # positives held; sampled negatives are not the user's data
+            held = ((tasks.support_mask & (tasks.support_ratings > 0)).sum(1)
+                    + (tasks.query_mask & (tasks.query_ratings > 0)).sum(1))
+        else:
+            held = tasks.support_mask.sum(1) + tasks.query_mask.sum(1)
         lost = df.groupby("user_id").size().sort_index().to_numpy() - held
         users |= set(tasks.user_ids[lost > 0].tolist())
         ratings += int(lost.sum())
@@ -166,7 +199,8 @@ def save_tasks(sets: dict[str, TaskArrays], dest: str | Path,
     manifest = {"sets": task_counts(sets), **(extra or {})}
     with atomic_dir(dest) as tmp:
         for name, tasks in sets.items():
-            write_npz(tmp / f"{name}.npz", {f: getattr(tasks, f) for f in TASK_FIELDS})
+            fields = TASK_FIELDS + (WEIGHT_FIELDS if tasks.implicit else ())
+            write_npz(tmp / f"{name}.npz", {f: getattr(tasks, f) for f in fields})
         (tmp / MANIFEST_FILE).write_text(
             json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
             encoding="utf-8")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from metarec.config import FeaturesConfig, TasksConfig
+from metarec.config import DataConfig, FeaturesConfig, TasksConfig
 from metarec.data.arrays import FeatureArrays
 from metarec.data.npz import read_npz, write_npz
 from metarec.data.splits import ColdStartSplit, split_from_config
@@ -151,9 +151,14 @@ def load_encoders(src: str | Path) -> FeatureEncoders:
 
 
 def prepare_features(features_cfg: FeaturesConfig, tasks_cfg: TasksConfig, seed: int,
-                     tables: CanonicalTables, encode_fn: EncodeFn | None = None) -> FeatureArrays:
+                     tables: CanonicalTables, encode_fn: EncodeFn | None = None,
+                     data: DataConfig | None = None) -> FeatureArrays:
     """The `metarec features build` step: split (``tasks`` section and ``seed``), fit, encode,
-    embed, write to ``features.out_dir``."""
+    embed, write to ``features.out_dir``. ``data``: its ``feedback`` mode decides which
+    interactions the split sees (implicit: the positives, metarec.data.implicit)."""
+    if data is not None:
+        from metarec.data.implicit import feedback_tables
+        tables = feedback_tables(tables, data.feedback, data.implicit)
     split = split_from_config(tasks_cfg, seed, tables)
     features, encoders = build_features(tables, split, features_cfg, encode_fn)
     extra = {"data_hash": tables_fingerprint(tables), "split_hash": split.fingerprint(),

@@ -43,6 +43,7 @@ def make_batch(user_table: Tensor, tasks: TaskArrays, index: np.ndarray | None =
     """Tensors of ``tasks[index]`` (all tasks when ``index`` is None) on ``device``.
 
     ``user_table`` is the (U, Fu) categorical user table (``Estimator.user_table``).
+    Implicit tasks: each mask is multiplied by its confidence weights.
     """
     if index is not None:
         tasks = tasks.subset(index)
@@ -51,6 +52,10 @@ def make_batch(user_table: Tensor, tasks: TaskArrays, index: np.ndarray | None =
     def t(a: np.ndarray, dtype: torch.dtype) -> Tensor:
         return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
 
+    s_mask, q_mask = tasks.support_mask.astype(np.float32), tasks.query_mask.astype(np.float32)
+    if tasks.implicit:  # confidence weights ride in the masks: every loss weighs slots by them
+        s_mask = s_mask * tasks.support_weights
+        q_mask = q_mask * tasks.query_weights
     rows = t(tasks.user_row, torch.long)
     if len(tasks) and int(rows.max()) >= user_table.shape[0]:
         raise ValueError(f"task user_row {int(rows.max())} is outside the user table "
@@ -59,26 +64,45 @@ def make_batch(user_table: Tensor, tasks: TaskArrays, index: np.ndarray | None =
         user_cat=user_table.to(device)[rows],
         support_items=t(tasks.support_items, torch.long),
         support_ratings=t(tasks.support_ratings, torch.float32),
-        support_mask=t(tasks.support_mask, torch.float32),
+        support_mask=t(s_mask, torch.float32),
         query_items=t(tasks.query_items, torch.long),
         query_ratings=t(tasks.query_ratings, torch.float32),
-        query_mask=t(tasks.query_mask, torch.float32),
+        query_mask=t(q_mask, torch.float32),
     )
 
 
-def resplit(batch: TaskBatch, keys: Tensor) -> TaskBatch:
+def _rank(members: Tensor, keys: Tensor) -> Tensor:
+    """(N, K) rank of each member slot by ``keys`` among the members of its row (others last)."""
+    return torch.argsort(torch.argsort(torch.where(members, keys, 2.0), dim=1), dim=1)
+
+
+def resplit(batch: TaskBatch, keys: Tensor, implicit: bool = False) -> TaskBatch:
     """A new support/query split of every task of ``batch``, drawn by ``keys``.
 
     Each task's real ratings (support and query together) are ordered by ``keys`` (N, S + Q)
     uniform random numbers; the first Q become the query and the rest the support, padding last.
     Support and query keep their widths, and a task keeps its number of real ratings.
+    ``implicit``: positives (label > 0) and sampled negatives are redrawn apart, so the query
+    keeps its numbers of each (a query never turns into negatives only).
     """
     items = torch.cat([batch.support_items, batch.query_items], 1)
     ratings = torch.cat([batch.support_ratings, batch.query_ratings], 1)
     mask = torch.cat([batch.support_mask, batch.query_mask], 1)
     if keys.shape != mask.shape:
         raise ValueError(f"resplit: keys {tuple(keys.shape)} do not match the batch {tuple(mask.shape)}")
-    order = torch.argsort(torch.where(mask > 0, keys.to(mask.device, torch.float32), 2.0), dim=1)
+    keys = keys.to(mask.device, torch.float32)
+    if implicit:
+        real = mask > 0
+        pos, neg = real & (ratings > 0), real & (ratings <= 0)
+        qm = batch.query_mask > 0
+        q_pos = (qm & (batch.query_ratings > 0)).sum(1, keepdim=True)
+        q_neg = (qm & (batch.query_ratings <= 0)).sum(1, keepdim=True)
+        in_query = (pos & (_rank(pos, keys) < q_pos)) | (neg & (_rank(neg, keys) < q_neg))
+        # The query's draws first, then padding, then the support's real ratings.
+        sort_key = torch.where(in_query, keys, torch.where(real, 3.0 + keys, 2.0))
+    else:
+        sort_key = torch.where(mask > 0, keys, 2.0)
+    order = torch.argsort(sort_key, dim=1)
     items, ratings, mask = (t.gather(1, order) for t in (items, ratings, mask))
     q = batch.query_items.shape[1]
     return TaskBatch(user_cat=batch.user_cat,
@@ -117,32 +141,53 @@ def support_sizes(available: Tensor, draws: Tensor, *, full_prob: float, max_sho
     return torch.where(u[:, 0] < full_prob, available, k)
 
 
-def subsample_support(batch: TaskBatch, sizes: Tensor, keys: Tensor) -> TaskBatch:
+def subsample_support(batch: TaskBatch, sizes: Tensor, keys: Tensor,
+                      neg_sizes: Tensor | None = None) -> TaskBatch:
     """``batch`` with each task's support mask cut to ``sizes`` (N,) real ratings.
 
     The ratings kept are those with the smallest ``keys`` (N, S) among the real slots; the
     others (and the padding) get mask 0. Items, ratings and the query are untouched, so masked
     slots are ignored exactly like padding (as :func:`metarec.evaluation.scoring.limit_support`
-    does for the evaluation curves). Size 0 gives an all-zero support mask.
+    does for the evaluation curves). Size 0 gives an all-zero support mask. ``neg_sizes``
+    (implicit tasks): ``sizes`` counts positives (label > 0) and ``neg_sizes`` the sampled
+    negatives kept beside them. Kept slots keep their weights (the mask's values).
     """
     mask = batch.support_mask
     if keys.shape != mask.shape or sizes.shape != mask.shape[:1]:
         raise ValueError(f"subsample_support: keys {tuple(keys.shape)} / sizes "
                          f"{tuple(sizes.shape)} do not match the support {tuple(mask.shape)}")
-    keys = torch.where(mask > 0, keys.to(mask.device, torch.float32), 2.0)  # padding ranks last
-    rank = torch.argsort(torch.argsort(keys, dim=1), dim=1)
-    kept = (rank < sizes.to(mask.device).unsqueeze(1)) & (mask > 0)
-    return replace(batch, support_mask=kept.to(mask.dtype))
+    keys = keys.to(mask.device, torch.float32)
+    real = mask > 0
+    if neg_sizes is None:
+        groups = [(real, sizes)]
+    else:
+        positive = batch.support_ratings > 0
+        groups = [(real & positive, sizes), (real & ~positive, neg_sizes)]
+    kept = torch.zeros_like(real)
+    for members, quota in groups:
+        kept |= members & (_rank(members, keys) < quota.to(mask.device).unsqueeze(1))
+    return replace(batch, support_mask=mask * kept.to(mask.dtype))
 
 
 def sample_support(batch: TaskBatch, draws: Tensor, *, full_prob: float, max_shots: int,
-                   dist: str) -> TaskBatch:
+                   dist: str, implicit: bool = False) -> TaskBatch:
     """``batch`` with support sizes drawn by :func:`support_sizes` (meta-training for every
     support size a user may bring, 0 included). ``draws`` (N, 2 + S) uniform numbers: two for
-    the size, S keys choosing which ratings stay (:func:`subsample_support`)."""
-    sizes = support_sizes(batch.support_mask.sum(1).round().long().cpu(), draws[:, :2].cpu(),
+    the size, S keys choosing which ratings stay (:func:`subsample_support`). ``implicit``: the
+    size counts positives, and each task keeps its own share of negatives for them."""
+    real = batch.support_mask > 0
+    if not implicit:
+        available = real.sum(1)
+    else:
+        available = (real & (batch.support_ratings > 0)).sum(1)
+        negatives = (real & (batch.support_ratings <= 0)).sum(1)
+    sizes = support_sizes(available.cpu(), draws[:, :2].cpu(),
                           full_prob=full_prob, max_shots=max_shots, dist=dist)
-    return subsample_support(batch, sizes, draws[:, 2:])
+    neg_sizes = None
+    if implicit:
+        ratio = negatives.cpu().double() / available.cpu().clamp(min=1).double()
+        neg_sizes = torch.minimum(torch.round(sizes.double() * ratio).long(), negatives.cpu())
+    return subsample_support(batch, sizes, draws[:, 2:], neg_sizes)
 
 
 def masked_mse(scores: Tensor, ratings: Tensor, mask: Tensor) -> Tensor:

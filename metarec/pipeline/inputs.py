@@ -42,7 +42,10 @@ def concat_tasks(parts: list[TaskArrays]) -> TaskArrays:
     """The task sets ``parts`` as one (rows stacked in order; one part is returned as is)."""
     if len(parts) == 1:
         return parts[0]
-    return TaskArrays(**{k: np.concatenate([getattr(p, k) for p in parts])
+    if len({p.implicit for p in parts}) > 1:
+        raise ValueError("cannot join explicit and implicit task sets")
+    return TaskArrays(**{k: None if getattr(parts[0], k) is None
+                         else np.concatenate([getattr(p, k) for p in parts])
                          for k in parts[0].__dict__})
 
 

@@ -4,6 +4,7 @@ data, the encoders and the split (`metarec tasks build`, the ``cold_start_tasks`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from metarec.config import Config
@@ -22,6 +23,10 @@ def build_task_sets(cfg: Config, tables: CanonicalTables,
 
     ``features`` defaults to those in features.out_dir, which must come from the same split.
     """
+    from metarec.data.implicit import feedback_tables
+
+    tables = feedback_tables(tables, cfg.data.feedback, cfg.data.implicit)
+    implicit = cfg.data.implicit if cfg.data.feedback == "implicit" else None
     split = split_from_config(cfg.tasks, cfg.seed, tables)
     manifest = read_features_manifest(cfg.features.out_dir)
     if manifest.get("split_hash") != split.fingerprint():
@@ -33,12 +38,15 @@ def build_task_sets(cfg: Config, tables: CanonicalTables,
         features = load_features(cfg.features.out_dir)
     width = cfg.tasks.support_width or cfg.tasks.max_ratings - cfg.tasks.query_size
     sets = build_split_tasks(split, features, query_size=cfg.tasks.query_size,
-                             support_width=width, kshots=cfg.tasks.kshots)
+                             support_width=width, kshots=cfg.tasks.kshots,
+                             implicit=implicit, interactions=tables.interactions)
     extra = {"protocol": split.protocol, "seed": split.seed, "split_hash": split.fingerprint(),
              "data_hash": tables_fingerprint(tables), "encoder_hash": manifest["encoder_hash"],
              "training": list(split.training), "validation": list(split.validation),
              "min_ratings": cfg.tasks.min_ratings, "max_ratings": cfg.tasks.max_ratings,
              "kshots": list(cfg.tasks.kshots), "dataset": tables.name,
+             "feedback": cfg.data.feedback,
+             "implicit": None if implicit is None else dataclasses.asdict(implicit),
              "dropped": {**split.dropped, "support_width": dropped_by_width(split, sets)}}
     log.info("dropped (rule: users, ratings): %s", extra["dropped"])
     save_tasks(sets, cfg.tasks.out_dir, extra)
