@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import zlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -148,6 +149,9 @@ class Recommender:
         self.encoders = None if encs is None else \
             FeatureEncoders.from_dict({"user": encs, "item": [], "item_multi": []}).user
         self.rating_min, self.rating_max = self.meta["rating_range"]
+        # Implicit models: a request's values are interactions (labels, counts), turned into
+        # positives and sampled negatives like the training tasks (:meth:`support_set`).
+        self.feedback = self.meta.get("feedback") or {"mode": "explicit"}
         self.adaptation = adaptation_entry(self.meta)
         self.providers = choose_providers()
         self.chunk = chunk
@@ -284,15 +288,40 @@ class Recommender:
         return np.asarray(rows, np.int64), np.asarray(values, np.float32)
 
     # ------------------------------------------------------------------ scoring
+    def support_set(self, rows: np.ndarray, values: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The graph's support set for a request's (S,) item rows and values: (rows, ratings,
+        mask). Explicit models: as given, mask 1. Implicit models
+        (:mod:`metarec.data.implicit`): the values >= the rule's threshold are positives
+        (label 1, mask = their confidence weight), plus ``negatives`` per positive drawn
+        uniformly from the other items (label 0, mask 1), seeded by the request's items so the
+        same request gets the same recommendations."""
+        if self.feedback.get("mode") != "implicit":
+            return rows, values, np.ones(len(rows), np.float32)
+        from metarec.config import ImplicitRule
+        from metarec.data.implicit import confidence, sample_negatives
+
+        rule = ImplicitRule(**self.feedback["rule"])
+        keep = values >= rule.threshold
+        pos, weights = rows[keep], confidence(values[keep], rule)
+        pool = self._all_rows if self.catalog is None else np.arange(len(self.item_ids))
+        seed = zlib.crc32(np.sort(rows).astype(np.int64).tobytes())
+        negs = sample_negatives(np.random.default_rng(seed), pool, None, rows,
+                                min(rule.negatives * len(pos), max(len(pool) - len(rows), 0)))
+        return (np.concatenate([pos, negs]).astype(np.int64),
+                np.concatenate([np.ones(len(pos)), np.zeros(len(negs))]).astype(np.float32),
+                np.concatenate([weights, np.ones(len(negs))]).astype(np.float32))
+
     def scores(self, user_cat: np.ndarray, rows: np.ndarray, ratings: np.ndarray,
                candidates: np.ndarray) -> np.ndarray:
         """Adapt and score: (Fu,), (S,), (S,), (C,) -> (C,) scores (rows of the catalog, or of
         ``model.onnx`` for an export before catalogs)."""
+        rows, ratings, mask = self.support_set(rows, ratings)
         if self.catalog is not None:
-            state = self.graphs.adapt(self.catalog, user_cat, rows, ratings)
+            state = self.graphs.adapt(self.catalog, user_cat, rows, ratings, mask)
             return self.graphs.score(self.catalog, state, np.asarray(candidates, np.int64))
         feed = {"user_cat": user_cat, "support_items": rows, "support_ratings": ratings,
-                "support_mask": np.ones(len(rows), np.float32), "candidate_items": candidates}
+                "support_mask": mask, "candidate_items": candidates}
         return self.session.run(["scores"], feed)[0]
 
     def recommend(self, user: Mapping[str, Any] | None, ratings: Mapping[Any, Any], k: int = 10,
@@ -307,7 +336,8 @@ class Recommender:
         user_cat = self.encode_user(user)
         rows, values = self.encode_ratings(ratings)
         if self.catalog is not None:
-            state = self.graphs.adapt(self.catalog, user_cat, rows, values)
+            s_rows, s_values, s_mask = self.support_set(rows, values)
+            state = self.graphs.adapt(self.catalog, user_cat, s_rows, s_values, s_mask)
             exclude = rows if exclude_seen else None
             top = (self.index.candidates(self.graphs, self.catalog, state, self.candidate_probe,
                                          k, exclude) if self.index is not None

@@ -44,3 +44,21 @@ class FullCatalogConfig:
     relevance_threshold: float = 4.0
     # (tasks x items) scores computed per chunk: memory vs speed.
     chunk: int = 262144
+
+
+def resolve_loss(feedback: str, loss: str) -> str:
+    """The loss ``meta.loss`` stands for under ``data.feedback``: ``auto`` is mse for ratings
+    and bce for implicit labels; bce and bpr need implicit labels (a clear error otherwise)."""
+    if loss == "auto":
+        return "bce" if feedback == "implicit" else "mse"
+    if loss in ("bce", "bpr") and feedback != "implicit":
+        raise ValueError(f"meta.loss {loss!r} needs 0/1 labels: set data.feedback: implicit "
+                         f"(or meta.loss: auto | mse for ratings)")
+    return loss
+
+
+def with_resolved_loss(meta, data):
+    """``meta`` (a MetaConfig) with its loss resolved for ``data`` (a DataConfig)."""
+    import dataclasses
+
+    return dataclasses.replace(meta, loss=resolve_loss(data.feedback, meta.loss))

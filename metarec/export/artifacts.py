@@ -65,7 +65,8 @@ def export_onnx(model: Estimator, adaptation: Adaptation, features: FeatureArray
                 extra: Mapping[str, Any] | None = None,
                 item_encoders: Mapping[str, Any] | None = None,
                 text: Mapping[str, Any] | None = None,
-                catalog_item_ids: Sequence[int] | None = None) -> ExportResult:
+                catalog_item_ids: Sequence[int] | None = None,
+                feedback: Mapping[str, Any] | None = None) -> ExportResult:
     """Write the graphs, the export's catalog and ``metadata.json`` into ``out_dir`` atomically.
 
     Files: ``model.onnx`` and ``scorer.onnx`` (every item baked in: the single-graph path),
@@ -88,6 +89,9 @@ def export_onnx(model: Estimator, adaptation: Adaptation, features: FeatureArray
             embedded with (new items' texts must be embedded alike).
         catalog_item_ids: the items of catalog version 1 (default: every item of the model;
             others can be added later with ``metarec items add``).
+        feedback: ``{"mode": "implicit", "rule": data.implicit as a dict}`` for a model of
+            implicit feedback (serving turns a request's interactions into positives and
+            sampled negatives by that rule); default explicit ratings.
     """
     _check(model, adaptation, features, user_encoders)
     model_proto = build_graph(model, adaptation, opset)
@@ -107,6 +111,7 @@ def export_onnx(model: Estimator, adaptation: Adaptation, features: FeatureArray
         "user_cardinality": [int(c) for c in features.user_cardinality],
         "user_encoders": None if user_encoders is None else [dict(e) for e in user_encoders],
         "rating_range": [float(rating_range[0]), float(rating_range[1])],
+        "feedback": dict(feedback or {"mode": "explicit"}),
         "extra": dict(extra or {}),
         "catalog": {
             "dir": CATALOG_DIR, "item_encoder": ITEM_ENCODER_FILE, "user_graph": USER_FILE,

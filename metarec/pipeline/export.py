@@ -6,6 +6,7 @@ run, which registration checks against the evaluation report's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +35,10 @@ def export_model(cfg: Config, inputs: Inputs | None = None,
     items = read_tables(cfg.data.prepared_dir).items
     rating_range = ((0.0, 1.0) if cfg.validation.implicit
                     else (cfg.validation.rating_min, cfg.validation.rating_max))
+    feedback = None
+    if cfg.data.feedback == "implicit":  # requests carry interactions: labels or counts >= 0
+        feedback = {"mode": "implicit", "rule": dataclasses.asdict(cfg.data.implicit)}
+        rating_range = (0.0, max(float(rating_range[1]), 1e12))
     encoders = load_encoders(cfg.features.out_dir).to_dict()
     text_model = read_features_manifest(cfg.features.out_dir).get("text_model")
     result = export_onnx(model, adaptation, inputs.features, cfg.export.out_dir,
@@ -43,7 +48,7 @@ def export_model(cfg: Config, inputs: Inputs | None = None,
                          item_encoders=encoders,
                          text=None if text_model is None else {
                              "model": text_model, "normalize": cfg.features.text_normalize},
-                         catalog_item_ids=catalog_item_ids)
+                         catalog_item_ids=catalog_item_ids, feedback=feedback)
     parity = parity_check(model, result, adaptation, n_tasks=cfg.export.parity_tasks,
                           tol=cfg.export.parity_tol, seed=cfg.seed)
     write_json(Path(cfg.export.out_dir) / PARITY_FILE, parity.to_dict())

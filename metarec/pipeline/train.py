@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from metarec.config import Config
+from metarec.config.implicit import with_resolved_loss
 from metarec.data.arrays import FeatureArrays
 from metarec.io import file_sha256, load_state, save_state, write_json
 from metarec.models.estimator import Estimator
@@ -38,7 +39,7 @@ def build_estimator_and_learner(cfg: Config, features: FeatureArrays) -> tuple[E
 
     torch.manual_seed(cfg.seed)
     model = build_model(features, cfg.model)
-    return model, build_learner(model, cfg.meta)
+    return model, build_learner(model, with_resolved_loss(cfg.meta, cfg.data))
 
 
 def train_meta_model(cfg: Config, inputs: Inputs | None = None,
@@ -146,7 +147,8 @@ def train_baseline_models(cfg: Config, inputs: Inputs | None = None) -> dict[str
 
     inputs = inputs or load_inputs(cfg.features, cfg.tasks)
     _, result = train_global_network(inputs.features, inputs.train, inputs.valid, cfg.model,
-                                     cfg.train, cfg.seed)
+                                     cfg.train, cfg.seed,
+                                     loss=with_resolved_loss(cfg.meta, cfg.data).loss)
     save_state(Path(cfg.train.out_dir) / GLOBAL_FILE, {"model": result.model_state})
     return {"baselines": list(BASELINES), "global_steps": result.steps,
             "global_valid_mae": result.best_valid_mae}
@@ -168,5 +170,5 @@ def load_baselines(cfg: Config, inputs: Inputs) -> dict[str, Any]:
 
     net = build_model(inputs.features, cfg.model)
     net.load_state_dict(load_state(Path(cfg.train.out_dir) / GLOBAL_FILE)["model"])
-    return assemble_baselines(net.eval(), inputs.train, len(inputs.features.item_ids), cfg.meta,
-                              cfg.train)
+    return assemble_baselines(net.eval(), inputs.train, len(inputs.features.item_ids),
+                              with_resolved_loss(cfg.meta, cfg.data), cfg.train)

@@ -86,9 +86,30 @@ def predict(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainC
     return np.concatenate(out, 0) if out else np.zeros((0, q), np.float32)
 
 
+def query_auc(scores: np.ndarray, tasks: TaskArrays) -> float:
+    """Mean over tasks of the within-query AUC of implicit tasks: the chance that a positive
+    outscores a sampled negative of the same query (ties count half); tasks without both are
+    left out."""
+    mask = tasks.query_mask.astype(bool)
+    pos = mask & (tasks.query_ratings > 0)
+    neg = mask & (tasks.query_ratings <= 0)
+    diff = scores[:, :, None] - scores[:, None, :]  # [n, i, j]: positive i vs negative j
+    pairs = pos[:, :, None] & neg[:, None, :]
+    wins = ((diff > 0) + 0.5 * (diff == 0)) * pairs
+    n_pairs = pairs.sum((1, 2))
+    seen = n_pairs > 0
+    if not seen.any():
+        raise ValueError("validation tasks hold no query with both a positive and a negative")
+    return float((wins.sum((1, 2))[seen] / n_pairs[seen]).mean())
+
+
 def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig) -> float:
     """Mean absolute error over every real query rating of ``tasks``, averaged over the support
-    sizes of ``cfg.valid_shots`` (each a fixed seeded subset of the support; "all": all of it)."""
+    sizes of ``cfg.valid_shots`` (each a fixed seeded subset of the support; "all": all of it).
+
+    Implicit tasks (labels and sampled negatives, scores are logits): 1 - the within-query
+    AUC (:func:`query_auc`) instead, the error early stopping minimises for bce and bpr alike.
+    """
     mask = tasks.query_mask.astype(bool)
     if not mask.any():
         raise ValueError("validation tasks hold no query ratings")
@@ -100,7 +121,10 @@ def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: Trai
             raise ValueError(f"train.valid_shots: {k!r} is neither 'all' nor an int >= 0")
         sub = tasks if k == "all" else limit_support(tasks, k, seed=0)
         scores = predict(model, learner, sub, cfg)
-        maes.append(float(np.abs(scores - tasks.query_ratings)[mask].mean()))
+        if tasks.implicit:
+            maes.append(1.0 - query_auc(scores, tasks))
+        else:
+            maes.append(float(np.abs(scores - tasks.query_ratings)[mask].mean()))
     return float(np.mean(maes))
 
 
@@ -122,7 +146,8 @@ def fit_item_stats(model: Estimator, train_tasks: TaskArrays) -> None:
 
 @torch.no_grad()
 def init_output_bias(model: Estimator, train_tasks: TaskArrays) -> None:
-    """Start the decision MLP's output bias at the mean training rating (support and query).
+    """Start the decision MLP's output bias at the mean training rating (support and query;
+    implicit tasks: the log-odds of the share of positives).
 
     The unadapted model, the prediction for a user without ratings, then starts at the rating
     scale's centre (the item's shrunk mean with ``item_offset``) instead of near 0, a prior
@@ -131,7 +156,11 @@ def init_output_bias(model: Estimator, train_tasks: TaskArrays) -> None:
     sm, qm = train_tasks.support_mask.astype(bool), train_tasks.query_mask.astype(bool)
     ratings = np.concatenate([train_tasks.support_ratings[sm], train_tasks.query_ratings[qm]])
     if len(ratings):
-        model.decision[-1].bias.fill_(float(ratings.astype(np.float64).mean()))
+        mean = float(ratings.astype(np.float64).mean())
+        if train_tasks.implicit:  # scores are logits: start at the log-odds of a positive
+            p = min(max(mean, 1e-3), 1.0 - 1e-3)
+            mean = math.log(p / (1.0 - p))
+        model.decision[-1].bias.fill_(mean)
 
 
 def _sampler_next(order: Tensor, pos: int, n: int, k: int, gen: torch.Generator
@@ -234,10 +263,11 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
             draws = None if draws is None else world.shard(draws)
         batch = make_batch(model.user_table, train_tasks, index, device)
         if keys is not None:
-            batch = resplit(batch, keys)
+            batch = resplit(batch, keys, implicit=train_tasks.implicit)
         if draws is not None:
             batch = sample_support(batch, draws, full_prob=cfg.support_full_prob,
-                                   max_shots=cfg.support_max_shots, dist=cfg.support_shots)
+                                   max_shots=cfg.support_max_shots, dist=cfg.support_shots,
+                                   implicit=train_tasks.implicit)
         with _autocast(device, cfg.amp):
             loss = learner.meta_loss(model, batch)
         if not torch.isfinite(loss):

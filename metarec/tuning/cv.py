@@ -120,6 +120,7 @@ def train_learner(cfg: Config, features: FeatureArrays, train: TaskArrays, valid
                   learner: str | None = None) -> tuple[Predict, dict]:
     """Meta-train ``learner`` (default ``meta.learner``) with ``cfg``; returns its predictor
     and a summary (best step, steps, validation MAE, seconds)."""
+    from metarec.config.implicit import with_resolved_loss
     from metarec.meta.learners import build_learner
     from metarec.models.estimator import build_model
     from metarec.training.loop import meta_train, predict
@@ -127,7 +128,8 @@ def train_learner(cfg: Config, features: FeatureArrays, train: TaskArrays, valid
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = build_model(features, cfg.model)
-    found = build_learner(model, cfg.meta, learner or cfg.meta.learner)
+    meta = with_resolved_loss(cfg.meta, cfg.data)
+    found = build_learner(model, meta, learner or cfg.meta.learner)
     result = meta_train(model, found, train, valid, cfg.train, cfg.seed)
     model.eval()
     return (lambda t: predict(model, found, t, cfg.train)), _summary(result, start)
@@ -137,11 +139,12 @@ def train_fold_baselines(cfg: Config, features: FeatureArrays, train: TaskArrays
                          valid: TaskArrays) -> tuple[dict[str, Predict], dict]:
     """The four baselines fitted on ``train`` (the global network early-stopped on
     ``valid``); returns their predictors by name and the global network's summary."""
+    from metarec.config.implicit import with_resolved_loss
     from metarec.training.baselines import train_baselines
 
     start = time.perf_counter()
-    found, result = train_baselines(features, train, valid, cfg.model, cfg.meta, cfg.train,
-                                    cfg.seed)
+    found, result = train_baselines(features, train, valid, cfg.model,
+                                    with_resolved_loss(cfg.meta, cfg.data), cfg.train, cfg.seed)
     return {n: b.predict for n, b in found.items()}, _summary(result, start)
 
 
