@@ -93,10 +93,11 @@ def newton_step(hs: Tensor, w0: Tensor, offset: Tensor, ratings: Tensor, mask: T
     """
     diag = torch.diag_embed(lam).expand(hs.shape[0], -1, -1)
     if canonical_loss(loss) == "mse":  # the ridge regression of the residuals, as always
+        # the mask once in b: a weight m (implicit confidences) counts m times, not m^2
         resid = (ratings - offset - hs @ w0) * mask
         hm = hs * mask.unsqueeze(-1)
         a = hm.transpose(1, 2) @ hs + diag
-        b = (hm.transpose(1, 2) @ resid.unsqueeze(-1)).squeeze(-1)  # (N, H1)
+        b = (hs.transpose(1, 2) @ resid.unsqueeze(-1)).squeeze(-1)  # (N, H1)
         return torch.linalg.solve(a, b)
     d = summed_derivatives(loss, offset + hs @ w0, ratings, mask)
     ht = hs.transpose(1, 2)  # (N, H1, S)
@@ -197,7 +198,8 @@ def emit_head(task: TaskGraph, adaptation: Adaptation) -> str:
         hm = g.op("Mul", hs, g.op("Unsqueeze", "support_mask", "axis_one"))  # (S, H1)
         hmt = g.op("Transpose", hm, perm=[1, 0])
         a = g.op("Add", g.op("MatMul", hmt, hs), "ridge_lam")  # (H1, H1)
-        b = g.op("MatMul", hmt, g.op("Unsqueeze", resid, "axis_one"))  # (H1, 1)
+        b = g.op("MatMul", g.op("Transpose", hs, perm=[1, 0]),  # the mask once, as in torch
+                 g.op("Unsqueeze", resid, "axis_one"))  # (H1, 1)
         return g.op("Add", w0, _emit_solve(g, a, b, k))
     y0 = base_s if s_off is None else g.op("Add", s_off, base_s)
     support = emit_support_loss(g, adaptation.loss, "support_ratings", "support_mask")
