@@ -195,6 +195,32 @@ def test_learners_take_the_loss_and_use_it_outside_too(name: str, loss: str) -> 
         torch.testing.assert_close(value.detach(), want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("loss", ["bce", "bpr"])
+def test_second_order_meta_gradient_matches_a_per_task_autograd_loop(loss: str) -> None:
+    """MAML's meta-gradient through two inner steps on the implicit support loss against a
+    plain Python loop of torch.autograd.grad(create_graph=True) per task."""
+    model, batch = _setup(4)
+    learner = build_learner(model, plain_meta(learner="maml", adapted="all", loss=loss,
+                                              inner_steps=2, inner_lr=0.3))
+    params = dict(model.named_parameters())
+    got = torch.autograd.grad(learner.meta_loss(model, batch), list(params.values()))
+    fn = masked_bce if loss == "bce" else masked_bpr
+    total = 0.0
+    for n in range(len(batch)):
+        fast = dict(params)
+        for _ in range(2):
+            value = fn(functional_call(model, fast, (batch.user_cat[n], batch.support_items[n])),
+                       batch.support_ratings[n], batch.support_mask[n])
+            grads = torch.autograd.grad(value, list(fast.values()), create_graph=True,
+                                        allow_unused=True)
+            fast = {k: p if g is None else p - 0.3 * g for (k, p), g in zip(fast.items(), grads)}
+        total = total + fn(functional_call(model, fast, (batch.user_cat[n], batch.query_items[n])),
+                           batch.query_ratings[n], batch.query_mask[n])
+    want = torch.autograd.grad(total / len(batch), list(params.values()))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_auto_is_mse_and_the_default() -> None:
     model, _ = _setup(0)
     for name in LEARNERS:
