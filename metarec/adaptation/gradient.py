@@ -1,7 +1,8 @@
 """Gradient adaptation: the one inner loop (torch.func) and its ONNX emitter.
 
 PyTorch: everything that adapts by gradient steps (meta-training, validation, testing, export
-parity) calls :func:`adapt`, a pure function of a parameter dict (``functional_call`` +
+parity) calls :func:`adapt` (steps on the support loss ``loss``: mse, bce or bpr, see
+:mod:`metarec.adaptation.losses`), a pure function of a parameter dict (``functional_call`` +
 ``grad``, as in PyTorch's functorch MAML example), written for one task and batched over tasks
 with ``vmap`` by :func:`adapt_batch`. Padded support/query slots carry mask 0 and contribute
 nothing. Second order: the outer autograd graph runs through ``torch.func.grad``, so the query
@@ -9,11 +10,11 @@ loss differentiates through the inner updates unless ``first_order`` detaches th
 gradients.
 
 ONNX (:func:`emit`): the same steps on the decision MLP inside the graph (MeLU mode: towers
-fixed), with the backward written out. With L = sum(m (y - r)^2) / max(sum m, 1), the loss of
-``masked_mse``::
+fixed), with the backward written out. dL/dy is the support loss's written-out gradient
+(:func:`metarec.adaptation.losses.emit_loss_grad`; for ``masked_mse``
+2 m (y - r) / max(sum m, 1))::
 
-    dL/dy = 2 m (y - r) / max(sum m, 1)                  (S,)
-    g_n = dL/dy[:, None];  dWt_i = h_{i-1}^T g_i;  db_i = sum_rows g_i
+    g_n = dL/dy[:, None] (S, 1);  dWt_i = h_{i-1}^T g_i;  db_i = sum_rows g_i
     g_{i-1} = (g_i Wt_i^T) * [z_{i-1} > 0]               (ReLU backward, as torch's)
     Wt_i <- Wt_i - lr_i dWt_i;  b_i <- b_i - lr_i db_i   (lr_i: scalar, or per-entry rates)
 """
@@ -29,7 +30,9 @@ from torch.func import functional_call, grad, vmap
 from metarec.adaptation.graph import SUPPORT
 from metarec.adaptation.mlp import (DECISION_PREFIX, bias_name, emit_candidate_scores,
                                     emit_scores, weight_name)
-from metarec.meta.inner import TaskBatch, masked_mse
+from metarec.adaptation.losses import (SupportLoss, emit_loss_grad, emit_support_loss,
+                                      loss_function)
+from metarec.meta.inner import TaskBatch
 
 if TYPE_CHECKING:
     from metarec.adaptation.graph import GraphBuilder, TaskGraph, Weights
@@ -52,8 +55,8 @@ def adapt(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, 
           user_cat: Tensor, items: Tensor, ratings: Tensor, mask: Tensor, *, steps: int,
           lr: float, adapted: frozenset[str] | set[str], first_order: bool,
           per_param_lr: Mapping[str, Tensor] | None = None,
-          feats: Tensor | None = None) -> Params:
-    """Adapt ``params`` to one task's support set by ``steps`` gradient steps on masked MSE.
+          feats: Tensor | None = None, loss: str = "mse") -> Params:
+    """Adapt ``params`` to one task's support set by ``steps`` gradient steps on its loss.
 
     Args:
         params: every parameter of ``model`` by name (the meta-parameters).
@@ -64,6 +67,8 @@ def adapt(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, 
             when given it replaces the scalar ``lr``.
         feats: (S, F) precomputed tower features (only valid when ``adapted`` holds nothing
             but decision parameters, as in MeLU mode).
+        loss: the support loss (:func:`metarec.adaptation.losses.loss_function`; the mask
+            weighs each slot).
     Returns:
         All parameters by name, the adapted ones replaced by their fast weights.
     """
@@ -72,10 +77,11 @@ def adapt(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, 
         raise ValueError(f"adapted parameters not in the model: {sorted(missing)}")
     fast = {n: params[n] for n in adapted}
     frozen = {n: p for n, p in params.items() if n not in fast}
+    loss_fn = loss_function(loss)
 
     def support_loss(fast_params: Params) -> Tensor:
         scores = task_scores(model, {**frozen, **fast_params}, buffers, user_cat, items, feats)
-        return masked_mse(scores, ratings, mask)
+        return loss_fn(scores, ratings, mask)
 
     for _ in range(steps):
         grads = grad(support_loss)(fast)
@@ -91,7 +97,7 @@ def adapt(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, 
 def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                 batch: TaskBatch, *, steps: int, lr: float, adapted: frozenset[str],
                 first_order: bool, per_param_lr: Mapping[str, Tensor] | None = None,
-                feats: Tensor | None = None) -> Params:
+                feats: Tensor | None = None, loss: str = "mse") -> Params:
     """:func:`adapt` vmapped over the N tasks of ``batch``.
 
     Returns every parameter; adapted ones carry a leading task dimension N, the others do not
@@ -104,7 +110,7 @@ def adapt_batch(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping
             task_feats: Tensor | None) -> Params:
         out = adapt(model, {**frozen, **shared}, buffers, user_cat, items, ratings, mask,
                     steps=steps, lr=lr, adapted=adapted, first_order=first_order,
-                    per_param_lr=per_param_lr, feats=task_feats)
+                    per_param_lr=per_param_lr, feats=task_feats, loss=loss)
         return {n: out[n] for n in adapted}
 
     in_feats = None if feats is None else 0
@@ -127,10 +133,11 @@ def query_scores(model: nn.Module, fast: Mapping[str, Tensor], buffers: Mapping[
 
 
 def query_loss(model: nn.Module, fast: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-               adapted: frozenset[str], batch: TaskBatch, feats: Tensor | None = None) -> Tensor:
-    """Mean over tasks of the masked query MSE under the adapted parameters -> scalar."""
+               adapted: frozenset[str], batch: TaskBatch, feats: Tensor | None = None,
+               loss: str = "mse") -> Tensor:
+    """Mean over tasks of the query loss ``loss`` under the adapted parameters -> scalar."""
     scores = query_scores(model, fast, buffers, adapted, batch.user_cat, batch.query_items, feats)
-    return masked_mse(scores, batch.query_ratings, batch.query_mask).mean()
+    return loss_function(loss)(scores, batch.query_ratings, batch.query_mask).mean()
 
 
 def reference_scores(model: nn.Module, adaptation: Adaptation, user_cat: Tensor,
@@ -146,7 +153,8 @@ def reference_scores(model: nn.Module, adaptation: Adaptation, user_cat: Tensor,
     feats = model.embed(user_cat, items) if towers_fixed else None
     fast = adapt(model, params, buffers, user_cat, items, ratings, mask,
                  steps=adaptation.steps, lr=adaptation.lr, adapted=adaptation.adapted,
-                 first_order=True, per_param_lr=adaptation.per_param_lr, feats=feats)
+                 first_order=True, per_param_lr=adaptation.per_param_lr, feats=feats,
+                 loss=adaptation.loss)
     c_feats = model.embed(user_cat, candidates) if towers_fixed else None
     return task_scores(model, fast, buffers, user_cat, candidates, c_feats).detach()
 
@@ -154,9 +162,9 @@ def reference_scores(model: nn.Module, adaptation: Adaptation, user_cat: Tensor,
 # --------------------------------------------------------------------------- ONNX
 
 
-def emit_inner_step(g: GraphBuilder, x: str, ratings: str, mask: str, denom: str,
-                    weights: Weights, rates: Weights, offset: str | None = None) -> Weights:
-    """One gradient step on the masked MSE of the support set; returns the new weights.
+def emit_inner_step(g: GraphBuilder, x: str, support: SupportLoss, weights: Weights,
+                    rates: Weights, offset: str | None = None) -> Weights:
+    """One gradient step on the support loss ``support``; returns the new weights.
 
     ``x`` (S, F) support features; ``rates`` per layer (lr_Wt, lr_b) names; ``offset``: (S,)
     per-item score offsets added to the MLP output (Estimator.offset): they change the
@@ -167,8 +175,7 @@ def emit_inner_step(g: GraphBuilder, x: str, ratings: str, mask: str, denom: str
     y, zs, hs = emit_scores(g, x, weights)
     if offset is not None:
         y = g.op("Add", y, offset)
-    dy = g.op("Div", g.op("Mul", g.op("Mul", "two", mask), g.op("Sub", y, ratings)), denom)
-    grad_ = g.op("Unsqueeze", dy, "axis_one")  # (S, 1)
+    grad_ = g.op("Unsqueeze", emit_loss_grad(g, support, y), "axis_one")  # (S, 1)
     new: list[tuple[str, str]] = [("", "")] * len(weights)
     for i in reversed(range(len(weights))):
         wt, b = weights[i]
@@ -203,11 +210,10 @@ def emit_weights(task: TaskGraph, adaptation: Adaptation) -> Weights:
     if adaptation.steps > 0:
         rates = _emit_rates(g, adaptation, len(weights))
         x_support = task.features(SUPPORT)  # (S, F), fixed across steps
-        denom = g.op("Max", g.op("ReduceSum", "support_mask", keepdims=0), "one")
+        support = emit_support_loss(g, adaptation.loss, "support_ratings", "support_mask")
         offset = task.offset(SUPPORT)
         for _ in range(adaptation.steps):
-            weights = emit_inner_step(g, x_support, "support_ratings", "support_mask", denom,
-                                      weights, rates, offset)
+            weights = emit_inner_step(g, x_support, support, weights, rates, offset)
     return weights
 
 

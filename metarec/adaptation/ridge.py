@@ -1,18 +1,38 @@
 """Ridge adaptation (R2-D2, Bertinetto et al., ICLR 2019): the output layer in closed form.
 
-The ridge regression of a task's support residuals on the decision MLP's last hidden features
-(plus the item factors when the model has ``head_factors``, plus a constant 1 for the bias),
-shrunk toward the meta-learned output layer by per-dimension penalties ``lam`` (H + f + 1,).
-With w0 = concat(W_out, 0 (f,), b_out), Hs the support features and m the mask::
+The output layer is a linear head on the decision MLP's last hidden features (plus the item
+factors when the model has ``head_factors``, plus a constant 1 for the bias), shrunk toward the
+meta-learned output layer w0 = concat(W_out, 0 (f,), b_out) by per-dimension penalties ``lam``
+(H + f + 1,). With Hs the support features, m the mask (a weight per slot) and y = offset +
+Hs (w0 + dw) the support scores, the adapted head is one Newton step from dw = 0 on the
+penalised support loss  S(y) + 1/2 dw^T diag(lam) dw, S the loss's unnormalised sum
+(:func:`metarec.adaptation.losses.summed_loss`), g and C its gradient and curvature with
+respect to the scores at y0 = offset + Hs w0::
 
-    dw = (Hs^T diag(m) Hs + diag(lam))^-1 Hs^T diag(m) (r - offset - Hs w0)
+    A = Hs^T C Hs + diag(lam);   b = -Hs^T g;   dw = A^-1 b
     score = offset + Hq (w0 + dw)
+
+- ``mse`` (S = 1/2 sum m (y - r)^2, g = m (y0 - r), C = diag(m)): the objective is quadratic,
+  so the step lands on its exact minimiser, the ridge regression of the support residuals
+  dw = (Hs^T diag(m) Hs + diag(lam))^-1 Hs^T diag(m) (r - offset - Hs w0);
+- ``bce`` (g = m (sigmoid(y0) - r), C = diag(m p (1 - p))): one Newton step of penalised
+  logistic regression, i.e. one IRLS step (a weighted ridge regression on the working response);
+- ``bpr``: the same step with the pairwise curvature (a Laplacian over the positive x negative
+  pairs, :mod:`metarec.adaptation.losses`).
+
+Why one step: it keeps the head a closed form, one SPD solve that meta-training differentiates
+through and the ONNX graph computes with a fixed number of ops, and meta-training learns w0 and
+``lam`` for exactly that one step (the outer loss sees its result, as MAML's sees its few
+gradient steps); iterating to convergence would cost one solve per step in the graph and
+training for a head that is re-learned per user from a handful of labels anyway. A is SPD
+(C is positive semi-definite for all three losses, lam > 0).
 
 No support rating (all m = 0) gives dw = 0: the unadapted model's scores. With item factors q_i
 among the features, the closed form fits the user's p_u of a rating b_u + b_i + p_u . q_i (and
 the features of an item without training ratings carry zeros there: no collaborative term).
 
-PyTorch: :func:`ridge_head` (``torch.linalg.solve`` in float32). ONNX: :func:`emit` solves the
+PyTorch: :func:`ridge_head` (``torch.linalg.solve`` in float32; the step itself is
+:func:`newton_step`). ONNX: :func:`emit` solves the
 (H+1)x(H+1) system with matrix products only: Newton-Schulz iterations for the inverse
 (X <- X (2I - A X) from X = I / ||A||_F, which converges for symmetric positive definite A),
 then iterative refinement; ``ITERATIONS`` covers condition numbers beyond 1e6 in float32. The
@@ -30,7 +50,10 @@ import torch
 from torch import Tensor, nn
 
 from metarec.adaptation.graph import CANDIDATES, SUPPORT
+from metarec.adaptation.losses import (emit_summed_derivatives, emit_support_loss,
+                                      summed_derivatives)
 from metarec.adaptation.mlp import bias_name, emit_hidden, hidden, weight_name
+from metarec.adaptation.spec import canonical_loss
 
 if TYPE_CHECKING:
     from metarec.adaptation.graph import GraphBuilder, TaskGraph, Weights
@@ -61,13 +84,37 @@ def prior_weights(params: Mapping[str, Tensor], n_layers: int, n_extra: int) -> 
     return torch.cat([w, w.new_zeros(n_extra), b])
 
 
+def newton_step(hs: Tensor, w0: Tensor, offset: Tensor, ratings: Tensor, mask: Tensor,
+                lam: Tensor, loss: str = "mse") -> Tensor:
+    """dw (N, H1) of one Newton step from w0 on the penalised support loss (module docstring).
+
+    Shapes: ``hs`` (N, S, H1) support head features, ``w0`` (H1,), ``offset``/``ratings``/
+    ``mask`` (N, S) (the scores at w0 are offset + hs w0), ``lam`` (H1,) > 0.
+    """
+    diag = torch.diag_embed(lam).expand(hs.shape[0], -1, -1)
+    if canonical_loss(loss) == "mse":  # the ridge regression of the residuals, as always
+        # the mask once in b: a weight m (implicit confidences) counts m times, not m^2
+        resid = (ratings - offset - hs @ w0) * mask
+        hm = hs * mask.unsqueeze(-1)
+        a = hm.transpose(1, 2) @ hs + diag
+        b = (hs.transpose(1, 2) @ resid.unsqueeze(-1)).squeeze(-1)  # (N, H1)
+        return torch.linalg.solve(a, b)
+    d = summed_derivatives(loss, offset + hs @ w0, ratings, mask)
+    ht = hs.transpose(1, 2)  # (N, H1, S)
+    htc = (hs * d.curv.unsqueeze(-1)).transpose(1, 2) if d.diagonal else ht @ d.curv
+    a = htc @ hs + diag
+    b = -(ht @ d.grad.unsqueeze(-1)).squeeze(-1)
+    return torch.linalg.solve(a, b)
+
+
 def ridge_head(model: nn.Module, support_feats: Tensor, support_items: Tensor,
                support_ratings: Tensor, support_mask: Tensor, query_feats: Tensor,
-               query_items: Tensor, lam: Tensor) -> Tensor:
+               query_items: Tensor, lam: Tensor, loss: str = "mse") -> Tensor:
     """Closed-form adaptation of the output layer for N tasks -> (N, Q) scores.
 
     Shapes: ``support_feats`` (N, S, F) tower features, items/ratings/mask (N, S);
-    ``query_feats`` (N, Q, F), ``query_items`` (N, Q); ``lam`` (model.head_width + 1,) > 0.
+    ``query_feats`` (N, Q, F), ``query_items`` (N, Q); ``lam`` (model.head_width + 1,) > 0;
+    ``loss``: the support loss of the Newton step (mse: the ridge regression).
     """
     params = model.decision_params()
     n = len(model.decision)
@@ -77,12 +124,8 @@ def ridge_head(model: nn.Module, support_feats: Tensor, support_items: Tensor,
     # The linear system in float32 even under bf16 autocast: a bf16 Gram matrix is too coarse.
     with torch.autocast(hs.device.type, enabled=False):
         hs, hq, w0, lam = hs.float(), hq.float(), w0.float(), lam.float()
-        mask = support_mask.float()
-        resid = (support_ratings.float() - model.offset(support_items).float() - hs @ w0) * mask
-        hm = hs * mask.unsqueeze(-1)
-        a = hm.transpose(1, 2) @ hs + torch.diag_embed(lam).expand(hs.shape[0], -1, -1)
-        b = (hm.transpose(1, 2) @ resid.unsqueeze(-1)).squeeze(-1)  # (N, H1)
-        dw = torch.linalg.solve(a, b)
+        dw = newton_step(hs, w0, model.offset(support_items).float(), support_ratings.float(),
+                         support_mask.float(), lam, loss)
         return model.offset(query_items).float() + hq @ w0 + (hq * dw.unsqueeze(1)).sum(-1)
 
 
@@ -92,7 +135,7 @@ def reference_scores(model: nn.Module, adaptation: Adaptation, user_cat: Tensor,
     with torch.no_grad():
         return ridge_head(model, model.embed(user_cat[None], items[None]), items[None],
                           ratings[None], mask[None], model.embed(user_cat[None], candidates[None]),
-                          candidates[None], adaptation.ridge_lambda)[0]
+                          candidates[None], adaptation.ridge_lambda, adaptation.loss)[0]
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -136,7 +179,7 @@ def prior_head(task: TaskGraph, weights: Weights) -> str:
 
 def emit_head(task: TaskGraph, adaptation: Adaptation) -> str:
     """The adapted head w0 + dw, (H + f + 1, 1), of :func:`ridge_head` for one task: the
-    closed form on the support set, with standard ONNX ops."""
+    Newton step of ``adaptation.loss`` on the support set, with standard ONNX ops."""
     lam = adaptation.ridge_lambda.detach().float().cpu().numpy().reshape(-1)
     g = task.g
     k = lam.shape[0]
@@ -148,13 +191,24 @@ def emit_head(task: TaskGraph, adaptation: Adaptation) -> str:
     hs = _emit_hidden_features(task, task.features(SUPPORT), task.weights, SUPPORT)
     base_s = g.op("Reshape", g.op("MatMul", hs, w0), "minus_one")  # (S,)
     s_off = task.offset(SUPPORT)
-    if s_off is not None:
-        base_s = g.op("Add", base_s, s_off)
-    resid = g.op("Mul", g.op("Sub", "support_ratings", base_s), "support_mask")  # (S,)
-    hm = g.op("Mul", hs, g.op("Unsqueeze", "support_mask", "axis_one"))  # (S, H1)
-    hmt = g.op("Transpose", hm, perm=[1, 0])
-    a = g.op("Add", g.op("MatMul", hmt, hs), "ridge_lam")  # (H1, H1)
-    b = g.op("MatMul", hmt, g.op("Unsqueeze", resid, "axis_one"))  # (H1, 1)
+    if canonical_loss(adaptation.loss) == "mse":  # the ridge regression, as always
+        if s_off is not None:
+            base_s = g.op("Add", base_s, s_off)
+        resid = g.op("Mul", g.op("Sub", "support_ratings", base_s), "support_mask")  # (S,)
+        hm = g.op("Mul", hs, g.op("Unsqueeze", "support_mask", "axis_one"))  # (S, H1)
+        hmt = g.op("Transpose", hm, perm=[1, 0])
+        a = g.op("Add", g.op("MatMul", hmt, hs), "ridge_lam")  # (H1, H1)
+        b = g.op("MatMul", g.op("Transpose", hs, perm=[1, 0]),  # the mask once, as in torch
+                 g.op("Unsqueeze", resid, "axis_one"))  # (H1, 1)
+        return g.op("Add", w0, _emit_solve(g, a, b, k))
+    y0 = base_s if s_off is None else g.op("Add", s_off, base_s)
+    support = emit_support_loss(g, adaptation.loss, "support_ratings", "support_mask")
+    grad_, curv, diagonal = emit_summed_derivatives(g, support, y0)
+    ht = g.op("Transpose", hs, perm=[1, 0])  # (H1, S)
+    htc = g.op("Transpose", g.op("Mul", hs, g.op("Unsqueeze", curv, "axis_one")), perm=[1, 0]) \
+        if diagonal else g.op("MatMul", ht, curv)
+    a = g.op("Add", g.op("MatMul", htc, hs), "ridge_lam")  # (H1, H1)
+    b = g.op("Neg", g.op("MatMul", ht, g.op("Unsqueeze", grad_, "axis_one")))  # (H1, 1)
     return g.op("Add", w0, _emit_solve(g, a, b, k))
 
 

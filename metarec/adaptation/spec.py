@@ -17,6 +17,18 @@ if TYPE_CHECKING:
 
 Kind = Literal["gradient", "ridge", "none"]
 KINDS: tuple[Kind, ...] = ("gradient", "ridge", "none")
+Loss = Literal["mse", "bce", "bpr"]
+LOSSES: tuple[Loss, ...] = ("mse", "bce", "bpr")
+
+
+def canonical_loss(name: str) -> Loss:
+    """The loss ``name`` (``meta.loss``) as the adaptation runs it: ``"auto"`` is ``"mse"``
+    here (the pipeline resolves auto to bce for implicit data before building learners)."""
+    if name == "auto":
+        return "mse"
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; expected one of auto, {', '.join(LOSSES)}")
+    return name  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensor fields have no truth value
@@ -24,8 +36,8 @@ class Adaptation:
     """How a learner adapts to one task's support set at prediction time.
 
     Attributes:
-        kind: ``"gradient"`` (``steps`` gradient steps on the support MSE), ``"ridge"``
-            (closed-form output layer) or ``"none"`` (the model as meta-trained).
+        kind: ``"gradient"`` (``steps`` gradient steps on the support loss), ``"ridge"``
+            (closed-form output layer: one Newton step on the penalised support loss) or ``"none"`` (the model as meta-trained).
         learner: the learner's registered name (a label for metadata and reports).
         steps: inner gradient steps (gradient kind; 0 otherwise).
         lr: scalar inner rate (gradient kind), used where ``per_param_lr`` is None.
@@ -34,6 +46,9 @@ class Adaptation:
             (Meta-SGD's learned rates, or fixed output-layer rates), or None: ``lr`` everywhere.
         ridge_lambda: (H + 1,) positive penalties of the ridge kind (the bias's last).
         not_exportable: why this adaptation has no ONNX graph, or None when it has one.
+        loss: the support loss the adaptation minimises (:mod:`metarec.adaptation.losses`):
+            ``"mse"`` (ratings), ``"bce"`` or ``"bpr"`` (0/1 labels, scores are logits); the
+            support mask is a non-negative weight per slot.
     Tensors are the learner's own, not copies: a meta-gradient flows through them (consumers
     that keep them, such as the ONNX export, detach).
     """
@@ -46,8 +61,11 @@ class Adaptation:
     per_param_lr: Mapping[str, Tensor] | None = None
     ridge_lambda: Tensor | None = None
     not_exportable: str | None = None
+    loss: Loss = "mse"
 
     def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"adaptation loss must be one of {LOSSES}, got {self.loss!r}")
         if self.kind not in KINDS:
             raise ValueError(f"adaptation kind must be one of {KINDS}, got {self.kind!r}")
         if self.steps < 0:
@@ -70,4 +88,4 @@ class Adaptation:
         return {"kind": self.kind, "learner": self.learner, "steps": self.steps,
                 "lr": self.lr, "adapted": sorted(self.adapted),
                 "per_param_lr_mean": rates, "ridge_lambda": lam,
-                "not_exportable": self.not_exportable}
+                "not_exportable": self.not_exportable, "loss": self.loss}

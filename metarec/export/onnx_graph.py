@@ -10,10 +10,14 @@ Inputs (item *rows*: ``metadata.json`` maps canonical item ids to rows and back)
 
     user_cat        (Fu,) int64    encoded user fields (0 = unknown, see metarec.data.arrays)
     support_items   (S,)  int64    item rows of the rated items, S >= 0
-    support_ratings (S,)  float32  their ratings
-    support_mask    (S,)  float32  1 for a real rating, 0 for padding (all 0: no adaptation)
+    support_ratings (S,)  float32  their ratings (implicit losses bce/bpr: 0/1 labels)
+    support_mask    (S,)  float32  a weight per slot: 1 for a real rating (or an implicit
+                                   label's confidence), 0 for padding (all 0: no adaptation)
     candidate_items (C,)  int64    item rows to score
-    -> scores       (C,)  float32  predicted ratings
+    -> scores       (C,)  float32  predicted ratings (bce/bpr: logits, higher = more likely)
+
+The support loss (``adaptation.loss`` in metadata.json) is the learner's own: its gradient
+drives the in-graph steps, its curvature the ridge Newton step (metarec.adaptation.losses).
 
 The item tower runs once at export: its output for every item row is an initializer
 ``item_feats`` (I, Ei), so item features and language-model embeddings live inside the graph.

@@ -53,12 +53,25 @@ class ParityReport:
                 "support_sizes": list(self.support_sizes), "passed": self.passed}
 
 
+def _support_values(rng: np.random.Generator, s: int,
+                    implicit: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(s,) ratings and mask of a check task's real slots: ratings 1..5 and mask 1, or for an
+    implicit loss 0/1 labels (a positive and a negative first when s >= 2) and mask weights,
+    1..3 on positives, 1 on negatives (as implicit tasks fold their confidences in)."""
+    if not implicit:
+        return rng.integers(1, 6, s).astype(np.float32), np.ones(s, np.float32)
+    labels = rng.integers(0, 2, s).astype(np.float32)
+    labels[:2] = [1.0, 0.0][:s]
+    weights = np.where(labels > 0, 1.0 + 2.0 * rng.random(s), 1.0)
+    return labels, weights.astype(np.float32)
+
+
 def _random_task(model: Estimator, t: int, rng: np.random.Generator,
-                 pool: np.ndarray) -> dict[str, np.ndarray]:
+                 pool: np.ndarray, implicit: bool = False) -> dict[str, np.ndarray]:
     """Task ``t`` of the check as a graph feed: support size ``SUPPORT_SIZES[t % 6]`` (capped
     at the item count), 3 masked padding slots in one task of three, a known user's row in
     even tasks and random attributes otherwise, 1..64 candidates; items drawn from the model
-    rows ``pool``."""
+    rows ``pool``; support values by :func:`_support_values`."""
     n_items, n_users = len(pool), int(model.user_table.shape[0])
     s = min(SUPPORT_SIZES[t % len(SUPPORT_SIZES)], n_items)
     pad = 3 if t % 3 == 2 else 0
@@ -69,8 +82,9 @@ def _random_task(model: Estimator, t: int, rng: np.random.Generator,
                         dtype=np.int64)
     items = np.concatenate([pool[rng.choice(n_items, s, replace=False)],
                             np.full(pad, pool[0], np.int64)])
-    ratings = np.concatenate([rng.integers(1, 6, s), np.zeros(pad)]).astype(np.float32)
-    mask = np.concatenate([np.ones(s), np.zeros(pad)]).astype(np.float32)
+    values, weights = _support_values(rng, s, implicit)
+    ratings = np.concatenate([values, np.zeros(pad)]).astype(np.float32)
+    mask = np.concatenate([weights, np.zeros(pad)]).astype(np.float32)
     perm = rng.permutation(s + pad)  # padding anywhere, not only at the end
     cands = pool[rng.choice(n_items, int(rng.integers(1, min(n_items, 64) + 1)), replace=False)]
     return {"user_cat": user.astype(np.int64), "support_items": items[perm].astype(np.int64),
@@ -83,8 +97,8 @@ def parity_check(model: Estimator, export: ExportResult | str | Path, adaptation
     """Compare ONNX Runtime (CPU) with PyTorch on ``n_tasks`` random tasks.
 
     Support sizes cycle through 0, 1, 2, 5, 10, 37 (capped at the item count); one task in
-    three pads its support with masked slots. Ratings are drawn from 1..5, items from the
-    export's catalog. The same tasks go through ``model.onnx``, ``scorer.onnx`` (unadapted)
+    three pads its support with masked slots. Ratings are drawn from 1..5 (implicit losses:
+    0/1 labels with weights in the mask), items from the export's catalog. The same tasks go through ``model.onnx``, ``scorer.onnx`` (unadapted)
     and the catalog path (``user.onnx`` + ``score.onnx`` over ``catalog/``); the item encoder
     is compared on every item as a new one. ``passed``: every error ``<= tol``.
     """
@@ -103,7 +117,7 @@ def parity_check(model: Estimator, export: ExportResult | str | Path, adaptation
     worst = worst_scorer = worst_catalog = 0.0
     sizes = []
     for t in range(n_tasks):
-        feed = _random_task(model, t, rng, rows_in_catalog)
+        feed = _random_task(model, t, rng, rows_in_catalog, adaptation.loss != "mse")
         tt = {k: torch.as_tensor(v, device=dev) for k, v in feed.items()}
         got = adapt_sess.run(["scores"], feed)[0]
         want = adapted_scores(model, adaptation, tt["user_cat"], tt["support_items"],
@@ -120,7 +134,7 @@ def parity_check(model: Estimator, export: ExportResult | str | Path, adaptation
         with torch.no_grad():
             want0 = model(tt["user_cat"], tt["candidate_items"]).cpu().numpy()
         worst_scorer = max(worst_scorer, float(np.max(np.abs(got0 - want0))))
-        sizes.append(int(np.sum(feed["support_mask"])))
+        sizes.append(int(np.sum(feed["support_mask"] > 0)))
     worst_encoder = encoder_error(model, out_dir / meta["catalog"]["item_encoder"])
     errors = (worst, worst_scorer, worst_catalog, worst_encoder)
     passed = bool(max(errors) <= tol and np.isfinite(sum(errors)))

@@ -12,6 +12,10 @@
   limit of infinitely many inner steps on a penalised MSE); everything else as MeLU mode;
 - ``global`` (baseline, not a meta-learner): plain regression on every rating, no adaptation.
 
+Every learner minimises the loss ``meta.loss`` (:mod:`metarec.adaptation.losses`: mse on
+ratings, bce or bpr on implicit 0/1 labels, ``auto`` = mse here) in its inner loop (ridge: in
+its Newton step) and in its outer loss, ListNet (``rank_loss_weight``) on top.
+
 A learner is an ``nn.Module`` (Meta-SGD's rates are meta-parameters trained with the model) and
 offers ``meta_loss(model, batch)`` (the scalar the training loop backpropagates),
 ``predict(model, batch)`` (adapt on support, score the query) and ``adaptation()`` (the typed
@@ -30,11 +34,12 @@ import torch
 from torch import Tensor, nn
 
 from metarec.adaptation.gradient import adapt_batch, query_loss, query_scores
+from metarec.adaptation.losses import loss_function
 from metarec.adaptation.mlp import DECISION_PREFIX, bias_name, weight_name
 from metarec.adaptation.ridge import ridge_head
-from metarec.adaptation.spec import Adaptation
+from metarec.adaptation.spec import Adaptation, canonical_loss
 from metarec.config import MetaConfig
-from metarec.meta.inner import TaskBatch, listnet_loss, masked_mse
+from metarec.meta.inner import TaskBatch, listnet_loss
 from metarec.models.estimator import Estimator
 
 
@@ -71,11 +76,11 @@ def _key(name: str) -> str:
     return name.replace(".", "__")  # ParameterDict keys may not contain dots
 
 
-def prior_loss(model: Estimator, batch: TaskBatch) -> Tensor:
-    """(N,) query MSE of the unadapted model: the 0-shot prior every adaptation starts from
+def prior_loss(model: Estimator, batch: TaskBatch, loss: str = "mse") -> Tensor:
+    """(N,) query loss of the unadapted model: the 0-shot prior every adaptation starts from
     (``meta.prior_loss_weight``)."""
-    return masked_mse(model(batch.user_cat, batch.query_items), batch.query_ratings,
-                      batch.query_mask)
+    return loss_function(loss)(model(batch.user_cat, batch.query_items), batch.query_ratings,
+                               batch.query_mask)
 
 
 class GradientLearner(nn.Module):
@@ -85,9 +90,10 @@ class GradientLearner(nn.Module):
                  first_order: bool, learn_lr: bool, output_bias_lr: float | None = None,
                  support_loss_weight: float = 0.0, rank_loss_weight: float = 0.0,
                  output_weight_lr: float | None = None, name: str = "gradient",
-                 prior_loss_weight: float = 0.0) -> None:
+                 prior_loss_weight: float = 0.0, loss: str = "mse") -> None:
         super().__init__()
         self.name = name
+        self.loss = canonical_loss(loss)
         if rank_loss_weight < 0:
             raise ValueError(f"rank_loss_weight must be >= 0, got {rank_loss_weight}")
         self.rank_loss_weight = float(rank_loss_weight)
@@ -147,7 +153,7 @@ class GradientLearner(nn.Module):
         fast = adapt_batch(model, params, buffers, batch, steps=self.steps, lr=self.lr,
                            adapted=self.adapted_set,
                            first_order=self.first_order if first_order is None else first_order,
-                           per_param_lr=self._rates(), feats=s_feats)
+                           per_param_lr=self._rates(), feats=s_feats, loss=self.loss)
         return fast, q_feats
 
     def adaptation(self) -> Adaptation:
@@ -160,27 +166,28 @@ class GradientLearner(nn.Module):
                    f"(meta.adapted: all)")
         return Adaptation(kind="gradient", learner=self.name, steps=self.steps, lr=self.lr,
                           adapted=self.adapted_set, per_param_lr=self._rates(),
-                          not_exportable=why)
+                          not_exportable=why, loss=self.loss)
 
     def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
         fast, q_feats = self.adapt(model, batch)
+        loss_fn = loss_function(self.loss)
         if self.rank_loss_weight > 0:
             scores = query_scores(model, fast, dict(model.named_buffers()), self.adapted_set,
                                   batch.user_cat, batch.query_items, q_feats)
-            loss = (masked_mse(scores, batch.query_ratings, batch.query_mask).mean()
+            loss = (loss_fn(scores, batch.query_ratings, batch.query_mask).mean()
                     + self.rank_loss_weight * listnet_loss(scores, batch.query_ratings,
                                                            batch.query_mask).mean())
         else:
             loss = query_loss(model, fast, dict(model.named_buffers()), self.adapted_set, batch,
-                              q_feats)
+                              q_feats, self.loss)
         if self.support_loss_weight > 0:
             # Auxiliary: the meta-learned initial weights also fit the support ratings as they
             # are (the global model's objective), so every training rating gives a gradient.
             before = model(batch.user_cat, batch.support_items)
-            loss = loss + self.support_loss_weight * masked_mse(
+            loss = loss + self.support_loss_weight * loss_fn(
                 before, batch.support_ratings, batch.support_mask).mean()
         if self.prior_loss_weight > 0:
-            loss = loss + self.prior_loss_weight * prior_loss(model, batch).mean()
+            loss = loss + self.prior_loss_weight * prior_loss(model, batch, self.loss).mean()
         return loss
 
     def predict(self, model: Estimator, batch: TaskBatch) -> Tensor:
@@ -198,9 +205,10 @@ class ReptileLearner(GradientLearner):
     "decision" mode) learn from the query loss under the detached fast weights instead.
     """
 
-    def __init__(self, model: Estimator, *, adapted: str, steps: int, lr: float) -> None:
+    def __init__(self, model: Estimator, *, adapted: str, steps: int, lr: float,
+                 loss: str = "mse") -> None:
         super().__init__(model, adapted=adapted, steps=steps, lr=lr, first_order=True,
-                         learn_lr=False, name="reptile")
+                         learn_lr=False, name="reptile", loss=loss)
 
     def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
         whole = TaskBatch(
@@ -220,7 +228,7 @@ class ReptileLearner(GradientLearner):
         detached = {n: (p.detach() if n in self.adapted_set else p) for n, p in fast.items()}
         q_feats = model.embed(batch.user_cat, batch.query_items) if self.precompute else None
         towers = query_loss(model, detached, dict(model.named_buffers()), self.adapted_set,
-                            batch, q_feats)
+                            batch, q_feats, self.loss)
         return pull + towers
 
 
@@ -229,7 +237,7 @@ class RidgeLearner(nn.Module):
 
     Meta-parameters: the model's (towers, hidden layers, the output layer as the ridge prior)
     and ``log_lam``, the log of one penalty per output weight and one for the bias, trained by
-    the same outer loop. The query loss is the MSE plus ``rank_loss_weight`` times ListNet.
+    the same outer loop. The query loss is ``loss`` plus ``rank_loss_weight`` times ListNet.
     With item factors among the head's features (``model.head_factors``), their penalties start
     at ``factor_lam`` and their logs are ``factor_rate`` times their parameters: meta-learned
     that much faster, as their right size differs by orders of magnitude between datasets.
@@ -237,8 +245,10 @@ class RidgeLearner(nn.Module):
 
     def __init__(self, model: Estimator, *, lam: float, bias_lam: float,
                  rank_loss_weight: float = 0.0, factor_lam: float | None = None,
-                 factor_rate: float = 1.0, prior_loss_weight: float = 0.0) -> None:
+                 factor_rate: float = 1.0, prior_loss_weight: float = 0.0,
+                 loss: str = "mse") -> None:
         super().__init__()
+        self.loss = canonical_loss(loss)
         factor_lam = lam if factor_lam is None else factor_lam
         if factor_rate <= 0:
             raise ValueError(f"ridge_factor_lambda_rate must be > 0, got {factor_rate}")
@@ -267,22 +277,23 @@ class RidgeLearner(nn.Module):
         return (self.log_lam * self.lam_rate).exp()
 
     def adaptation(self) -> Adaptation:
-        return Adaptation(kind="ridge", learner="ridge", ridge_lambda=self.ridge_lambda())
+        return Adaptation(kind="ridge", learner="ridge", ridge_lambda=self.ridge_lambda(),
+                          loss=self.loss)
 
     def scores(self, model: Estimator, batch: TaskBatch) -> Tensor:
         return ridge_head(model, model.embed(batch.user_cat, batch.support_items),
                           batch.support_items, batch.support_ratings, batch.support_mask,
                           model.embed(batch.user_cat, batch.query_items), batch.query_items,
-                          self.ridge_lambda())
+                          self.ridge_lambda(), self.loss)
 
     def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
         scores = self.scores(model, batch)
-        loss = masked_mse(scores, batch.query_ratings, batch.query_mask).mean()
+        loss = loss_function(self.loss)(scores, batch.query_ratings, batch.query_mask).mean()
         if self.rank_loss_weight > 0:
             loss = loss + self.rank_loss_weight * listnet_loss(
                 scores, batch.query_ratings, batch.query_mask).mean()
         if self.prior_loss_weight > 0:
-            loss = loss + self.prior_loss_weight * prior_loss(model, batch).mean()
+            loss = loss + self.prior_loss_weight * prior_loss(model, batch, self.loss).mean()
         return loss
 
     def predict(self, model: Estimator, batch: TaskBatch) -> Tensor:
@@ -291,19 +302,24 @@ class RidgeLearner(nn.Module):
 
 class GlobalLearner(nn.Module):
     """Baseline: the same network trained on every rating of the training tasks (support and
-    query alike) with no adaptation; its ``predict`` scores the query as is."""
+    query alike, one list per task for bpr) by ``loss``, with no adaptation; its ``predict``
+    scores the query as is."""
+
+    def __init__(self, loss: str = "mse") -> None:
+        super().__init__()
+        self.loss = canonical_loss(loss)
 
     def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
         items = torch.cat([batch.support_items, batch.query_items], 1)
         ratings = torch.cat([batch.support_ratings, batch.query_ratings], 1)
         mask = torch.cat([batch.support_mask, batch.query_mask], 1)
-        return masked_mse(model(batch.user_cat, items), ratings, mask).mean()
+        return loss_function(self.loss)(model(batch.user_cat, items), ratings, mask).mean()
 
     def predict(self, model: Estimator, batch: TaskBatch) -> Tensor:
         return model(batch.user_cat, batch.query_items).detach()
 
     def adaptation(self) -> Adaptation:
-        return Adaptation(kind="none", learner="global")
+        return Adaptation(kind="none", learner="global", loss=self.loss)
 
 
 # --------------------------------------------------------------------------- registry
@@ -343,7 +359,7 @@ def _gradient(model: Estimator, cfg: MetaConfig, name: str, *, adapted: str | No
                            support_loss_weight=cfg.support_loss_weight,
                            prior_loss_weight=cfg.prior_loss_weight,
                            rank_loss_weight=cfg.rank_loss_weight,
-                           output_weight_lr=cfg.output_weight_lr, name=name)
+                           output_weight_lr=cfg.output_weight_lr, name=name, loss=cfg.loss)
 
 
 @register_learner("maml")
@@ -368,7 +384,8 @@ def _metasgd(model: Estimator, cfg: MetaConfig) -> nn.Module:
 
 @register_learner("reptile")
 def _reptile(model: Estimator, cfg: MetaConfig) -> nn.Module:
-    return ReptileLearner(model, adapted=cfg.adapted, steps=cfg.inner_steps, lr=cfg.inner_lr)
+    return ReptileLearner(model, adapted=cfg.adapted, steps=cfg.inner_steps, lr=cfg.inner_lr,
+                          loss=cfg.loss)
 
 
 @register_learner("ridge")
@@ -377,12 +394,12 @@ def _ridge(model: Estimator, cfg: MetaConfig) -> nn.Module:
                         rank_loss_weight=cfg.rank_loss_weight,
                         factor_lam=cfg.ridge_factor_lambda,
                         factor_rate=cfg.ridge_factor_lambda_rate,
-                        prior_loss_weight=cfg.prior_loss_weight)
+                        prior_loss_weight=cfg.prior_loss_weight, loss=cfg.loss)
 
 
 @register_learner("global", baseline=True)
 def _global(model: Estimator, cfg: MetaConfig) -> nn.Module:
-    return GlobalLearner()
+    return GlobalLearner(cfg.loss)
 
 
 LEARNERS = tuple(REGISTRY)
