@@ -59,3 +59,31 @@ SYNTH_PARAMS = {
     "gate": {"metrics": ["mae"], "baselines": ["user_mean", "item_mean"],
              "curve_shots": [1, 3, 5, 10, "all"]},
 }
+
+
+def write_playcount_csv(folder: Path, n_users: int = 120, n_items: int = 100,
+                        seed: int = 0) -> Path:
+    """Play counts in the generic CSV layout (Last.FM-like: user_id, item_id, plays; no
+    timestamps): each user plays 14..40 items, those of the genres their gender likes five
+    times as often and many more times (Poisson 20 vs 2, plus 1). Users and items files as
+    :func:`write_synthetic_csv`. Returns ``folder``."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    gender = rng.choice(["F", "M"], n_users)
+    genre = rng.integers(0, len(GENRES), n_items)
+    liked = {"F": {"comedy", "romance"}, "M": {"action", "horror"}}
+    rows = []
+    for u in range(n_users):
+        likes = np.array([GENRES[g] in liked[gender[u]] for g in genre])
+        p = np.where(likes, 5.0, 1.0)
+        for i in rng.choice(n_items, size=int(rng.integers(14, 41)), replace=False, p=p / p.sum()):
+            rows.append((u + 1, int(i) + 1, 1 + int(rng.poisson(20 if likes[i] else 2))))
+    pd.DataFrame(rows, columns=["user_id", "item_id", "plays"]).to_csv(
+        folder / "interactions.csv", index=False)
+    pd.DataFrame({"user_id": np.arange(1, n_users + 1), "age": rng.integers(18, 70, n_users),
+                  "gender": gender}).to_csv(folder / "users.csv", index=False)
+    pd.DataFrame({"item_id": np.arange(1, n_items + 1),
+                  "title": [f"Artist {i} of {GENRES[g]}" for i, g in enumerate(genre, 1)],
+                  "year": rng.integers(1980, 2000, n_items),
+                  "genres": [GENRES[g] for g in genre]}).to_csv(folder / "items.csv", index=False)
+    return folder
