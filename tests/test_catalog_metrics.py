@@ -114,10 +114,11 @@ def random_tasks(n=9, s=5, q=4, items=23, seed=0, implicit=False) -> TaskArrays:
                          query_weights=np.ones((n, q), np.float32))
 
 
-def table_predict(table: np.ndarray):
-    """predict of a fixed (users, items) score table; fails if it sees query labels."""
+def table_predict(table: np.ndarray, catalog_only: bool = True):
+    """predict of a fixed (users, items) score table; ``catalog_only``: fails if it sees
+    query labels (catalog calls carry none)."""
     def predict(t: TaskArrays) -> np.ndarray:
-        assert not t.query_ratings.any()  # catalog calls carry no labels
+        assert not (catalog_only and t.query_ratings.any())
         return table[t.user_row[:, None], t.query_items]
     return predict
 
@@ -248,3 +249,77 @@ def test_item_knn_explicit_uses_every_rating() -> None:
     got = knn.predict(t)
     assert got[0, 0] == pytest.approx(13 / (math.sqrt(50) * math.sqrt(5)), rel=1e-6)
     assert got[2, 0] == 2  # empty support: item 2's popularity (2 ratings)
+
+
+# --------------------------------------------------------------------------- evaluation and gate
+
+
+def scenario_and_tables(n=30, items=40, seed=0):
+    """Explicit tasks and two score tables: ``good`` puts each user's relevant query items
+    (rating >= 4) on top, ``bad`` at the bottom."""
+    tasks = random_tasks(n=n, s=6, q=5, items=items, seed=seed)
+    tasks.query_mask[:] = True
+    tasks.query_ratings[:, 0] = 5.0  # every task has a relevant item
+    noise = np.random.default_rng(seed).random((n, items))
+    rel = np.zeros((n, items), bool)
+    r = relevant_slots(tasks, 4.0, items)
+    rel[np.broadcast_to(np.arange(n)[:, None], r.shape)[r], tasks.query_items[r]] = True
+    return tasks, noise + 10 * rel, noise - 10 * rel
+
+
+def catalog_report(candidate_table, baseline_table, tasks, **cfg_kw):
+    from metarec.evaluation.scoring import evaluate_all
+
+    cfg = EvaluationConfig(metrics=("mae", "ndcg"), ks=(3,), curve_shots=(0, 2),
+                           curve_metrics=("mae",), bootstrap_samples=200, **cfg_kw)
+    return evaluate_all({"cand": table_predict(candidate_table, False),
+                         "base": table_predict(baseline_table, False)}, {"user_cold": tasks}, "cand",
+                        cfg, seed=0, n_items=candidate_table.shape[1])
+
+
+def test_evaluate_all_scores_the_catalog_in_results_curves_and_differences() -> None:
+    from metarec.evaluation.scoring import evaluate_all
+
+    tasks, good, bad = scenario_and_tables()
+    report = catalog_report(good, bad, tasks)
+    names = full_metric_names(("recall", "hr", "ndcg", "mrr"), (10, 20))
+    cand, base = report.metrics["user_cold"]["cand"], report.metrics["user_cold"]["base"]
+    for name in names:
+        assert cand[name] == 1.0 and base[name] < 0.6, name
+        assert name in report.intervals["user_cold"]["cand"]
+        for k in ("0", "2", "all"):
+            assert name in report.curves["user_cold"]["base"][k]
+            d = report.curve_differences["user_cold"]["base"][k][name]
+            assert d.diff > 0 and d.interval[0] > 0
+    assert "mae" in cand and "ndcg_at_3" in cand  # the query-set metrics stay
+    md = report.to_markdown()
+    assert "### Full catalog" in md and "full_recall_at_10" in md
+    # without the catalog (older callers) or disabled: no full-catalog metric
+    cfg = EvaluationConfig(metrics=("mae",), ks=(3,), curve_shots=(0,), curve_metrics=("mae",),
+                           bootstrap_samples=0)
+    plain = evaluate_all({"cand": table_predict(good, False)}, {"s": tasks}, "cand", cfg, 0)
+    assert set(plain.metrics["s"]["cand"]) == {"mae"}
+    with pytest.raises(ValueError, match=r"full-catalog metrics \['full_mrr'\] that are not "
+                                         "evaluated: no catalog was given"):
+        evaluate_all({"cand": table_predict(good, False)}, {"s": tasks}, "cand",
+                     EvaluationConfig(curve_metrics=("mae", "full_mrr")), 0)
+
+
+@pytest.mark.parametrize("candidate_is_good", [True, False])
+def test_gate_on_full_catalog_metrics(candidate_is_good) -> None:
+    import dataclasses
+
+    from metarec.config import GateConfig
+    from metarec.evaluation.gate import gate
+
+    tasks, good, bad = scenario_and_tables(seed=1)
+    report = catalog_report(*((good, bad) if candidate_is_good else (bad, good)), tasks)
+    report = dataclasses.replace(report, meta_training_gain=True)
+    policy = GateConfig(metrics=("full_recall_at_10", "full_ndcg_at_10", "full_mrr"),
+                        baselines=("base",))
+    decision = gate(report, None, policy)
+    assert decision.passed is candidate_is_good
+    assert len(decision.checks) == 3 * 3  # 3 metrics x support sizes 0, 2, all
+    if not candidate_is_good:
+        assert any("user_cold/full_recall_at_10@all vs base" in r and "worse side" in r
+                   for r in decision.reasons)

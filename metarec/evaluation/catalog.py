@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -226,6 +227,23 @@ def chunk_shape(n_tasks: int, n_items: int, query: int, chunk: int) -> tuple[int
                          f"width ({query}): each call scores a task's query and >= 1 item")
     items = min(n_items, chunk - query)
     return max(1, min(n_tasks, chunk // (query + items))), items
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The catalog a full-catalog evaluation ranks: item rows 0..``n_items``-1, with
+    ``evaluation.full_catalog``'s threshold and chunk and the seed of the tie keys."""
+
+    n_items: int
+    threshold: float = 4.0
+    chunk: int = 262144
+    seed: int = 0
+
+    def scores(self, predict: Callable[[TaskArrays], np.ndarray], tasks: TaskArrays,
+               names: list[str]) -> TaskScores:
+        """:func:`catalog_task_scores` of ``predict`` on ``tasks``."""
+        return catalog_task_scores(predict, tasks, self.n_items, names,
+                                   threshold=self.threshold, chunk=self.chunk, seed=self.seed)
 
 
 def catalog_task_scores(predict: Callable[[TaskArrays], np.ndarray], tasks: TaskArrays,
