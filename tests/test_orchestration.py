@@ -139,7 +139,8 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     assert report["dropped"] == manifest["dropped"] and report["dropped"]
     assert all(set(v) == {"users", "ratings"} for v in report["dropped"].values())
     assert set(report["curve_differences"]["test"]) == {"user_mean", "item_mean", "global",
-                                                        "finetune"}
+                                                        "finetune", "most_pop", "item_knn"}
+    assert "full_recall_at_10" in report["curve_differences"]["test"]["item_knn"]["all"]
     assert "## Gate: PASSED" in (own / "evaluation/report.md").read_text()
     tracking = load_config("params.yaml").tracking
     assert registry.aliases(tracking) == {"challenger": 1}

@@ -86,7 +86,8 @@ def test_baselines_predict_every_query() -> None:
                       progress=False, checkpoint_every=0)
     baselines, result = train_baselines(tiny_features(), train, valid, TINY,
                                         plain_meta(finetune_steps=2), cfg, seed=0)
-    assert set(baselines) == {"user_mean", "item_mean", "global", "finetune"}
+    assert set(baselines) == {"user_mean", "item_mean", "global", "finetune", "most_pop",
+                              "item_knn"}
     preds = {k: b.predict(valid) for k, b in baselines.items()}
     for p in preds.values():
         assert p.shape == valid.query_items.shape and np.isfinite(p).all()

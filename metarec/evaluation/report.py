@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 
 ALL_SHOTS = "all"  # the support-size key of a whole support set in curves and differences
+FULL_PREFIX = "full_"  # full-catalog metrics (metarec.evaluation.catalog), a table of their own
 
 
 @dataclass(frozen=True)
@@ -207,9 +208,14 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return [_row(head), "|" + "---|" * len(head), *map(_row, rows), ""]
 
 
-def _full_support(report: Report, scenario: str) -> list[str]:
+def _full_support(report: Report, scenario: str, catalog: bool = False) -> list[str]:
+    """The full-support table of the query-set metrics, or (``catalog``) of the full-catalog
+    ones (``full_*``: every catalog item ranked), [] when there are none."""
     by_method = report.metrics[scenario]
-    names = sorted({n for vals in by_method.values() for n in vals})
+    names = sorted({n for vals in by_method.values() for n in vals
+                    if n.startswith(FULL_PREFIX) == catalog})
+    if not names:
+        return []
     rows = []
     for method, vals in by_method.items():
         cells = [f"**{method}**" if method == report.candidate else method]
@@ -218,7 +224,11 @@ def _full_support(report: Report, scenario: str) -> list[str]:
             cells.append(f"{vals.get(n, float('nan')):.4f}"
                          + (f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else ""))
         rows.append(cells)
-    return _table(["method", *names], rows)
+    table = _table(["method", *names], rows)
+    if not catalog:
+        return table
+    return ["### Full catalog (every item the user did not interact with in support, ranked)",
+            "", *table]
 
 
 def _metrics_of(report: Report, by_method: dict) -> list[str]:
@@ -285,11 +295,13 @@ def _markdown(report: Report) -> str:
     for scenario in report.metrics:
         counts = report.counts.get(scenario, {}).get(report.candidate, {})
         lines += [f"## {scenario}" + (f" ({counts.get('n_tasks')} tasks)" if counts else ""),
-                  "", *_full_support(report, scenario), *_curve(report, scenario),
+                  "", *_full_support(report, scenario),
+                  *_full_support(report, scenario, catalog=True), *_curve(report, scenario),
                   *_differences(report, scenario)]
     lines += _notes(report)
     resamples = f", {report.bootstrap_samples} resamples" if report.bootstrap_samples else ""
     lines.append(f"Intervals: {report.ci_level:.0%} percentile bootstrap over tasks{resamples}; "
                  "differences resample the same tasks for both methods. "
-                 "mae/rmse: lower is better; ranking metrics: higher is better.")
+                 "mae/rmse: lower is better; ranking metrics: higher is better. full_*: "
+                 "full-catalog ranking (recall, hit rate and binary nDCG at k, MRR).")
     return "\n".join(lines) + "\n"

@@ -7,10 +7,16 @@ adaptation curves cut each task's support set down to a seeded random subset of 
 ratings and keep the query set. One seed draws every method's resamples and subsets, so methods
 are compared on identical tasks: the curve differences (candidate minus baseline at each support
 size) are paired, each resample scoring both methods on the same task indices.
+
+Full-catalog metrics (:mod:`metarec.evaluation.catalog`, names ``full_*``) rank every catalog
+item through the same ``predict``; with ``evaluation.full_catalog.enabled`` and the catalog
+size given (``evaluate_all(..., n_items=...)``) they are scored for every method at full
+support and at every support size of the curve, and join its paired differences.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable, Mapping
 
@@ -18,6 +24,7 @@ import numpy as np
 
 from metarec.config import EvaluationConfig
 from metarec.data.arrays import TaskArrays, limit_support  # noqa: F401 (re-exported)
+from metarec.evaluation.catalog import Catalog, full_metric_names, is_full_catalog
 from metarec.evaluation.metrics import TaskScores, metric_names, task_scores
 from metarec.evaluation.report import (ALL_SHOTS, Differences, MethodResult, PairedDifference,
                                        Report, build_report)
@@ -89,21 +96,36 @@ def evaluate_predictions(pred: np.ndarray, true: np.ndarray, mask: np.ndarray, *
                           ci_level, seed)
 
 
+def method_scores(predict: Callable[[TaskArrays], np.ndarray], tasks: TaskArrays,
+                  names: list[str], catalog: Catalog | None = None) -> TaskScores:
+    """Per-task statistics of ``names`` for one method: the query-set metrics from one
+    ``predict(tasks)``, the full-catalog ones (``full_*``) ranked over ``catalog``."""
+    query = [n for n in names if not is_full_catalog(n)]
+    full = [n for n in names if is_full_catalog(n)]
+    scores = task_scores(predict(tasks), tasks.query_ratings, tasks.query_mask, query)
+    if not full:
+        return scores
+    if catalog is None:
+        raise ValueError(f"full-catalog metrics {full} need the catalog (evaluate_all's "
+                         "n_items) and evaluation.full_catalog.enabled")
+    ranked = catalog.scores(predict, tasks, full)
+    return dataclasses.replace(scores, ranking={**scores.ranking, **ranked.ranking})
+
+
 def curve_scores(predict: Callable[[TaskArrays], np.ndarray], tasks: TaskArrays,
                  shots: tuple[int, ...], names: list[str], seed: int,
-                 full: TaskScores | None = None) -> dict[str, TaskScores]:
+                 full: TaskScores | None = None,
+                 catalog: Catalog | None = None) -> dict[str, TaskScores]:
     """Per-task scores after adapting to 0, 1, 3, ... support ratings and to all of them.
 
     Returns ``{"0": scores, ..., "all": scores}``: the same tasks and query sets with the
     support set cut down to a seeded random subset of each size; ``full``: the scores of the
-    whole support when already computed.
+    whole support when already computed; ``catalog``: for full-catalog names among ``names``.
     """
     out: dict[str, TaskScores] = {}
     for k in shots:
-        sub = limit_support(tasks, k, seed)
-        out[str(k)] = task_scores(predict(sub), sub.query_ratings, sub.query_mask, names)
-    out[ALL_SHOTS] = full if full is not None else task_scores(
-        predict(tasks), tasks.query_ratings, tasks.query_mask, names)
+        out[str(k)] = method_scores(predict, limit_support(tasks, k, seed), names, catalog)
+    out[ALL_SHOTS] = full if full is not None else method_scores(predict, tasks, names, catalog)
     return out
 
 
@@ -115,19 +137,39 @@ def adaptation_curve(predict: Callable[[TaskArrays], np.ndarray], tasks: TaskArr
             for k, sc in curve_scores(predict, tasks, shots, names, seed).items()}
 
 
+def full_catalog_names(cfg: EvaluationConfig, n_items: int | None) -> list[str]:
+    """The full-catalog metric names evaluated: none unless enabled and the catalog is known;
+    a full-catalog name in ``evaluation.curve_metrics`` that will not be scored is an error."""
+    fc = cfg.full_catalog
+    names = full_metric_names(fc.metrics, fc.ks) if fc.enabled and n_items is not None else []
+    missing = [n for n in cfg.curve_metrics if is_full_catalog(n) and n not in names]
+    if missing:
+        why = ("evaluation.full_catalog.enabled is false" if not fc.enabled else
+               "no catalog was given (n_items)" if n_items is None else
+               f"evaluation.full_catalog gives {names}")
+        raise ValueError(f"evaluation.curve_metrics names full-catalog metrics {missing} that "
+                         f"are not evaluated: {why}")
+    return names
+
+
 def evaluate_all(predictors: Mapping[str, Callable[[TaskArrays], np.ndarray]],
                  scenarios: Mapping[str, TaskArrays], candidate: str, cfg: EvaluationConfig,
-                 seed: int) -> Report:
+                 seed: int, *, n_items: int | None = None) -> Report:
     """Every method on every scenario: bootstrap intervals, curves and paired differences.
 
     ``predictors``: ``{method: predict(tasks) -> (N, Q) scores}``, the candidate among them;
     ``scenarios``: ``{scenario: test tasks}``. One seed draws the support subsets and one set of
     resampled task indices per scenario, shared by every method and support size, so methods
     are compared on identical tasks; every method other than the candidate is a baseline of the
-    curve differences (candidate minus baseline, ``cfg.curve_metrics``).
+    curve differences (candidate minus baseline, ``cfg.curve_metrics``). ``n_items``: the
+    catalog (item rows 0..n_items-1) of the full-catalog metrics, which then join the results,
+    the curves and the differences (``cfg.full_catalog``; none without it).
     """
-    names = metric_names(cfg.metrics, cfg.ks)
-    curve_names = list(cfg.curve_metrics)
+    full_names = full_catalog_names(cfg, n_items)
+    catalog = None if not full_names else Catalog(
+        int(n_items), cfg.full_catalog.relevance_threshold, cfg.full_catalog.chunk, seed)
+    names = list(dict.fromkeys(metric_names(cfg.metrics, cfg.ks) + full_names))
+    curve_names = list(dict.fromkeys(list(cfg.curve_metrics) + full_names))
     scored = list(dict.fromkeys(names + curve_names))
     if candidate not in predictors:
         raise ValueError(f"no predictor for the candidate {candidate!r}")
@@ -142,10 +184,11 @@ def evaluate_all(predictors: Mapping[str, Callable[[TaskArrays], np.ndarray]],
         results[scenario] = {}
         for method, predict in predictors.items():
             log.info("evaluating %s on %s (%d tasks)", method, scenario, len(tasks))
-            full = task_scores(predict(tasks), tasks.query_ratings, tasks.query_mask, scored)
+            full = method_scores(predict, tasks, scored, catalog)
             results[scenario][method] = _scored_result(full, names, cfg.bootstrap_samples,
                                                        cfg.ci_level, seed)
-            per_k[method] = curve_scores(predict, tasks, cfg.curve_shots, scored, seed, full)
+            per_k[method] = curve_scores(predict, tasks, cfg.curve_shots, scored, seed, full,
+                                         catalog)
         curves[scenario] = {m: {k: sc.aggregate(curve_names) for k, sc in by_k.items()}
                             for m, by_k in per_k.items()}
         diffs[scenario] = {b: {k: paired_differences(per_k[candidate][k], sc, curve_names, idx,

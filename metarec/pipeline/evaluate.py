@@ -62,7 +62,8 @@ def evaluate_models(cfg: Config, inputs: Inputs | None = None):
     if champion is not None:
         methods[CHAMPION_METHOD] = champion
     report = evaluate_all(methods, {s: inputs.sets[s] for s in inputs.scenarios},
-                          cfg.meta.learner, cfg.evaluation, cfg.seed)
+                          cfg.meta.learner, cfg.evaluation, cfg.seed,
+                          n_items=len(inputs.features.item_ids))
     report = annotate_report(report, _summary_or_none(cfg), inputs.manifest, model_sha256)
     report.training["champion"] = champion_note
     write_report(report, cfg.evaluation.out_dir, cfg.evaluation.plot_metrics)

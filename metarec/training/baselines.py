@@ -6,7 +6,9 @@
   ``meta.item_mean_shrinkage`` pseudo-ratings (unseen items get the global mean): popularity;
 - ``global``: the same network trained on all training ratings without adaptation;
 - ``finetune``: the global network plus plain fine-tuning (all parameters, first order,
-  ``meta.finetune_steps`` steps of ``meta.finetune_lr``) on each task's support set.
+  ``meta.finetune_steps`` steps of ``meta.finetune_lr``) on each task's support set;
+- ``most_pop``, ``item_knn``: ranking baselines for full-catalog metrics
+  (:mod:`metarec.training.ranking_baselines`; their scores are not ratings).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from metarec.data.arrays import FeatureArrays, TaskArrays
 from metarec.meta.learners import GlobalLearner, GradientLearner
 from metarec.models.estimator import Estimator, build_model
 from metarec.training.loop import TrainResult, meta_train, predict
+from metarec.training.ranking_baselines import (RANKING_BASELINES, ItemKNNBaseline,
+                                                MostPopBaseline)
 
 
 class Baseline(Protocol):
@@ -92,7 +96,7 @@ class NetworkBaseline:
         return predict(self.model, self.learner, tasks, self.cfg)
 
 
-BASELINES = ("user_mean", "item_mean", "global", "finetune")
+BASELINES = ("user_mean", "item_mean", "global", "finetune", *RANKING_BASELINES)
 
 
 def train_global_network(features: FeatureArrays, train_tasks: TaskArrays,
@@ -107,9 +111,10 @@ def train_global_network(features: FeatureArrays, train_tasks: TaskArrays,
 
 def assemble_baselines(network: Estimator, train_tasks: TaskArrays, n_items: int,
                        meta_cfg: MetaConfig, train_cfg: TrainConfig) -> dict[str, Baseline]:
-    """The four baselines by name (:data:`BASELINES`) around a trained global ``network``:
-    the means are fitted on ``train_tasks``' ratings, fine-tuning adapts every parameter of the
-    network for ``meta.finetune_steps`` first-order steps."""
+    """The baselines by name (:data:`BASELINES`) around a trained global ``network``:
+    the means, most_pop and item_knn are fitted on ``train_tasks``' ratings (support and
+    query), fine-tuning adapts every parameter of the network for ``meta.finetune_steps``
+    first-order steps."""
     items, ratings = task_ratings(train_tasks)
     item_mean = ItemMeanBaseline.fit(items, ratings, n_items, meta_cfg.item_mean_shrinkage)
     finetune = GradientLearner(network, adapted="all", steps=meta_cfg.finetune_steps,
@@ -118,13 +123,15 @@ def assemble_baselines(network: Estimator, train_tasks: TaskArrays, n_items: int
             "item_mean": item_mean,
             "global": NetworkBaseline(network, GlobalLearner(), train_cfg),
             "finetune": NetworkBaseline(network, finetune.to(next(network.parameters()).device),
-                                        train_cfg)}
+                                        train_cfg),
+            "most_pop": MostPopBaseline.fit(train_tasks, n_items),
+            "item_knn": ItemKNNBaseline.fit(train_tasks, n_items)}
 
 
 def train_baselines(features: FeatureArrays, train_tasks: TaskArrays, valid_tasks: TaskArrays,
                     model_cfg: ModelConfig, meta_cfg: MetaConfig, train_cfg: TrainConfig,
                     seed: int) -> tuple[dict[str, Baseline], TrainResult]:
-    """Fit all four baselines; returns them by name and the global network's training result."""
+    """Fit every baseline (:data:`BASELINES`); returns them by name and the global network's training result."""
     network, result = train_global_network(features, train_tasks, valid_tasks, model_cfg,
                                            train_cfg, seed)
     return assemble_baselines(network, train_tasks, len(features.item_ids), meta_cfg,
