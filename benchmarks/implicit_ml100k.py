@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from metarec.config import load_config
-from metarec.config.implicit import with_resolved_loss
+from metarec.config.implicit import implicit_evaluation, with_resolved_loss
 
 log = logging.getLogger("implicit_ml100k")
 HEADLINE = ("full_recall_at_10", "full_ndcg_at_10", "full_mrr", "full_hr_at_10")
@@ -48,9 +48,8 @@ def configure(params: str, seed: int, work_dir: Path, max_steps: int | None):
         tasks=dataclasses.replace(cfg.tasks, out_dir=str(base / "tasks")),
         train=dataclasses.replace(cfg.train, progress=False,
                                   max_steps=max_steps or cfg.train.max_steps),
-        evaluation=dataclasses.replace(ev, curve_metrics=("ndcg_at_3",),
-                                       full_catalog=dataclasses.replace(ev.full_catalog,
-                                                                        enabled=True)))
+        evaluation=implicit_evaluation(dataclasses.replace(
+            ev, full_catalog=dataclasses.replace(ev.full_catalog, enabled=True))))
     return cfg
 
 
@@ -103,13 +102,13 @@ def summary_table(per_seed: dict[int, dict[str, Any]], candidate: str) -> str:
     """Markdown: per method the mean over seeds (min..max) of each headline metric with the
     whole support, and the candidate's paired difference per seed with its interval."""
     first = next(iter(per_seed.values()))
-    scenario = next(iter(first["results"]))
-    methods = list(first["results"][scenario])
+    scenario = next(iter(first["metrics"]))
+    methods = list(first["metrics"][scenario])
     lines = [f"| method | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
     for m in methods:
         cells = []
         for metric in HEADLINE:
-            vals = [r["results"][scenario][m]["metrics"].get(metric) for r in per_seed.values()]
+            vals = [r["metrics"][scenario][m].get(metric) for r in per_seed.values()]
             vals = [v for v in vals if v is not None]
             cells.append(f"{np.mean(vals):.4f} ({min(vals):.4f}..{max(vals):.4f})" if vals else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")

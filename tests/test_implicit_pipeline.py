@@ -55,11 +55,11 @@ def workspace(tmp_path_factory):
     from metarec.pipeline.train import train_baseline_models, train_meta_model
 
     root = tmp_path_factory.mktemp("plays")
-    write_playcount_csv(root / "data" / "csv")
+    write_playcount_csv(root / "data" / "csv", n_items=200)
     cfg = playcount_config(root)
     tables = read_source(cfg.data)
     report = validate_tables(tables, cfg.validation, cfg.tasks)
-    assert report.success, report
+    assert report.passed, report.failures
     write_tables(tables, cfg.data.prepared_dir)
     prepare_features(cfg.features, cfg.tasks, cfg.seed, tables, encode_fn=stand_in_encoder,
                      data=cfg.data)
@@ -89,17 +89,30 @@ def test_report_ranks_the_whole_catalog_and_the_gate_reads_it(workspace):
     from metarec.pipeline.evaluate import gate_decision
 
     cfg, _, _, summary, report, *_ = workspace
-    res = report.results["test"]
+    res = report.metrics["test"]
     assert {"most_pop", "item_knn", "global", "ridge"} <= set(res)
+    assert "mae" not in res["ridge"]  # rating errors mean nothing for logits vs labels
     for method in ("ridge", "most_pop", "item_knn"):
-        value = res[method].metrics["full_recall_at_10"]
+        value = res[method]["full_recall_at_10"]
         assert 0.0 <= value <= 1.0
-        lo, hi = res[method].intervals["full_recall_at_10"]
+        lo, hi = report.intervals["test"][method]["full_recall_at_10"]
         assert lo <= value <= hi
     assert report.curves["test"]["ridge"]["0"]["full_recall_at_10"] >= 0.0
     decision = gate_decision(cfg, report)
-    assert decision.checks and all(c.metric == "full_recall_at_10" for c in decision.checks
-                                   if c.metric != "-")
+    compared = [c for c in decision.checks if c.against == "most_pop"]
+    assert compared and {c.metric for c in compared} == {"full_recall_at_10"}
+    assert compared[0].candidate == pytest.approx(res["ridge"]["full_recall_at_10"])
+
+
+def test_rating_metrics_cannot_gate_an_implicit_model(workspace):
+    import dataclasses
+
+    from metarec.pipeline.evaluate import evaluate_models
+
+    cfg = workspace[0]
+    bad = dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, metrics=("mae",)))
+    with pytest.raises(ValueError, match=r"gate.metrics \['mae'\] compare ratings"):
+        evaluate_models(bad)
 
 
 def test_implicit_export_has_parity_and_serves_interactions(workspace):

@@ -62,3 +62,31 @@ def with_resolved_loss(meta, data):
     import dataclasses
 
     return dataclasses.replace(meta, loss=resolve_loss(data.feedback, meta.loss))
+
+
+RATING_METRICS = ("mae", "rmse")
+
+
+def check_feedback_settings(cfg) -> None:
+    """Refuse settings that cannot work with ``cfg.data.feedback`` (a Config), naming the fix:
+    an implicit model's scores are logits of an interaction, not ratings, so gating it on
+    rating errors would compare nothing meaningful."""
+    if cfg.data.feedback != "implicit":
+        resolve_loss(cfg.data.feedback, cfg.meta.loss)
+        return
+    bad = [m for m in cfg.gate.metrics if m in RATING_METRICS]
+    if bad:
+        raise ValueError(f"gate.metrics {bad} compare ratings, which data.feedback: implicit "
+                         f"has not: gate on ranking metrics, e.g. [full_recall_at_10, "
+                         f"full_ndcg_at_10] (evaluation.full_catalog) or ndcg_at_3")
+
+
+def implicit_evaluation(ev):
+    """``ev`` (an EvaluationConfig) without the rating errors (mae, rmse) among its metrics,
+    curve metrics and plots: meaningless for logits against 0/1 labels."""
+    import dataclasses
+
+    def keep(names):
+        return tuple(n for n in names if n not in RATING_METRICS)
+    return dataclasses.replace(ev, metrics=keep(ev.metrics), curve_metrics=keep(ev.curve_metrics),
+                               plot_metrics=keep(ev.plot_metrics))

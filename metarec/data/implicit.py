@@ -114,11 +114,7 @@ def sample_negatives(rng: np.random.Generator, pool: np.ndarray, probs: np.ndarr
     if eligible == 0:
         raise ValueError(f"cannot sample negatives: every one of the {len(pool)} items of the "
                          f"pool is a positive of the user")
-    if eligible < n:
-        log.warning("only %d of the %d items of the pool are not positives of a user: %d "
-                    "negatives instead of %d (lower data.implicit.negatives)", eligible,
-                    len(pool), eligible, n)
-        n = eligible
+    n = min(n, eligible)  # a short pool: every eligible item (the caller reports it)
     out: list[int] = []
     while len(out) < n:
         for item in rng.choice(pool, size=2 * (n - len(out)) + 8, p=probs).tolist():
@@ -163,13 +159,15 @@ def build_implicit_tasks(interactions: pd.DataFrame, features: FeatureArrays, *,
            "query_weights": np.zeros((n, qw), np.float32)}
     rng = np.random.default_rng(seed)
     neg_rng = np.random.default_rng([seed, 1])
-    truncated = 0
+    truncated = short = short_users = 0
     for t, (start, size) in enumerate(zip(starts, sizes)):
         order = start + rng.permutation(size)
         query, support = order[:query_size], order[query_size:query_size + support_width]
         truncated += size - query_size - len(support)
-        negs = sample_negatives(neg_rng, pool, probs, positives_of[int(users[t])],
-                                r * (query_size + len(support)))
+        want = r * (query_size + len(support))
+        negs = sample_negatives(neg_rng, pool, probs, positives_of[int(users[t])], want)
+        short += want - len(negs)
+        short_users += len(negs) < want
         q_neg, s_neg = negs[:r * query_size], negs[r * query_size:]
         for prefix, pos, neg in (("query", query, q_neg), ("support", support, s_neg)):
             k, m = len(pos), len(neg)
@@ -181,6 +179,10 @@ def build_implicit_tasks(interactions: pd.DataFrame, features: FeatureArrays, *,
             out[f"{prefix}_weights"][t, k:k + m] = 1.0
     if truncated:
         log.warning("support_width=%d dropped %d support positives", support_width, truncated)
+    if short:
+        log.warning("%d user(s) have fewer items outside their positives than %d negatives per "
+                    "positive need (a pool of %d items): %d negatives fewer in all; lower "
+                    "data.implicit.negatives", short_users, r, len(pool), short)
     return TaskArrays(user_ids=users, user_row=_rows_of(users, features.user_ids, "user"), **out)
 
 

@@ -52,7 +52,12 @@ def evaluate_models(cfg: Config, inputs: Inputs | None = None):
     from metarec.evaluation.scoring import evaluate_all
     from metarec.training.loop import predict
 
+    from metarec.config.implicit import check_feedback_settings, implicit_evaluation
+
+    check_feedback_settings(cfg)
     inputs = inputs or load_inputs(cfg.features, cfg.tasks)
+    if inputs.train.implicit:
+        cfg = dataclasses.replace(cfg, evaluation=implicit_evaluation(cfg.evaluation))
     model, learner = load_meta_model(cfg, inputs.features)
     model_sha256 = file_sha256(Path(cfg.train.out_dir) / META_FILE)
     methods: dict[str, Callable[[TaskArrays], np.ndarray]] = {

@@ -57,7 +57,15 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
     """
     from metarec.training.loop import meta_train
 
+    from metarec.config.implicit import check_feedback_settings
+
+    check_feedback_settings(cfg)
     inputs = inputs or load_inputs(cfg.features, cfg.tasks)
+    if inputs.train.implicit != (cfg.data.feedback == "implicit"):
+        raise ValueError(f"the tasks in {cfg.tasks.out_dir} are "
+                         f"{'implicit' if inputs.train.implicit else 'explicit'} but "
+                         f"data.feedback is {cfg.data.feedback!r}: run `metarec features build` "
+                         f"and `metarec tasks build` again")
     out = Path(cfg.train.out_dir)
     model, learner = build_estimator_and_learner(cfg, inputs.features)
     init = warm_start(cfg, model, learner, inputs)

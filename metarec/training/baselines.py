@@ -101,12 +101,14 @@ BASELINES = ("user_mean", "item_mean", "global", "finetune", *RANKING_BASELINES)
 
 def train_global_network(features: FeatureArrays, train_tasks: TaskArrays,
                          valid_tasks: TaskArrays, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                         seed: int) -> tuple[Estimator, TrainResult]:
+                         seed: int, loss: str = "mse") -> tuple[Estimator, TrainResult]:
     """The network of the ``global`` and ``finetune`` baselines: the estimator trained on every
-    training rating without adaptation (the same loop, early stopping and seed as a learner)."""
+    training rating without adaptation (the same loop, early stopping and seed as a learner),
+    by ``loss`` (the learner's resolved ``meta.loss``: bce for implicit feedback)."""
     torch.manual_seed(seed)
     model = build_model(features, model_cfg)
-    return model, meta_train(model, GlobalLearner(), train_tasks, valid_tasks, train_cfg, seed)
+    return model, meta_train(model, GlobalLearner(loss), train_tasks, valid_tasks, train_cfg,
+                             seed)
 
 
 def assemble_baselines(network: Estimator, train_tasks: TaskArrays, n_items: int,
@@ -118,10 +120,11 @@ def assemble_baselines(network: Estimator, train_tasks: TaskArrays, n_items: int
     items, ratings = task_ratings(train_tasks)
     item_mean = ItemMeanBaseline.fit(items, ratings, n_items, meta_cfg.item_mean_shrinkage)
     finetune = GradientLearner(network, adapted="all", steps=meta_cfg.finetune_steps,
-                               lr=meta_cfg.finetune_lr, first_order=True, learn_lr=False)
+                               lr=meta_cfg.finetune_lr, first_order=True, learn_lr=False,
+                               loss=meta_cfg.loss)
     return {"user_mean": UserMeanBaseline(global_mean=item_mean.global_mean),
             "item_mean": item_mean,
-            "global": NetworkBaseline(network, GlobalLearner(), train_cfg),
+            "global": NetworkBaseline(network, GlobalLearner(meta_cfg.loss), train_cfg),
             "finetune": NetworkBaseline(network, finetune.to(next(network.parameters()).device),
                                         train_cfg),
             "most_pop": MostPopBaseline.fit(train_tasks, n_items),
@@ -133,6 +136,6 @@ def train_baselines(features: FeatureArrays, train_tasks: TaskArrays, valid_task
                     seed: int) -> tuple[dict[str, Baseline], TrainResult]:
     """Fit every baseline (:data:`BASELINES`); returns them by name and the global network's training result."""
     network, result = train_global_network(features, train_tasks, valid_tasks, model_cfg,
-                                           train_cfg, seed)
+                                           train_cfg, seed, loss=meta_cfg.loss)
     return assemble_baselines(network, train_tasks, len(features.item_ids), meta_cfg,
                               train_cfg), result
