@@ -12,6 +12,7 @@ MRR (and HR@10) with 95% bootstrap intervals, paired differences to every baseli
 support size of ``evaluation.curve_shots`` and with the whole support.
 
     .venv/bin/python benchmarks/implicit_ml100k.py --seeds 0,1,2 --out benchmarks/results/implicit_ml100k.json
+    .venv/bin/python benchmarks/implicit_ml100k.py --split valid --seeds 0 --set model.item_factors=32
 
 Needs the prepared ML-100K tables (``metarec data prepare``; the pipeline run makes them).
 Features and tasks are built under ``--work-dir/s<seed>``; the test users are read once, at
@@ -38,8 +39,25 @@ log = logging.getLogger("implicit_ml100k")
 HEADLINE = ("full_recall_at_10", "full_ndcg_at_10", "full_mrr", "full_hr_at_10")
 
 
-def configure(params: str, seed: int, work_dir: Path, max_steps: int | None):
+def configure(params: str, seed: int, work_dir: Path, max_steps: int | None,
+              assignments: list[str] = ()):
+    import yaml
+
+    from metarec.config import config_from_dict
+
     cfg = load_config(params)
+    if assignments:  # section.key=value overrides (model/meta/train: not the tasks)
+        raw = cfg.to_dict()
+        for item in assignments:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"--set expects section.key=value, got {item!r}")
+            *path, leaf = key.split(".")
+            node = raw
+            for part in path:
+                node = node[part]
+            node[leaf] = yaml.safe_load(value)
+        cfg = config_from_dict(raw, "--set")
     base = work_dir / f"s{seed}"
     ev = cfg.evaluation
     cfg = dataclasses.replace(
@@ -53,7 +71,7 @@ def configure(params: str, seed: int, work_dir: Path, max_steps: int | None):
     return cfg
 
 
-def run_seed(cfg, *, rebuild: bool) -> dict[str, Any]:
+def run_seed(cfg, *, rebuild: bool, split: str = "test") -> dict[str, Any]:
     from metarec.data.tables import read_tables
     from metarec.evaluation.scoring import evaluate_all
     from metarec.features.build import prepare_features
@@ -82,7 +100,8 @@ def run_seed(cfg, *, rebuild: bool) -> dict[str, Any]:
     methods = {cfg.meta.learner: lambda t: predict(model, learner, t, cfg.train)}
     methods.update({n: b.predict for n, b in baselines.items()})
     start = time.perf_counter()
-    report = evaluate_all(methods, {s: inputs.sets[s] for s in inputs.scenarios},
+    names = inputs.scenarios if split == "test" else list(inputs.validation)
+    report = evaluate_all(methods, {s: inputs.sets[s] for s in names},
                           cfg.meta.learner, cfg.evaluation, cfg.seed,
                           n_items=len(inputs.features.item_ids))
     timings["evaluation"] = time.perf_counter() - start
@@ -142,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--work-dir", default="artifacts/bench/implicit")
     ap.add_argument("--rebuild", action="store_true", help="rebuild features and tasks")
+    ap.add_argument("--split", choices=["valid", "test"], default="test",
+                    help="valid: score the early-stopping users (choose settings there); "
+                         "test: the test users, read once for the report")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a params value (YAML syntax), repeatable")
     ap.add_argument("--out", default=None, help="write the JSON here (and a .md beside it)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -149,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     per_seed: dict[int, dict[str, Any]] = {}
     candidate = None
     for seed in [int(s) for s in args.seeds.split(",")]:
-        cfg = configure(args.params, seed, Path(args.work_dir), args.max_steps)
+        cfg = configure(args.params, seed, Path(args.work_dir), args.max_steps, args.set)
         candidate = cfg.meta.learner
-        per_seed[seed] = run_seed(cfg, rebuild=args.rebuild)
+        per_seed[seed] = run_seed(cfg, rebuild=args.rebuild, split=args.split)
         log.info("seed %d: %s", seed, json.dumps(per_seed[seed]["training"]))
     table = summary_table(per_seed, candidate)
     print(table)

@@ -297,8 +297,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     bar.close()
     model.load_state_dict(best["model"])
     learner.load_state_dict(best["learner"])
-    log.info("meta-training stopped at step %d (best valid MAE %.4f at step %d)", step,
-             best["mae"], best["step"])
+    log.info("meta-training stopped at step %d (best validation %s %.4f at step %d)", step,
+             "1 - AUC" if valid_tasks.implicit else "MAE", best["mae"], best["step"])
     return TrainResult(model_state=copy.deepcopy(best["model"]),
                        learner_state=copy.deepcopy(best["learner"]), history=history,
                        steps=step, best_step=int(best["step"]), best_valid_mae=float(best["mae"]),
