@@ -84,6 +84,16 @@ def prior_weights(params: Mapping[str, Tensor], n_layers: int, n_extra: int) -> 
     return torch.cat([w, w.new_zeros(n_extra), b])
 
 
+def _solve(a: Tensor, b: Tensor) -> Tensor:
+    """(N, H1, H1) SPD systems, (N, H1) right-hand sides -> (N, H1) solutions.
+
+    ``solve_ex`` without its error check: ``linalg.solve`` reads the factorisation's status on
+    the host (a device synchronisation in every training step). A is SPD by construction
+    (lam > 0); a failed solve shows as non-finite scores, which the training loop reports.
+    """
+    return torch.linalg.solve_ex(a, b, check_errors=False)[0]
+
+
 def newton_step(hs: Tensor, w0: Tensor, offset: Tensor, ratings: Tensor, mask: Tensor,
                 lam: Tensor, loss: str = "mse") -> Tensor:
     """dw (N, H1) of one Newton step from w0 on the penalised support loss (module docstring).
@@ -98,13 +108,13 @@ def newton_step(hs: Tensor, w0: Tensor, offset: Tensor, ratings: Tensor, mask: T
         hm = hs * mask.unsqueeze(-1)
         a = hm.transpose(1, 2) @ hs + diag
         b = (hs.transpose(1, 2) @ resid.unsqueeze(-1)).squeeze(-1)  # (N, H1)
-        return torch.linalg.solve(a, b)
+        return _solve(a, b)
     d = summed_derivatives(loss, offset + hs @ w0, ratings, mask)
     ht = hs.transpose(1, 2)  # (N, H1, S)
     htc = (hs * d.curv.unsqueeze(-1)).transpose(1, 2) if d.diagonal else ht @ d.curv
     a = htc @ hs + diag
     b = -(ht @ d.grad.unsqueeze(-1)).squeeze(-1)
-    return torch.linalg.solve(a, b)
+    return _solve(a, b)
 
 
 def ridge_head(model: nn.Module, support_feats: Tensor, support_items: Tensor,

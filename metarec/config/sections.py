@@ -316,6 +316,9 @@ class TrainConfig:
     out_dir: str = "artifacts/train"
     # "champion": start from the registry champion's meta-parameters (training/warmstart.py).
     init_from: Literal["none", "champion"] = "none"
+    # The meta-training step without host syncs (metarec.training.fast): "eager", "compile"
+    # (torch.compile, mode reduce-overhead) or "cuda_graph" (captured once, replayed); "off": plain.
+    fast_step: Literal["off", "eager", "compile", "cuda_graph"] = "off"
 
 
 @dataclass(frozen=True)

@@ -56,10 +56,11 @@ def make_batch(user_table: Tensor, tasks: TaskArrays, index: np.ndarray | None =
     if tasks.implicit:  # confidence weights ride in the masks: every loss weighs slots by them
         s_mask = s_mask * tasks.support_weights
         q_mask = q_mask * tasks.query_weights
-    rows = t(tasks.user_row, torch.long)
-    if len(tasks) and int(rows.max()) >= user_table.shape[0]:
-        raise ValueError(f"task user_row {int(rows.max())} is outside the user table "
+    # Checked on the host, before the copy: no device synchronisation for the check.
+    if len(tasks) and int(tasks.user_row.max()) >= user_table.shape[0]:
+        raise ValueError(f"task user_row {int(tasks.user_row.max())} is outside the user table "
                          f"({user_table.shape[0]} rows): tasks and features do not match")
+    rows = t(tasks.user_row, torch.long)
     return TaskBatch(
         user_cat=user_table.to(device)[rows],
         support_items=t(tasks.support_items, torch.long),
@@ -174,19 +175,21 @@ def sample_support(batch: TaskBatch, draws: Tensor, *, full_prob: float, max_sho
     """``batch`` with support sizes drawn by :func:`support_sizes` (meta-training for every
     support size a user may bring, 0 included). ``draws`` (N, 2 + S) uniform numbers: two for
     the size, S keys choosing which ratings stay (:func:`subsample_support`). ``implicit``: the
-    size counts positives, and each task keeps its own share of negatives for them."""
+    size counts positives, and each task keeps its own share of negatives for them.
+    Everything stays on the batch's device (no host synchronisation: the fast training step,
+    metarec.training.fast, runs it inside a CUDA graph)."""
     real = batch.support_mask > 0
     if not implicit:
         available = real.sum(1)
     else:
         available = (real & (batch.support_ratings > 0)).sum(1)
         negatives = (real & (batch.support_ratings <= 0)).sum(1)
-    sizes = support_sizes(available.cpu(), draws[:, :2].cpu(),
+    sizes = support_sizes(available, draws[:, :2].to(available.device),
                           full_prob=full_prob, max_shots=max_shots, dist=dist)
     neg_sizes = None
     if implicit:
-        ratio = negatives.cpu().double() / available.cpu().clamp(min=1).double()
-        neg_sizes = torch.minimum(torch.round(sizes.double() * ratio).long(), negatives.cpu())
+        ratio = negatives.double() / available.clamp(min=1).double()
+        neg_sizes = torch.minimum(torch.round(sizes.double() * ratio).long(), negatives)
     return subsample_support(batch, sizes, draws[:, 2:], neg_sizes)
 
 

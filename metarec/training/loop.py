@@ -9,6 +9,9 @@ resumable checkpoints: a run interrupted and resumed from its last checkpoint en
 the parameters of an uninterrupted run with the same seed (task sampling, resplits and support
 sizes use their own seeded generator, saved in the checkpoint).
 Metrics go to callbacks ``(step, metrics) -> None``; MLflow logging is one such callback.
+``train.fast_step`` (not "off") runs each step through :class:`metarec.training.fast.FastStep`
+(no host synchronisation inside a step): the training loss then reaches the callbacks as its
+mean over the last ``eval_every`` steps, and a non-finite loss stops the run at that point.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from metarec.data.arrays import TaskArrays, limit_support
 from metarec.io import load_state, save_state
 from metarec.meta.inner import make_batch, resplit, sample_support
 from metarec.models.estimator import Estimator
+from metarec.training.fast import FastStep, check_mode, make_optimizer
 
 if TYPE_CHECKING:
     from metarec.training.distributed import World
@@ -180,6 +184,33 @@ def _cpu_state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
+def _plain_step(model: Estimator, learner: nn.Module, optimizer: torch.optim.Optimizer,
+                params: list[nn.Parameter], train_tasks: TaskArrays, index: np.ndarray,
+                keys: Tensor | None, draws: Tensor | None, cfg: TrainConfig,
+                device: torch.device, world: "World | None", step: int) -> Tensor:
+    """One plain meta-training step (``train.fast_step: off``); returns its loss."""
+    batch = make_batch(model.user_table, train_tasks, index, device)
+    if keys is not None:
+        batch = resplit(batch, keys, implicit=train_tasks.implicit)
+    if draws is not None:
+        batch = sample_support(batch, draws, full_prob=cfg.support_full_prob,
+                               max_shots=cfg.support_max_shots, dist=cfg.support_shots,
+                               implicit=train_tasks.implicit)
+    with _autocast(device, cfg.amp):
+        loss = learner.meta_loss(model, batch)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"meta-loss is {float(loss)} at step {step + 1}; "
+                                 "lower train.lr or meta.inner_lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if world is not None:
+        world.average_gradients(params)
+    if cfg.clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
+    optimizer.step()
+    return loss
+
+
 def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
                valid_tasks: TaskArrays, cfg: TrainConfig, seed: int,
                callbacks: Iterable[Callback] = (), checkpoint_dir: str | Path | None = None,
@@ -200,6 +231,7 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
         raise ValueError(f"need training and validation tasks, got {len(train_tasks)} and "
                          f"{len(valid_tasks)}")
     device = resolve_device(cfg.device)
+    check_mode(cfg.fast_step, device, distributed=world is not None)
     fit_item_stats(model, train_tasks)
     if not warm_start:
         init_output_bias(model, train_tasks)
@@ -208,7 +240,7 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     params = [p for m in (model, learner) for p in m.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, cfg, device)
     n = len(train_tasks)
     support_width = train_tasks.support_items.shape[1]
     width = support_width + train_tasks.query_items.shape[1]
@@ -250,6 +282,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
         # The starting point competes too: when meta-training only makes validation worse,
         # the initial weights are what the run returns.
         stopped = evaluate()
+    fast = (None if cfg.fast_step == "off" else
+            FastStep(model, learner, optimizer, train_tasks, cfg, device, world=world))
     bar = tqdm(total=cfg.max_steps, initial=step, disable=None if cfg.progress else True,
                desc="meta-train", leave=False)
     while step < cfg.max_steps and not stopped:
@@ -261,30 +295,21 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
             index = world.shard(index)
             keys = None if keys is None else world.shard(keys)
             draws = None if draws is None else world.shard(draws)
-        batch = make_batch(model.user_table, train_tasks, index, device)
-        if keys is not None:
-            batch = resplit(batch, keys, implicit=train_tasks.implicit)
-        if draws is not None:
-            batch = sample_support(batch, draws, full_prob=cfg.support_full_prob,
-                                   max_shots=cfg.support_max_shots, dist=cfg.support_shots,
-                                   implicit=train_tasks.implicit)
-        with _autocast(device, cfg.amp):
-            loss = learner.meta_loss(model, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"meta-loss is {float(loss)} at step {step + 1}; "
-                                     "lower train.lr or meta.inner_lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if world is not None:
-            world.average_gradients(params)
-        if cfg.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm)
-        optimizer.step()
+        if fast is not None:
+            fast(index, keys, draws)
+        else:
+            loss = _plain_step(model, learner, optimizer, params, train_tasks, index, keys,
+                               draws, cfg, device, world, step)
         step += 1
         bar.update(1)
-        for cb in callbacks:
-            cb(step, {"train_loss": float(loss.detach())})
+        if fast is None:
+            for cb in callbacks:
+                cb(step, {"train_loss": float(loss.detach())})
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            if fast is not None:  # the loss since the last validation: one sync per window
+                mean_loss, _ = fast.drain()
+                for cb in callbacks:
+                    cb(step, {"train_loss": mean_loss})
             stopped = evaluate()
         if (ckpt is not None and cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
                 and (world is None or world.is_main)):
