@@ -221,3 +221,77 @@ def test_gpu_bf16_fast_steps_train() -> None:
     for mode in ("eager", "cuda_graph"):
         result, losses, _ = _gpu_run(mode, amp=True, name="ridge", steps=12)
         assert np.isfinite(result.best_valid_mae) and len(losses) == 3
+
+
+# --------------------------------------------------------------------------- fused embedding
+
+
+def _reference_towers(model, user_cat: torch.Tensor, items: torch.Tensor):
+    """The towers' embedding part as the per-field layout computed it: one nn.Embedding per
+    field and bag (weights copied from the fused table's segments)."""
+    from torch import nn
+
+    def table(view) -> nn.Embedding:
+        emb = nn.Embedding(view.num_embeddings, view.embedding_dim, padding_idx=view.padding_idx)
+        emb.weight = nn.Parameter(view.weight.detach().clone())
+        return emb
+    users = [table(v) for v in model.user_emb]
+    fields = [table(v) for v in model.item_emb]
+    bags = {n: table(v) for n, v in model.bag_emb.items()}
+    u = torch.cat([e(user_cat[..., f]) for f, e in enumerate(users)], -1)
+    cat = model.item_table[items]
+    parts = [e(cat[..., f]) for f, e in enumerate(fields)]
+    for n, e in bags.items():
+        bag = getattr(model, f"item_bag_{n}")[items]
+        real = (bag != 0).unsqueeze(-1)
+        parts.append((e(bag) * real).sum(-2) / real.sum(-2).clamp(min=1))
+    return u, torch.cat(parts, -1), [*users, *fields, *bags.values()]
+
+
+def test_fused_embedding_equals_the_per_field_tables_forward_and_backward() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_features(), TINY)
+    user_cat = model.user_table[torch.tensor([0, 3, 7])]
+    items = torch.randint(0, 30, (3, 5))
+    ref_u, ref_i, tables = _reference_towers(model, user_cat, items)
+    fi = 4 * (1 + 1)  # the year field and the genre bag, 4 wide each (then the text part)
+    torch.testing.assert_close(model.user_embed(user_cat), ref_u, rtol=0, atol=0)
+    torch.testing.assert_close(model.item_embed(items)[..., :fi], ref_i, rtol=0, atol=0)
+    (model.user_embed(user_cat).square().sum() + model.item_embed(items)[..., :fi].sum()).backward()
+    (ref_u.square().sum() + ref_i.sum()).backward()
+    grads = torch.cat([t.weight.grad for t in tables], 0)
+    torch.testing.assert_close(model.emb.weight.grad, grads, rtol=1e-6, atol=1e-7)
+
+
+def test_fused_table_is_initialised_like_the_per_field_tables() -> None:
+    """Same seed, same weights as nn.Embedding per field in the former order (users, item
+    fields, bags with a zero padding row): trained results stay reproducible across the change."""
+    from torch import nn
+
+    features = tiny_features()
+    torch.manual_seed(0)
+    model = build_model(features, TINY)
+    torch.manual_seed(0)
+    expected = [nn.Embedding(c, 4).weight for c in features.user_cardinality]
+    expected += [nn.Embedding(c, 4).weight for c in features.item_cardinality]
+    expected += [nn.Embedding(6, 4, padding_idx=0).weight]
+    views = [*model.user_emb, *model.item_emb, *model.bag_emb.values()]
+    for view, weight in zip(views, expected, strict=True):
+        assert torch.equal(view.weight, weight)
+
+
+def test_state_dict_keeps_the_per_field_keys_and_loads_them_back() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_features(), TINY)
+    state = model.state_dict()
+    assert "emb.weight" not in state
+    assert {"user_emb.0.weight", "user_emb.1.weight", "item_emb.0.weight",
+            "bag_emb.genre.weight"} <= set(state)
+    assert state["user_emb.1.weight"].shape == (5, 4)
+    torch.manual_seed(1)
+    other = build_model(tiny_features(), TINY)
+    other.load_state_dict(state)  # a checkpoint of the per-field layout
+    assert torch.equal(other.emb.weight, model.emb.weight)
+    bad = dict(state, **{"bag_emb.genre.weight": torch.zeros(7, 4)})
+    with pytest.raises(RuntimeError, match=r"bag_emb\.genre\.weight.*\(7, 4\)"):
+        other.load_state_dict(bad)

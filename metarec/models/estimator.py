@@ -42,6 +42,7 @@ from metarec.adaptation import mlp
 from metarec.adaptation.mlp import DECISION_PREFIX
 from metarec.config import ModelConfig
 from metarec.data.arrays import FeatureArrays
+from metarec.models.embedding import FieldView, FusedEmbedding, fuse_state, split_state
 
 
 class Estimator(nn.Module):
@@ -107,14 +108,29 @@ class Estimator(nn.Module):
             _check_table(f"item_multi[{name!r}]", item_multi[name], (card,) * item_multi[name].shape[1])
             self.register_buffer(f"item_bag_{name}", item_multi[name].long())
         self.register_buffer("item_text", None if item_text is None else item_text.float())
-        self.user_emb = nn.ModuleList(nn.Embedding(c, embedding_dim) for c in user_cardinality)
-        self.item_emb = nn.ModuleList(nn.Embedding(c, embedding_dim) for c in item_cardinality)
-        # Bags: an Embedding with padding row 0, mean-pooled over the non-padding entries. This
-        # is EmbeddingBag(mode="mean", padding_idx=0) written with plain ops so that it works
+        # One table for every field and bag (metarec.models.embedding), per-field in the
+        # state_dict. Bags: padding row 0, mean-pooled over the non-padding entries: this is
+        # EmbeddingBag(mode="mean", padding_idx=0) written with plain ops so that it works
         # under vmap (MAML adapting all parameters) and exports to ONNX.
-        self.bag_emb = nn.ModuleDict(
-            {n: nn.Embedding(int(item_multi_cardinality[n]), embedding_dim, padding_idx=0)
-             for n in self.multi_names})
+        self.emb = FusedEmbedding(
+            [(f"user_emb.{i}.weight", c, None) for i, c in enumerate(user_cardinality)]
+            + [(f"item_emb.{i}.weight", c, None) for i, c in enumerate(item_cardinality)]
+            + [(f"bag_emb.{n}.weight", int(item_multi_cardinality[n]), 0)
+               for n in self.multi_names], embedding_dim)
+        self.register_buffer("user_offsets", torch.tensor(
+            self.emb.offsets([f"user_emb.{i}.weight" for i in range(len(user_cardinality))]),
+            dtype=torch.long), persistent=False)
+        self.bag_widths = tuple(int(item_multi[n].shape[1]) for n in self.multi_names)
+        item_offsets = self.emb.offsets([f"item_emb.{i}.weight" for i in range(len(item_cardinality))])
+        for n, width in zip(self.multi_names, self.bag_widths):  # one offset per bag column
+            item_offsets += self.emb.offsets([f"bag_emb.{n}.weight"]) * width
+        self.register_buffer("item_offsets", torch.tensor(item_offsets, dtype=torch.long),
+                             persistent=False)
+        self.register_state_dict_post_hook(
+            lambda module, state, prefix, meta: split_state(module.emb, state, prefix))
+        self.register_load_state_dict_pre_hook(
+            lambda module, state, prefix, meta, strict, missing, unexpected, errors:
+            fuse_state(module.emb, state, prefix, errors))
         self.text_proj = (None if item_text is None
                           else nn.Linear(item_text.shape[1], text_proj_dim))
         n_items = item_cat.shape[0]
@@ -176,23 +192,44 @@ class Estimator(nn.Module):
         users = users.unsqueeze(-2).expand(*items.shape[:-1], users.shape[-1])
         return torch.cat([items, users], dim=-1)
 
+    @property
+    def user_emb(self) -> tuple[FieldView, ...]:
+        """Each user field's rows of the fused table (``.weight``, like an ``nn.Embedding``)."""
+        return tuple(self.emb.view(f"user_emb.{i}.weight") for i in range(len(self.user_offsets)))
+
+    @property
+    def item_emb(self) -> tuple[FieldView, ...]:
+        """Each categorical item field's rows of the fused table."""
+        return tuple(self.emb.view(f"item_emb.{i}.weight") for i in range(self.item_table.shape[1]))
+
+    @property
+    def bag_emb(self) -> dict[str, FieldView]:
+        """Each attribute bag's rows of the fused table (row 0: padding), by name."""
+        return {n: self.emb.view(f"bag_emb.{n}.weight") for n in self.multi_names}
+
     def user_embed(self, user_cat: Tensor) -> Tensor:
         """(..., Fu) int64 categorical row(s) -> (..., Fu * E) user tower output."""
-        parts = [emb(user_cat[..., f]) for f, emb in enumerate(self.user_emb)]
-        return torch.cat(parts, dim=-1) if parts else user_cat.new_zeros(*user_cat.shape[:-1], 0).float()
+        if not len(self.user_offsets):
+            return user_cat.new_zeros(*user_cat.shape[:-1], 0).float()
+        return self.emb(user_cat + self.user_offsets).flatten(-2)  # one gather, (..., Fu, E)
 
     def item_embed(self, item_rows: Tensor) -> Tensor:
         """(..., K) int64 item rows -> (..., K, Ei) item tower output."""
-        cat = self.item_table[item_rows]  # (..., K, Fi)
-        parts = [emb(cat[..., f]) for f, emb in enumerate(self.item_emb)]
-        for name in self.multi_names:
-            bag = getattr(self, f"item_bag_{name}")[item_rows]  # (..., K, L)
+        fi = self.item_table.shape[1]
+        local = torch.cat([self.item_table[item_rows]]  # (..., K, Fi + sum of bag widths)
+                          + [getattr(self, f"item_bag_{n}")[item_rows] for n in self.multi_names], -1)
+        vecs = self.emb(local + self.item_offsets)  # one gather for every field and bag
+        parts = [vecs[..., :fi, :].flatten(-2)] if fi else []
+        start = fi
+        for width in self.bag_widths:
+            bag = local[..., start:start + width]  # (..., K, L)
             real = (bag != 0).unsqueeze(-1)  # (..., K, L, 1)
             # Mask explicitly rather than trusting padding_idx: under vmap/torch.func the
             # padding row can receive inner-loop gradients, so it must never be read.
-            vecs = self.bag_emb[name](bag) * real  # (..., K, L, E)
-            count = real.sum(-2).clamp(min=1).to(vecs.dtype)
-            parts.append(vecs.sum(-2) / count)
+            masked = vecs[..., start:start + width, :] * real  # (..., K, L, E)
+            count = real.sum(-2).clamp(min=1).to(masked.dtype)
+            parts.append(masked.sum(-2) / count)
+            start += width
         if self.text_proj is not None:
             parts.append(self.text_proj(self.item_text[item_rows]))
         if self.stats_proj is not None:
