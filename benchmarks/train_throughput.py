@@ -1,16 +1,24 @@
-"""Meta-training throughput: batched torch.func learner vs a per-task Python loop (MeLU's code).
+"""Meta-training throughput: the per-task loop (MeLU's code), the plain batched step and the
+fast step (metarec.training.fast) in its modes, tasks/s at each task batch size.
 
 A MeLU-shaped model on a synthetic MovieLens-1M-sized setup (6,040 users with gender, age,
 occupation, zip; 3,706 items with rate, year, genre/director/actor bags and a 384-d text
-embedding), second-order MeLU updates (decision layers adapted, 1 inner step). For each task
-batch size it times meta-training steps of
+embedding), second-order MeLU updates (decision layers adapted, 1 inner step; ``--learner
+ridge`` for the closed-form head). Each measured step is a whole optimizer step:
 
-- ``batched``: metarec's learner (towers once per batch, ``vmap`` over tasks), and
 - ``loop``: MeLU's structure: for each task, autograd.grad(create_graph=True) on the decision
-  layers, a local update, the query loss, then one backward over the summed losses,
+  layers, a local update, the query loss, then one backward over the summed losses (no resplit
+  or support-size draws; slow, so only at batches <= ``--loop-max``);
+- ``plain``: the training loop's own step (``train.fast_step: off``): the batch copied from the
+  host, resplit and support sizes drawn, ``vmap`` over tasks, backward, clipping, AdamW;
+- ``eager`` / ``compile`` / ``cuda_graph``: the same step by :class:`FastStep` (tasks held on
+  the device, no host synchronisation; ``cuda_graph`` and compile's CUDA graphs on CUDA only).
 
-and prints tasks/s as JSON. ``python benchmarks/train_throughput.py --device cpu --steps 5``
-runs on a CPU; the default device is cuda when present.
+Results (one row per batch size and mode, tasks/s, the speed-up over the loop) go to stdout
+and, after every measurement, to ``--out`` as JSON, so a run cut short keeps what it measured::
+
+    python benchmarks/train_throughput.py --device cpu --batches 32 256 --steps 3 \
+        --modes loop plain eager --out benchmarks/results/train_throughput_cpu.json
 """
 
 from __future__ import annotations
@@ -22,11 +30,16 @@ import time
 import numpy as np
 import torch
 
-from metarec.config import MetaConfig, ModelConfig
+import platform
+from pathlib import Path
+
+from metarec.config import MetaConfig, ModelConfig, TrainConfig
 from metarec.data.arrays import FeatureArrays, TaskArrays
 from metarec.meta.inner import TaskBatch, make_batch
 from metarec.meta.learners import build_learner
 from metarec.models.estimator import Estimator, build_model
+from metarec.training.fast import WARMUP_STEPS, FastStep, make_optimizer
+from metarec.training.loop import _plain_step
 
 
 def synthetic_ml1m(seed: int, n_tasks: int, support: int, query: int
@@ -71,9 +84,10 @@ def loop_meta_loss(model: Estimator, batch: TaskBatch, lr: float) -> torch.Tenso
     return torch.stack(losses).mean()
 
 
-def time_steps(fn, steps: int, device: torch.device) -> float:
-    """Seconds per step of ``fn`` (one warm-up step excluded)."""
-    fn()
+def time_steps(fn, steps: int, device: torch.device, warmup: int = 1) -> float:
+    """Seconds per step of ``fn`` (``warmup`` steps excluded)."""
+    for _ in range(warmup):
+        fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -84,43 +98,90 @@ def time_steps(fn, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+class Draws:
+    """The training loop's per-step random numbers: task indices, resplit keys, support draws."""
+
+    def __init__(self, n: int, size: int, support: int, query: int) -> None:
+        self.gen, self.n, self.size, self.s, self.w = torch.Generator().manual_seed(0), n, size, support, support + query
+
+    def __call__(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        index = torch.randperm(self.n, generator=self.gen)[:self.size].numpy()
+        return (index, torch.rand(self.size, self.w, generator=self.gen),
+                torch.rand(self.size, 2 + self.s, generator=self.gen))
+
+
+def measure(mode: str, size: int, args, features: FeatureArrays, tasks: TaskArrays,
+            device: torch.device) -> float:
+    """Seconds per meta-training step of ``mode`` at ``size`` tasks per batch."""
+    torch.manual_seed(0)
+    model = build_model(features, ModelConfig()).to(device)
+    meta = MetaConfig(learner=args.learner, inner_steps=1, inner_lr=5e-3, first_order=False)
+    learner = build_learner(model, meta).to(device)
+    cfg = TrainConfig(device=device.type, amp=args.amp, tasks_per_batch=size,
+                      fast_step="off" if mode in ("loop", "plain") else mode)
+    params = [p for m in (model, learner) for p in m.parameters()]
+    opt = make_optimizer(params, cfg, device)
+    draws = Draws(len(tasks), size, args.support, args.query)
+    if mode == "loop":
+        batch = make_batch(model.user_table, tasks, np.arange(size), device)
+
+        def step() -> None:
+            loss = loop_meta_loss(model, batch, meta.inner_lr)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return time_steps(step, args.loop_steps, device)
+    if mode == "plain":
+        return time_steps(lambda: _plain_step(model, learner, opt, params, tasks, *draws(), cfg,
+                                              device, None, 0), args.steps, device)
+    fast = FastStep(model, learner, opt, tasks, cfg, device)
+    seconds = time_steps(lambda: fast(*draws()), args.steps, device, warmup=WARMUP_STEPS + 2)
+    fast.drain()  # a diverged run is an error, not a speed
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batches", type=int, nargs="+", default=[32, 256])
+    parser.add_argument("--loop-steps", type=int, default=3)
+    parser.add_argument("--loop-max", type=int, default=256,
+                        help="largest batch the per-task loop is timed at")
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 256, 1024, 4096])
+    parser.add_argument("--modes", nargs="+", default=["loop", "plain", "eager", "compile",
+                                                       "cuda_graph"])
+    parser.add_argument("--learner", default="melu", choices=["melu", "ridge"])
     parser.add_argument("--support", type=int, default=20)
     parser.add_argument("--query", type=int, default=10)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (cuda only)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (rewritten as it goes)")
     args = parser.parse_args()
     device = torch.device(args.device)
-    torch.manual_seed(0)
     features, tasks = synthetic_ml1m(0, max(args.batches), args.support, args.query)
-    model = build_model(features, ModelConfig()).to(device)
-    meta = MetaConfig(learner="melu", inner_steps=1, inner_lr=5e-3)
-    learner = build_learner(model, meta).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
-    results = []
+    report = {"device": str(device), "name": torch.cuda.get_device_name(device)
+              if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()},"
+              f" {torch.get_num_threads()} threads)", "learner": args.learner,
+              "second_order": True, "steps": args.steps, "support": args.support,
+              "query": args.query, "amp": args.amp, "torch": torch.__version__, "results": []}
     for size in args.batches:
-        batch = make_batch(model.user_table, tasks, np.arange(size), device)
-
-        def step(loss_fn) -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16,
-                                enabled=args.amp and device.type == "cuda"):
-                loss = loss_fn()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        batched = time_steps(lambda: step(lambda: learner.meta_loss(model, batch)), args.steps, device)
-        loop = time_steps(lambda: step(lambda: loop_meta_loss(model, batch, meta.inner_lr)),
-                          args.steps, device)
-        results.append({"tasks_per_batch": size, "batched_tasks_per_s": size / batched,
-                        "loop_tasks_per_s": size / loop, "speedup": loop / batched})
-    print(json.dumps({"device": str(device), "name": torch.cuda.get_device_name(device)
-                      if device.type == "cuda" else "cpu", "steps": args.steps,
-                      "support": args.support, "query": args.query, "amp": args.amp,
-                      "torch": torch.__version__, "results": results}, indent=2))
+        row: dict = {"tasks_per_batch": size}
+        for mode in args.modes:
+            if (mode == "loop" and size > args.loop_max) or (
+                    mode == "cuda_graph" and device.type != "cuda"):
+                continue
+            try:
+                row[f"{mode}_tasks_per_s"] = size / measure(mode, size, args, features, tasks,
+                                                            device)
+            except Exception as err:  # noqa: BLE001 - recorded, the other modes still run
+                row[f"{mode}_error"] = f"{type(err).__name__}: {err}"[:300]
+            if "loop_tasks_per_s" in row:
+                for key in [k for k in row if k.endswith("_tasks_per_s") and k != "loop_tasks_per_s"]:
+                    row[key.replace("_tasks_per_s", "_speedup")] = row[key] / row["loop_tasks_per_s"]
+            report["results"] = [r for r in report["results"] if r["tasks_per_batch"] != size] + [row]
+            if args.out is not None:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
