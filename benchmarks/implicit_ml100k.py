@@ -98,6 +98,20 @@ def run_seed(cfg, *, rebuild: bool, split: str = "test") -> dict[str, Any]:
         with_resolved_loss(cfg.meta, cfg.data), cfg.train, cfg.seed)
     timings["baselines"] = time.perf_counter() - start
     methods = {cfg.meta.learner: lambda t: predict(model, learner, t, cfg.train)}
+    # The issue's speed figure: one full-catalog scoring of the test users by the learner
+    # (adapt + score every item + rank; median of 3 after a warm-up).
+    from metarec.evaluation.catalog import Catalog, full_metric_names
+
+    fc = cfg.evaluation.full_catalog
+    catalog = Catalog(len(inputs.features.item_ids), fc.relevance_threshold, fc.chunk, cfg.seed)
+    test = inputs.sets[inputs.scenarios[0]]
+    names = full_metric_names(fc.metrics, fc.ks)
+    times = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        catalog.scores(methods[cfg.meta.learner], test, names)
+        times.append(time.perf_counter() - t0)
+    timings["full_catalog_scoring"] = float(np.median(times[1:]))
     methods.update({n: b.predict for n, b in baselines.items()})
     start = time.perf_counter()
     names = inputs.scenarios if split == "test" else list(inputs.validation)
@@ -111,7 +125,7 @@ def run_seed(cfg, *, rebuild: bool, split: str = "test") -> dict[str, Any]:
                  "best_valid_1_minus_auc": round(result.best_valid_mae, 4)},
         "global": {"best_step": global_result.best_step, "steps": global_result.steps,
                    "best_valid_1_minus_auc": round(global_result.best_valid_mae, 4)},
-        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
         "tasks": {n: len(t) for n, t in inputs.sets.items() if "@" not in n},
         "loss": with_resolved_loss(cfg.meta, cfg.data).loss}
     return out
@@ -154,6 +168,35 @@ def summary_table(per_seed: dict[int, dict[str, Any]], candidate: str) -> str:
     return "\n".join(lines)
 
 
+def curve_table(per_seed: dict[int, dict[str, Any]], candidate: str,
+                metric: str = "full_recall_at_10") -> str:
+    """Markdown: ``metric`` along the adaptation curve (support positives 0, 1, 3, ..., all),
+    mean over seeds per method, and per baseline how many seeds have the candidate ahead
+    (+) or behind (-) beyond the 95% paired interval."""
+    first = next(iter(per_seed.values()))
+    scenario = next(iter(first["curves"]))
+    methods = list(first["curves"][scenario])
+    shots = list(first["curves"][scenario][candidate])
+    lines = [f"{metric} by support size (positives known; mean over {len(per_seed)} seeds; "
+             f"[+a/-b]: seeds where {candidate} is ahead / behind beyond the interval)", "",
+             "| method | " + " | ".join(shots) + " |", "|---" * (len(shots) + 1) + "|"]
+    for m in methods:
+        cells = []
+        for k in shots:
+            vals = [r["curves"][scenario][m][k].get(metric) for r in per_seed.values()]
+            vals = [v for v in vals if v is not None]
+            cell = f"{np.mean(vals):.4f}" if vals else "-"
+            if m != candidate and vals:
+                diffs = [r["curve_differences"][scenario][m][k].get(metric)
+                         for r in per_seed.values()]
+                ahead = sum(1 for d in diffs if d and d["interval"] and d["interval"][0] > 0)
+                behind = sum(1 for d in diffs if d and d["interval"] and d["interval"][1] < 0)
+                cell += f" [+{ahead}/-{behind}]"
+            cells.append(cell)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
@@ -167,7 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a params value (YAML syntax), repeatable")
     ap.add_argument("--out", default=None, help="write the JSON here (and a .md beside it)")
+    ap.add_argument("--summarise", default=None, metavar="JSON",
+                    help="only print the tables of a JSON this script wrote")
     args = ap.parse_args(argv)
+    if args.summarise:
+        per_seed = {int(k): v for k, v in json.loads(Path(args.summarise).read_text()).items()}
+        cand = next(iter(per_seed.values()))["candidate"]
+        print(summary_table(per_seed, cand) + "\n\n" + curve_table(per_seed, cand) + "\n\n"
+              + curve_table(per_seed, cand, "full_ndcg_at_10"))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     per_seed: dict[int, dict[str, Any]] = {}
@@ -177,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         candidate = cfg.meta.learner
         per_seed[seed] = run_seed(cfg, rebuild=args.rebuild, split=args.split)
         log.info("seed %d: %s", seed, json.dumps(per_seed[seed]["training"]))
-    table = summary_table(per_seed, candidate)
+    table = (summary_table(per_seed, candidate) + "\n\n" + curve_table(per_seed, candidate)
+             + "\n\n" + curve_table(per_seed, candidate, "full_ndcg_at_10"))
     print(table)
     if args.out:
         out = Path(args.out)
