@@ -41,22 +41,17 @@ HEADLINE = ("full_recall_at_10", "full_ndcg_at_10", "full_mrr", "full_hr_at_10")
 
 def configure(params: str, seed: int, work_dir: Path, max_steps: int | None,
               assignments: list[str] = ()):
-    import yaml
-
     from metarec.config import config_from_dict
 
     cfg = load_config(params)
     if assignments:  # section.key=value overrides (model/meta/train: not the tasks)
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from ml100k_quality import _override
+
         raw = cfg.to_dict()
-        for item in assignments:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise SystemExit(f"--set expects section.key=value, got {item!r}")
-            *path, leaf = key.split(".")
-            node = raw
-            for part in path:
-                node = node[part]
-            node[leaf] = yaml.safe_load(value)
+        _override(raw, list(assignments))
         cfg = config_from_dict(raw, "--set")
     base = work_dir / f"s{seed}"
     ev = cfg.evaluation

@@ -14,8 +14,12 @@ Index conventions (shared by encoders, models and the ONNX export):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -91,6 +95,25 @@ def rows_of(ids: np.ndarray, table_ids: np.ndarray, what: str) -> np.ndarray:
         raise ValueError(f"{int(bad.sum())} {what} id(s) have no feature row, e.g. "
                          f"{ids[bad][0]}; rebuild features from the same tables")
     return pos.astype(np.int64)
+
+
+
+def user_groups(interactions: "pd.DataFrame", features: FeatureArrays, *, query_size: int, support_width: int,
+                what: str = "ratings") -> tuple[np.ndarray, ...]:
+    """The interactions (user_id, item_id, rating) grouped by user for task building: (users,
+    starts, sizes, item rows, values), sorted by user then item. A user with no more than
+    ``query_size`` ``what`` is an error, as are widths below 1 and items without features."""
+    if query_size < 1 or support_width < 1:
+        raise ValueError(f"query_size and support_width must be >= 1, got {query_size}, "
+                         f"{support_width}")
+    inter = interactions.sort_values(["user_id", "item_id"], kind="mergesort")
+    users, starts, sizes = np.unique(inter["user_id"].to_numpy(np.int64), return_index=True,
+                                     return_counts=True)
+    if len(users) and sizes.min() <= query_size:
+        raise ValueError(f"user {users[sizes.argmin()]} has {sizes.min()} {what}; a task needs "
+                         f"more than query_size={query_size}")
+    item_rows = rows_of(inter["item_id"].to_numpy(np.int64), features.item_ids, "item")
+    return users, starts, sizes, item_rows, inter["rating"].to_numpy(np.float32)
 
 
 def support_quota(tasks: TaskArrays, shots: int) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from metarec.config import ImplicitRule
-from metarec.data.arrays import FeatureArrays, TaskArrays, rows_of as _rows_of
+from metarec.data.arrays import FeatureArrays, TaskArrays, rows_of as _rows_of, user_groups
 from metarec.data.tables import CanonicalTables
 
 log = logging.getLogger(__name__)
@@ -136,17 +136,9 @@ def build_implicit_tasks(interactions: pd.DataFrame, features: FeatureArrays, *,
     ``pool``/``probs``: the items negatives are drawn from and their probabilities. Widths:
     support ``support_width * (1 + negatives)``, query ``query_size * (1 + negatives)``.
     """
-    if query_size < 1 or support_width < 1:
-        raise ValueError(f"query_size and support_width must be >= 1, got {query_size}, "
-                         f"{support_width}")
-    inter = interactions.sort_values(["user_id", "item_id"], kind="mergesort")
-    users, starts, sizes = np.unique(inter["user_id"].to_numpy(np.int64), return_index=True,
-                                     return_counts=True)
-    if len(users) and sizes.min() <= query_size:
-        raise ValueError(f"user {users[sizes.argmin()]} has {sizes.min()} positives; a task "
-                         f"needs more than query_size={query_size}")
-    item_rows = _rows_of(inter["item_id"].to_numpy(np.int64), features.item_ids, "item")
-    weights = inter["rating"].to_numpy(np.float32)
+    users, starts, sizes, item_rows, weights = user_groups(
+        interactions, features, query_size=query_size, support_width=support_width,
+        what="positives")
     n, r = len(users), negatives
     sw, qw = support_width * (1 + r), query_size * (1 + r)
     out = {"support_items": np.zeros((n, sw), np.int64),

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from metarec.config import ImplicitRule
-from metarec.data.arrays import FeatureArrays, TaskArrays, pick_support, rows_of as _rows_of
+from metarec.data.arrays import (FeatureArrays, TaskArrays, pick_support, rows_of as _rows_of,
+                                 user_groups)
 from metarec.data.implicit import build_implicit_tasks, negative_pools
 from metarec.data.npz import read_npz, write_npz
 from metarec.data.splits import ColdStartSplit
@@ -53,17 +54,8 @@ def build_tasks(interactions: pd.DataFrame, features: FeatureArrays, *, query_si
     Users are taken in id order; each must have more than ``query_size`` ratings. Support sets
     longer than ``support_width`` keep ``support_width`` random ratings (logged).
     """
-    if query_size < 1 or support_width < 1:
-        raise ValueError(f"query_size and support_width must be >= 1, got {query_size}, "
-                         f"{support_width}")
-    inter = interactions.sort_values(["user_id", "item_id"], kind="mergesort")
-    users, starts, sizes = np.unique(inter["user_id"].to_numpy(np.int64), return_index=True,
-                                     return_counts=True)
-    if len(users) and sizes.min() <= query_size:
-        raise ValueError(f"user {users[sizes.argmin()]} has {sizes.min()} ratings; a task needs "
-                         f"more than query_size={query_size}")
-    item_rows = _rows_of(inter["item_id"].to_numpy(np.int64), features.item_ids, "item")
-    ratings = inter["rating"].to_numpy(np.float32)
+    users, starts, sizes, item_rows, ratings = user_groups(
+        interactions, features, query_size=query_size, support_width=support_width)
     n = len(users)
     out = {"support_items": np.zeros((n, support_width), np.int64),
            "support_ratings": np.zeros((n, support_width), np.float32),
