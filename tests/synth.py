@@ -31,16 +31,22 @@ def write_synthetic_csv(folder: Path, n_users: int = 80, n_items: int = 80,
             rows.append((u + 1, int(i) + 1, rating, 1_600_000_000 + 3600 * len(rows)))
     pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(
         folder / "interactions.csv", index=False)
-    pd.DataFrame({"user_id": np.arange(1, n_users + 1),
-                  "age": rng.integers(18, 70, n_users),
-                  "gender": gender}).to_csv(folder / "users.csv",
-                                                                  index=False)
-    pd.DataFrame({"item_id": np.arange(1, n_items + 1),
-                  "title": [f"Film {i} of {GENRES[g]}" for i, g in enumerate(genre, 1)],
-                  "year": rng.integers(1980, 2000, n_items),
+    _write_users_items(folder, rng, gender, genre, "Film")
+    return folder
+
+
+def _write_users_items(folder: Path, rng: np.random.Generator, gender: np.ndarray,
+                       genre: np.ndarray, noun: str) -> None:
+    """users.csv (id, age, gender) and items.csv (id, title "<noun> i of <genre>", year,
+    genres), ages then years drawn from ``rng``."""
+    pd.DataFrame({"user_id": np.arange(1, len(gender) + 1),
+                  "age": rng.integers(18, 70, len(gender)),
+                  "gender": gender}).to_csv(folder / "users.csv", index=False)
+    pd.DataFrame({"item_id": np.arange(1, len(genre) + 1),
+                  "title": [f"{noun} {i} of {GENRES[g]}" for i, g in enumerate(genre, 1)],
+                  "year": rng.integers(1980, 2000, len(genre)),
                   "genres": [GENRES[g] for g in genre]}).to_csv(folder / "items.csv",
                                                                index=False)
-    return folder
 
 
 SYNTH_PARAMS = {
@@ -80,10 +86,5 @@ def write_playcount_csv(folder: Path, n_users: int = 120, n_items: int = 100,
             rows.append((u + 1, int(i) + 1, 1 + int(rng.poisson(20 if likes[i] else 2))))
     pd.DataFrame(rows, columns=["user_id", "item_id", "plays"]).to_csv(
         folder / "interactions.csv", index=False)
-    pd.DataFrame({"user_id": np.arange(1, n_users + 1), "age": rng.integers(18, 70, n_users),
-                  "gender": gender}).to_csv(folder / "users.csv", index=False)
-    pd.DataFrame({"item_id": np.arange(1, n_items + 1),
-                  "title": [f"Artist {i} of {GENRES[g]}" for i, g in enumerate(genre, 1)],
-                  "year": rng.integers(1980, 2000, n_items),
-                  "genres": [GENRES[g] for g in genre]}).to_csv(folder / "items.csv", index=False)
+    _write_users_items(folder, rng, gender, genre, "Artist")
     return folder
