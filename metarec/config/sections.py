@@ -311,6 +311,9 @@ class TrainConfig:
     # Early stopping on the validation MAE averaged over these support sizes (seeded subsets as
     # in the evaluation curves; "all": the whole support; ["all"]: the former behaviour).
     valid_shots: tuple[int | Literal["all"], ...] = ("all",)
+    # After meta-training, add to the output bias the mean 0-shot residual of the training users
+    # within the rating window (metarec.training.calibration; explicit data only).
+    calibrate_prior: bool = True
     # Show a progress bar (only on a terminal).
     progress: bool = True
     out_dir: str = "artifacts/train"

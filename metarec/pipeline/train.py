@@ -82,6 +82,7 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
     save_state(out / META_FILE, {"model": result.model_state, "learner": result.learner_state})
     summary = {"learner": cfg.meta.learner, "steps": result.steps, "best_step": result.best_step,
                "best_valid_mae": result.best_valid_mae, "stopped_early": result.stopped_early,
+               "prior_shift": result.prior_shift,
                "train_tasks": len(inputs.train), "valid_tasks": len(inputs.valid),
                "history": result.history, "model_sha256": file_sha256(out / META_FILE),
                "init": init}

@@ -33,6 +33,7 @@ from metarec.data.arrays import TaskArrays, limit_support
 from metarec.io import load_state, save_state
 from metarec.meta.inner import make_batch, resplit, sample_support
 from metarec.models.estimator import Estimator
+from metarec.training.calibration import calibrate_prior
 from metarec.training.fast import FastStep, check_mode, make_optimizer
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class TrainResult:
     best_step: int = 0
     best_valid_mae: float = math.inf
     stopped_early: bool = False
+    prior_shift: float | None = None  # what calibrate_prior added to the output bias
 
 
 def resolve_device(name: str) -> torch.device:
@@ -322,9 +324,12 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     bar.close()
     model.load_state_dict(best["model"])
     learner.load_state_dict(best["learner"])
+    shift = calibrate_prior(model, learner, train_tasks, cfg) if cfg.calibrate_prior else None
+    if shift is not None:
+        best["model"] = _cpu_state(model)
     log.info("meta-training stopped at step %d (best validation %s %.4f at step %d)", step,
              "1 - AUC" if valid_tasks.implicit else "MAE", best["mae"], best["step"])
     return TrainResult(model_state=copy.deepcopy(best["model"]),
                        learner_state=copy.deepcopy(best["learner"]), history=history,
                        steps=step, best_step=int(best["step"]), best_valid_mae=float(best["mae"]),
-                       stopped_early=stopped)
+                       stopped_early=stopped, prior_shift=shift)
