@@ -43,6 +43,7 @@ import suite  # noqa: E402
 
 from metarec.config import config_from_dict  # noqa: E402
 from metarec.evaluation.report import ALL_SHOTS  # noqa: E402
+from metarec.training.ranking_baselines import RANKING_BASELINES  # noqa: E402
 from metarec.tuning import cv  # noqa: E402
 
 PAIRED = ("mae", "ndcg_at_3", "ndcg_at_5", "precision_at_5")
@@ -96,7 +97,9 @@ def cross_validate(raw: dict[str, Any], source: str, folds: int, learners: str |
                                                             fold.held, name)
         found, info["global"] = cv.train_fold_baselines(cfg, inputs.features, fold.train,
                                                         fold.held)
-        predictors.update(found)
+        # most_pop / item_knn score without rating scale: no MAE for them on ratings
+        predictors.update({n: p for n, p in found.items()
+                           if fold.train.implicit or n not in RANKING_BASELINES})
         print(f"fold {fold.index}: " + json.dumps(info), file=sys.stderr)
         for method, predict in predictors.items():
             per_task.setdefault(method, []).append(cv.fold_scores(predict, fold, list(PAIRED)))

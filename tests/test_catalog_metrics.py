@@ -305,6 +305,39 @@ def test_evaluate_all_scores_the_catalog_in_results_curves_and_differences() -> 
                      EvaluationConfig(curve_metrics=("mae", "full_mrr")), 0)
 
 
+def test_score_only_baselines_get_no_rating_error_anywhere() -> None:
+    """most_pop / item_knn scores rank but are not ratings: on explicit data the report holds
+    their ranking metrics and no mae/rmse (no MAE of 132 beside the ratings' 0.8)."""
+    import dataclasses
+
+    from metarec.config import GateConfig
+    from metarec.evaluation.gate import gate
+    from metarec.evaluation.scoring import evaluate_all
+
+    tasks, good, bad = scenario_and_tables()
+    cfg = EvaluationConfig(metrics=("mae", "rmse", "ndcg"), ks=(3,), curve_shots=(0, 2),
+                           curve_metrics=("mae", "ndcg_at_3"), bootstrap_samples=50)
+    report = evaluate_all({"cand": table_predict(good, False), "base": table_predict(bad, False),
+                           "pop": table_predict(bad * 100, False)}, {"s": tasks}, "cand", cfg,
+                          seed=0, n_items=good.shape[1], score_only=("pop",))
+    pop, base = report.metrics["s"]["pop"], report.metrics["s"]["base"]
+    assert "mae" not in pop and "rmse" not in pop and "ndcg_at_3" in pop and "full_mrr" in pop
+    assert "mae" in base and "rmse" in base
+    for k in ("0", "2", "all"):
+        assert "mae" not in report.curves["s"]["pop"][k]
+        assert "ndcg_at_3" in report.curves["s"]["pop"][k]
+        assert "mae" not in report.curve_differences["s"]["pop"][k]
+        assert "ndcg_at_3" in report.curve_differences["s"]["pop"][k]
+        assert "mae" in report.curve_differences["s"]["base"][k]
+    md = report.to_markdown()
+    assert "nan" not in md and "| mae | pop |" not in md and "| ndcg_at_3 | pop |" in md
+    report = dataclasses.replace(report, meta_training_gain=True)
+    assert gate(report, None, GateConfig(metrics=("ndcg_at_3",), baselines=("base", "pop"))).passed
+    refused = gate(report, None, GateConfig(metrics=("mae",), baselines=("pop",)))
+    assert not refused.passed
+    assert any("mae" in r and "pop" in r for r in refused.reasons), refused.reasons
+
+
 @pytest.mark.parametrize("candidate_is_good", [True, False])
 def test_gate_on_full_catalog_metrics(candidate_is_good) -> None:
     import dataclasses

@@ -221,7 +221,7 @@ def _full_support(report: Report, scenario: str, catalog: bool = False) -> list[
         cells = [f"**{method}**" if method == report.candidate else method]
         for n in names:
             iv = report.intervals.get(scenario, {}).get(method, {}).get(n)
-            cells.append(f"{vals.get(n, float('nan')):.4f}"
+            cells.append("-" if n not in vals else f"{vals[n]:.4f}"
                          + (f" [{iv[0]:.4f}, {iv[1]:.4f}]" if iv else ""))
         rows.append(cells)
     table = _table(["method", *names], rows)
@@ -243,8 +243,10 @@ def _curve(report: Report, scenario: str) -> list[str]:
         return []
     shots, metrics = report.shots(scenario), _metrics_of(report, curves)
     rows = [[metric, f"**{method}**" if method == report.candidate else method,
-             *(f"{curve.get(k, {}).get(metric, float('nan')):.4f}" for k in shots)]
-            for metric in metrics for method, curve in curves.items()]
+             *(f"{curve[k][metric]:.4f}" if metric in curve.get(k, {}) else "-"
+               for k in shots)]
+            for metric in metrics for method, curve in curves.items()
+            if any(metric in v for v in curve.values())]  # rating errors: not for most_pop
     return ["### Cold-start curve (metric at k support ratings)", "",
             *_table(["metric", "method", *shots], rows)]
 
@@ -257,6 +259,8 @@ def _differences(report: Report, scenario: str) -> list[str]:
     rows = []
     for metric in metrics:
         for base, by_k in by_base.items():
+            if not any(metric in v for v in by_k.values()):
+                continue  # a rating error of a baseline that scores without ratings
             cells = []
             for k in shots:
                 d = by_k.get(k, {}).get(metric)

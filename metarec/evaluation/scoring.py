@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import numpy as np
 
 from metarec.config import EvaluationConfig
 from metarec.data.arrays import TaskArrays, limit_support  # noqa: F401 (re-exported)
 from metarec.evaluation.catalog import Catalog, full_metric_names, is_full_catalog
-from metarec.evaluation.metrics import TaskScores, metric_names, task_scores
+from metarec.evaluation.metrics import LOWER_IS_BETTER, TaskScores, metric_names, task_scores
 from metarec.evaluation.report import (ALL_SHOTS, Differences, MethodResult, PairedDifference,
                                        Report, build_report)
 
@@ -152,9 +152,15 @@ def full_catalog_names(cfg: EvaluationConfig, n_items: int | None) -> list[str]:
     return names
 
 
+def _own(names: list[str], method: str, score_only: Collection[str]) -> list[str]:
+    """``names`` without the rating errors for a method whose scores are not ratings."""
+    return [n for n in names if n not in LOWER_IS_BETTER] if method in score_only else names
+
+
 def evaluate_all(predictors: Mapping[str, Callable[[TaskArrays], np.ndarray]],
                  scenarios: Mapping[str, TaskArrays], candidate: str, cfg: EvaluationConfig,
-                 seed: int, *, n_items: int | None = None) -> Report:
+                 seed: int, *, n_items: int | None = None,
+                 score_only: Collection[str] = ()) -> Report:
     """Every method on every scenario: bootstrap intervals, curves and paired differences.
 
     ``predictors``: ``{method: predict(tasks) -> (N, Q) scores}``, the candidate among them;
@@ -163,7 +169,9 @@ def evaluate_all(predictors: Mapping[str, Callable[[TaskArrays], np.ndarray]],
     are compared on identical tasks; every method other than the candidate is a baseline of the
     curve differences (candidate minus baseline, ``cfg.curve_metrics``). ``n_items``: the
     catalog (item rows 0..n_items-1) of the full-catalog metrics, which then join the results,
-    the curves and the differences (``cfg.full_catalog``; none without it).
+    the curves and the differences (``cfg.full_catalog``; none without it). ``score_only``:
+    methods whose scores rank but are not ratings (most_pop, item_knn): they get no rating
+    error (mae, rmse) anywhere in the report.
     """
     full_names = full_catalog_names(cfg, n_items)
     catalog = None if not full_names else Catalog(
@@ -184,14 +192,17 @@ def evaluate_all(predictors: Mapping[str, Callable[[TaskArrays], np.ndarray]],
         results[scenario] = {}
         for method, predict in predictors.items():
             log.info("evaluating %s on %s (%d tasks)", method, scenario, len(tasks))
-            full = method_scores(predict, tasks, scored, catalog)
-            results[scenario][method] = _scored_result(full, names, cfg.bootstrap_samples,
-                                                       cfg.ci_level, seed)
-            per_k[method] = curve_scores(predict, tasks, cfg.curve_shots, scored, seed, full,
+            own = _own(scored, method, score_only)
+            full = method_scores(predict, tasks, own, catalog)
+            results[scenario][method] = _scored_result(full, _own(names, method, score_only),
+                                                       cfg.bootstrap_samples, cfg.ci_level, seed)
+            per_k[method] = curve_scores(predict, tasks, cfg.curve_shots, own, seed, full,
                                          catalog)
-        curves[scenario] = {m: {k: sc.aggregate(curve_names) for k, sc in by_k.items()}
+        curves[scenario] = {m: {k: sc.aggregate(_own(curve_names, m, score_only))
+                                for k, sc in by_k.items()}
                             for m, by_k in per_k.items()}
-        diffs[scenario] = {b: {k: paired_differences(per_k[candidate][k], sc, curve_names, idx,
+        diffs[scenario] = {b: {k: paired_differences(per_k[candidate][k], sc,
+                                                     _own(curve_names, b, score_only), idx,
                                                      cfg.ci_level)
                                for k, sc in by_k.items()}
                            for b, by_k in per_k.items() if b != candidate}

@@ -51,6 +51,7 @@ def evaluate_models(cfg: Config, inputs: Inputs | None = None):
     from metarec.evaluation.output import write_report
     from metarec.evaluation.scoring import evaluate_all
     from metarec.training.loop import predict
+    from metarec.training.ranking_baselines import RANKING_BASELINES
 
     from metarec.config.implicit import check_feedback_settings, implicit_evaluation
 
@@ -68,7 +69,7 @@ def evaluate_models(cfg: Config, inputs: Inputs | None = None):
         methods[CHAMPION_METHOD] = champion
     report = evaluate_all(methods, {s: inputs.sets[s] for s in inputs.scenarios},
                           cfg.meta.learner, cfg.evaluation, cfg.seed,
-                          n_items=len(inputs.features.item_ids))
+                          n_items=len(inputs.features.item_ids), score_only=RANKING_BASELINES)
     report = annotate_report(report, _summary_or_none(cfg), inputs.manifest, model_sha256)
     report.training["champion"] = champion_note
     write_report(report, cfg.evaluation.out_dir, cfg.evaluation.plot_metrics)
