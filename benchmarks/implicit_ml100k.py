@@ -132,7 +132,7 @@ def summary_table(per_seed: dict[int, dict[str, Any]], candidate: str) -> str:
     first = next(iter(per_seed.values()))
     scenario = next(iter(first["metrics"]))
     methods = list(first["metrics"][scenario])
-    lines = [f"| method | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
+    lines = ["| method | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
     for m in methods:
         cells = []
         for metric in HEADLINE:

@@ -94,7 +94,7 @@ def test_meta_train_calibrates_when_asked_and_records_the_shift() -> None:
         result = meta_train(model, learner, train, valid,
                             dataclasses.replace(CFG, calibrate_prior=on), seed=3)
         runs[on] = (result, model)
-    (on, m_on), (off, m_off) = runs[True], runs[False]
+    (on, m_on), (off, _) = runs[True], runs[False]
     assert off.prior_shift is None and on.prior_shift is not None
     assert on.history == off.history  # the same training; calibrated once, after it
     bias = "decision.%d.bias" % (len(m_on.decision) - 1)

@@ -32,7 +32,7 @@ from metarec.catalog.store import LATEST
 from metarec.cli import main
 from metarec.registry.integrity import IntegrityError
 from metarec.serve import Recommender, RequestError
-from tests.catalog_workspace import build_workspace, new_item_ids, workspace_config
+from tests.catalog_workspace import build_workspace, new_item_ids
 
 
 OLD: list[int] = []  # the items of catalog version 1 (set by the fixture)

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
 from metarec.features.encoders import (BagEncoder, BucketEncoder, CategoricalEncoder,
                                        FeatureEncoders)

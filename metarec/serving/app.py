@@ -20,7 +20,7 @@ import os
 from contextlib import asynccontextmanager
 from typing import Any
 
-from metarec.config import CatalogConfig, FeedbackConfig, ServeConfig, ValidationConfig
+from metarec.config import CatalogConfig, ServeConfig
 from metarec.serve import Recommender, RequestError, catalog_options
 from metarec.serving.fleet import ModelHolder, ReloadBoard
 from metarec.serving.guard import GuardStats, Limits, RequestGuard

@@ -20,7 +20,6 @@ import logging
 import re
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
