@@ -134,6 +134,11 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     report = json.loads((own / "evaluation/report.json").read_text())
     assert report["meta_training_gain"] is True
     assert report["training"]["model_sha256"] == summary["model_sha256"]
+    # the prior's calibration travels from the training summary to the report
+    assert isinstance(summary["prior_shift"], float)
+    assert report["training"]["prior_shift"] == summary["prior_shift"]
+    assert "Prior calibrated after training" in (own / "evaluation/report.md").read_text()
+    assert "mae" not in report["curves"]["test"]["most_pop"]["all"]  # scores, not ratings
     # What the split and the task build dropped travels from the tasks manifest to the report.
     manifest = json.loads((project / "artifacts/tasks/manifest.json").read_text())
     assert report["dropped"] == manifest["dropped"] and report["dropped"]

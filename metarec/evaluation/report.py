@@ -285,6 +285,10 @@ def _notes(report: Report) -> list[str]:
                   (f"meta_training_gain: true ({detail})." if report.meta_training_gain else
                    f"**meta_training_gain: false**: meta-training never beat its starting point "
                    f"({detail}); the gate refuses it unless gate.allow_no_training_gain."), ""]
+        if t.get("prior_shift") is not None:
+            lines += [f"Prior calibrated after training (train.calibrate_prior): output bias "
+                      f"{float(t['prior_shift']):+.4f}, the mean 0-shot residual of the training "
+                      f"users within the rating window.", ""]
     if report.dropped:
         lines += ["## Data dropped before the tasks", "",
                   *_table(["rule", "users", "ratings"],

@@ -39,7 +39,8 @@ def training_gain(summary: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
     """
     start = [h["valid_mae"] for h in summary.get("history", [])
              if h.get("step") == 0 and "valid_mae" in h]
-    figures = {k: summary[k] for k in ("best_step", "steps", "best_valid_mae") if k in summary}
+    figures = {k: summary[k] for k in ("best_step", "steps", "best_valid_mae", "prior_shift")
+               if k in summary}
     if start:
         figures["start_valid_mae"] = start[0]
     return int(summary["best_step"]) > 0, figures
