@@ -69,6 +69,22 @@ def test_factor_penalties_start_at_their_own_value_and_move_rate_times_faster() 
         build_learner(model, plain_meta(learner="ridge", ridge_factor_lambda_rate=0.0))
 
 
+def test_ridge_lambda_rate_scales_the_other_penalties_steps_only() -> None:
+    model, _, _ = _model()
+    cfg = plain_meta(learner="ridge", ridge_lambda=0.5, ridge_bias_lambda=0.05,
+                     ridge_factor_lambda=7.0, ridge_factor_lambda_rate=20.0,
+                     ridge_lambda_rate=5.0)
+    learner = build_learner(model, cfg)
+    lam = learner.ridge_lambda().detach()  # the same starting values whatever the rate
+    torch.testing.assert_close(lam, torch.tensor([0.5] * 8 + [7.0] * FACTORS + [0.05]))
+    with torch.no_grad():
+        learner.log_lam.add_(0.01)
+    ratio = learner.ridge_lambda().detach() / lam
+    torch.testing.assert_close(ratio, torch.tensor([0.05] * 8 + [0.2] * FACTORS + [0.05]).exp())
+    with pytest.raises(ValueError, match="ridge_lambda_rate"):
+        build_learner(model, plain_meta(learner="ridge", ridge_lambda_rate=-1.0))
+
+
 def test_closed_form_equals_a_direct_least_squares_solve() -> None:
     """dw = argmin ||m (r - offset - H w0 - H dw)||^2 + sum lam dw^2 over H = [hidden, q_i, 1],
     solved as the stacked least-squares problem [sqrt(m) H; sqrt(lam) I] dw = [sqrt(m) e; 0]."""

@@ -240,31 +240,32 @@ class RidgeLearner(nn.Module):
     the same outer loop. The query loss is ``loss`` plus ``rank_loss_weight`` times ListNet.
     With item factors among the head's features (``model.head_factors``), their penalties start
     at ``factor_lam`` and their logs are ``factor_rate`` times their parameters: meta-learned
-    that much faster, as their right size differs by orders of magnitude between datasets.
+    that much faster, as their right size differs by orders of magnitude between datasets; the
+    other penalties' logs are ``lam_rate`` times theirs.
     """
 
     def __init__(self, model: Estimator, *, lam: float, bias_lam: float,
                  rank_loss_weight: float = 0.0, factor_lam: float | None = None,
                  factor_rate: float = 1.0, prior_loss_weight: float = 0.0,
-                 loss: str = "mse") -> None:
+                 loss: str = "mse", lam_rate: float = 1.0) -> None:
         super().__init__()
         self.loss = canonical_loss(loss)
         factor_lam = lam if factor_lam is None else factor_lam
-        if factor_rate <= 0:
-            raise ValueError(f"ridge_factor_lambda_rate must be > 0, got {factor_rate}")
         if lam <= 0 or bias_lam <= 0 or factor_lam <= 0:
             raise ValueError(f"ridge_lambda, ridge_bias_lambda and ridge_factor_lambda must be "
                              f"> 0, got {lam}, {bias_lam} and {factor_lam}")
-        if factor_rate <= 0:
-            raise ValueError(f"ridge_factor_lambda_rate must be > 0, got {factor_rate}")
+        for name, value in (("ridge_factor_lambda_rate", factor_rate),
+                            ("ridge_lambda_rate", lam_rate)):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         if rank_loss_weight < 0:
             raise ValueError(f"rank_loss_weight must be >= 0, got {rank_loss_weight}")
         width = model.head_width  # last hidden width (+ item factors with head_factors)
-        init = torch.full((width + 1,), math.log(lam))
-        rate = torch.ones(width + 1)
+        init = torch.full((width + 1,), math.log(lam) / lam_rate)
+        rate = torch.full((width + 1,), float(lam_rate))
         rate[model.decision[-1].in_features:-1] = factor_rate  # the item factors
         init[model.decision[-1].in_features:-1] = math.log(factor_lam) / factor_rate
-        init[-1] = math.log(bias_lam)
+        init[-1] = math.log(bias_lam) / lam_rate
         self.log_lam = nn.Parameter(init)
         self.register_buffer("lam_rate", rate, persistent=False)
         self.rank_loss_weight = float(rank_loss_weight)
@@ -394,7 +395,8 @@ def _ridge(model: Estimator, cfg: MetaConfig) -> nn.Module:
                         rank_loss_weight=cfg.rank_loss_weight,
                         factor_lam=cfg.ridge_factor_lambda,
                         factor_rate=cfg.ridge_factor_lambda_rate,
-                        prior_loss_weight=cfg.prior_loss_weight, loss=cfg.loss)
+                        prior_loss_weight=cfg.prior_loss_weight, loss=cfg.loss,
+                        lam_rate=cfg.ridge_lambda_rate)
 
 
 @register_learner("global", baseline=True)
