@@ -61,6 +61,9 @@ def _workspace_params(raw: dict[str, Any], ws: Path, raw_dir: Path, seed: int) -
         "tasks": {"out_dir": str(ws / "tasks"), "seed": None},
         "train": {"out_dir": str(ws / "train"), "progress": False},
         "evaluation": {"out_dir": str(ws / "evaluation"), "bootstrap_samples": 0},
+        # an empty registry of its own: no champion of the repository's is re-evaluated here
+        "tracking": {"tracking_uri": f"sqlite:///{ws / 'mlflow.db'}",
+                     "artifact_root": str(ws / "mlartifacts")},
     })
 
 
