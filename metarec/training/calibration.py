@@ -16,7 +16,9 @@ prediction's constant and the prior every learner adapts from (the ridge head's 
 gradient learners' starting point), so the whole adaptation curve moves with it, by less as a
 user's support grows; the export and serving read it from the state as before.
 
-Only the training users are read (never the validation or test users), one scalar is fitted
+The global and finetune baselines' network is trained by the same loop and so calibrated the
+same way (``train.calibrate_prior`` applies to every network ``meta_train`` trains): the
+comparison stays like for like. Only the training users are read (never the validation or test users), one scalar is fitted
 (on ~470 users on ML-100K), and the item offsets, the weights and the ranking within a user are
 untouched. Implicit tasks are left alone: their scores are logits of sampled negatives and
 positives, whose share the output bias was started at (``init_output_bias``).
