@@ -30,6 +30,10 @@ def _model(name: str = "ridge", seed: int = 0):
     return model, build_learner(model, plain_meta(**LEARNERS[name]))
 
 
+def _predict(model, learner):
+    return lambda t: predict(model, learner, t, CFG)
+
+
 def _with_heavy(tasks: TaskArrays, heavy: np.ndarray, rating: float | None = None) -> TaskArrays:
     """``tasks`` whose rows ``heavy`` fill the support width (users beyond the window), their
     query ratings set to ``rating`` when given."""
@@ -61,10 +65,10 @@ def test_shift_is_the_mean_per_user_zero_shot_residual_of_window_users(name: str
     pred = predict(model, learner, zero, CFG)
     m = zero.query_mask.astype(np.float64)
     want = np.mean(((zero.query_ratings - pred) * m).sum(1) / m.sum(1))
-    assert prior_shift(model, learner, tasks, CFG) == pytest.approx(want, abs=1e-6)
+    assert prior_shift(tasks, _predict(model, learner)) == pytest.approx(want, abs=1e-6)
     # heavy users do not count, whatever they rate
     louder = _with_heavy(tasks, heavy, rating=5.0)
-    assert prior_shift(model, learner, louder, CFG) == pytest.approx(want, abs=1e-6)
+    assert prior_shift(louder, _predict(model, learner)) == pytest.approx(want, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(LEARNERS))
@@ -72,7 +76,7 @@ def test_calibration_moves_only_the_output_bias_and_centres_the_prior(name: str)
     model, learner = _model(name)
     tasks = _with_heavy(tiny_tasks(4, n=16, support=6), np.array([1, 2]), rating=1.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    shift = calibrate_prior(model, learner, tasks, CFG)
+    shift = calibrate_prior(model, tasks, _predict(model, learner))
     assert shift is not None and abs(shift) > 1e-3
     after = model.state_dict()
     bias = "decision.%d.bias" % (len(model.decision) - 1)
@@ -82,7 +86,7 @@ def test_calibration_moves_only_the_output_bias_and_centres_the_prior(name: str)
             torch.testing.assert_close(v, before[k] + shift)
         else:
             assert torch.equal(v, before[k]), k
-    assert prior_shift(model, learner, tasks, CFG) == pytest.approx(0.0, abs=1e-5)
+    assert prior_shift(tasks, _predict(model, learner)) == pytest.approx(0.0, abs=1e-5)
 
 
 def test_meta_train_calibrates_when_asked_and_records_the_shift() -> None:
@@ -111,7 +115,7 @@ def test_implicit_tasks_are_left_alone() -> None:
     learner = build_learner(model, plain_meta(learner="ridge", loss="bce"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tasks = implicit_arrays(0, 10)
-    assert prior_shift(model, learner, tasks, CFG) is None
-    assert calibrate_prior(model, learner, tasks, CFG) is None
+    assert prior_shift(tasks, _predict(model, learner)) is None
+    assert calibrate_prior(model, tasks, _predict(model, learner)) is None
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k

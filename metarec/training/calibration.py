@@ -27,16 +27,17 @@ positives, whose share the output bias was started at (``init_output_bias``).
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
-from metarec.config import TrainConfig
 from metarec.data.arrays import TaskArrays, limit_support
 from metarec.models.estimator import Estimator
 
 log = logging.getLogger(__name__)
+
+Predict = Callable[[TaskArrays], np.ndarray]  # tasks -> (N, Q) adapted query scores
 
 
 def protocol_kind(tasks: TaskArrays) -> np.ndarray:
@@ -47,13 +48,10 @@ def protocol_kind(tasks: TaskArrays) -> np.ndarray:
     return kind if kind.any() else np.ones(len(tasks), bool)
 
 
-def prior_shift(model: Estimator, learner: nn.Module, tasks: TaskArrays,
-                cfg: TrainConfig) -> float | None:
+def prior_shift(tasks: TaskArrays, predict: Predict) -> float | None:
     """The mean over the protocol's kind of users in ``tasks`` of their mean 0-shot query
-    residual (rating minus the unadapted prediction); None for implicit tasks or when no task
-    has a query rating."""
-    from metarec.training.loop import predict
-
+    residual (rating minus ``predict`` with the support emptied); None for implicit tasks or
+    when no task has a query rating."""
     if tasks.implicit:
         return None
     rows = np.nonzero(protocol_kind(tasks))[0]
@@ -62,17 +60,16 @@ def prior_shift(model: Estimator, learner: nn.Module, tasks: TaskArrays,
     counts = mask.sum(1)
     if not (counts > 0).any():
         return None
-    pred = predict(model, learner, zero, cfg).astype(np.float64)
+    pred = np.asarray(predict(zero), dtype=np.float64)
     per_user = ((zero.query_ratings - pred) * mask).sum(1)[counts > 0] / counts[counts > 0]
     return float(per_user.mean())
 
 
 @torch.no_grad()
-def calibrate_prior(model: Estimator, learner: nn.Module, tasks: TaskArrays,
-                    cfg: TrainConfig) -> float | None:
-    """Add :func:`prior_shift` of ``tasks`` (the training tasks) to the output bias; returns
-    the shift (None: nothing changed)."""
-    shift = prior_shift(model, learner, tasks, cfg)
+def calibrate_prior(model: Estimator, tasks: TaskArrays, predict: Predict) -> float | None:
+    """Add :func:`prior_shift` of ``tasks`` (the training tasks; ``predict``: the model with its
+    learner) to the model's output bias; returns the shift (None: nothing changed)."""
+    shift = prior_shift(tasks, predict)
     if shift is None:
         return None
     if not np.isfinite(shift):

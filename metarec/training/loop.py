@@ -324,7 +324,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     bar.close()
     model.load_state_dict(best["model"])
     learner.load_state_dict(best["learner"])
-    shift = calibrate_prior(model, learner, train_tasks, cfg) if cfg.calibrate_prior else None
+    shift = (calibrate_prior(model, train_tasks, lambda t: predict(model, learner, t, cfg))
+             if cfg.calibrate_prior else None)
     if shift is not None:
         best["model"] = _cpu_state(model)
     log.info("meta-training stopped at step %d (best validation %s %.4f at step %d)", step,
