@@ -200,7 +200,7 @@ def test_parity_of_the_ridge_learner(tmp_path: Path, offset: bool) -> None:
     cfg = plain_meta(learner="ridge", ridge_lambda=0.5, ridge_bias_lambda=0.05)
     learner = build_learner(model, cfg)
     with torch.no_grad():  # uneven learned penalties, as after meta-training
-        learner.log_lam.add_(torch.linspace(-1.0, 1.0, learner.log_lam.numel()))
+        learner.log_lam.add_(torch.linspace(-1.0, 1.0, learner.log_lam.numel()) / learner.lam_rate)
     adaptation = learner.adaptation()
     res = export_onnx(model, adaptation, features, tmp_path / "e")
     meta = json.loads((tmp_path / "e" / METADATA_FILE).read_text())["adaptation"]

@@ -326,7 +326,7 @@ def _adaptation(model, name: str, loss: str) -> Adaptation:
     learner = build_learner(model, cfg)
     if name == "ridge":
         with torch.no_grad():
-            learner.log_lam.add_(torch.linspace(-1.0, 1.0, learner.log_lam.numel()))
+            learner.log_lam.add_(torch.linspace(-1.0, 1.0, learner.log_lam.numel()) / learner.lam_rate)
     return learner.adaptation()
 
 

@@ -370,7 +370,7 @@ def test_ridge_learner_matches_the_formula_task_by_task_and_its_meta_gradient(ex
     learner = build_learner(model, plain_meta(learner="ridge", ridge_lambda=0.7,
                                               ridge_bias_lambda=0.2))
     with torch.no_grad():
-        learner.log_lam.add_(torch.linspace(-0.5, 0.5, learner.log_lam.numel()))
+        learner.log_lam.add_(torch.linspace(-0.5, 0.5, learner.log_lam.numel()) / learner.lam_rate)
     padded = _pad(tasks, extra_s, extra_q, seed=3) if (extra_s or extra_q) else tasks
     meta = list(model.parameters()) + list(learner.parameters())
     loss = learner.meta_loss(model, make_batch(model.user_table, padded))

@@ -38,7 +38,7 @@ def _model(seed: int = 0):
                                               ridge_bias_lambda=0.05, ridge_factor_lambda=0.5,
                                               ridge_factor_lambda_rate=1.0))
     with torch.no_grad():
-        learner.log_lam.add_(torch.linspace(-1.0, 1.0, learner.log_lam.numel()))
+        learner.log_lam.add_(torch.linspace(-1.0, 1.0, learner.log_lam.numel()) / learner.lam_rate)
     return model, features, learner
 
 
@@ -57,7 +57,8 @@ def test_the_penalties_cover_the_factors_and_unrated_items_have_none() -> None:
 def test_factor_penalties_start_at_their_own_value_and_move_rate_times_faster() -> None:
     model, _, _ = _model()
     cfg = plain_meta(learner="ridge", ridge_lambda=0.5, ridge_bias_lambda=0.05,
-                     ridge_factor_lambda=7.0, ridge_factor_lambda_rate=20.0)
+                     ridge_factor_lambda=7.0, ridge_factor_lambda_rate=20.0,
+                     ridge_lambda_rate=1.0)
     learner = build_learner(model, cfg)
     lam = learner.ridge_lambda().detach()
     torch.testing.assert_close(lam, torch.tensor([0.5] * 8 + [7.0] * FACTORS + [0.05]))
