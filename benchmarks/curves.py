@@ -188,8 +188,10 @@ def to_markdown(result: dict[str, Any]) -> str:
     if result.get("variant"):
         lines += ["Variant: " + json.dumps(result["variant"]), ""]
     for run in result["runs"]:
+        untrained = (" **no meta-training gain (best step 0): the pipeline's gate would refuse "
+                     "this model**" if run["training"].get("best_step") == 0 else "")
         lines.append(f"- seed {run['seed']}: training {json.dumps(run['training'])}, "
-                     f"seconds {json.dumps(run['seconds'])}")
+                     f"seconds {json.dumps(run['seconds'])}{untrained}")
     lines.append("")
     for scenario, by_method in result["curves"].items():
         ks = sorted({k for c in by_method.values() for k in c if k != "all"}, key=int) + ["all"]
