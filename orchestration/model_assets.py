@@ -43,6 +43,8 @@ def meta_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
         "steps": summary["steps"], "best_step": summary["best_step"],
         "best_valid_mae": float(summary["best_valid_mae"]),
         "train_tasks": summary["train_tasks"], "valid_tasks": summary["valid_tasks"],
+        **({"prior_shift": float(summary["prior_shift"])}
+           if summary.get("prior_shift") is not None else {}),
         "mlflow_run_id": summary["mlflow_run_id"], "mlflow_run_url": summary["mlflow_run_url"],
         "path": cfg.train.out_dir})
 

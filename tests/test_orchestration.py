@@ -137,6 +137,7 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     # the prior's calibration travels from the training summary to the report
     assert isinstance(summary["prior_shift"], float)
     assert report["training"]["prior_shift"] == summary["prior_shift"]
+    assert float(run.materialized["meta_model"]["prior_shift"]) == summary["prior_shift"]
     assert "Prior calibrated after training" in (own / "evaluation/report.md").read_text()
     assert "mae" not in report["curves"]["test"]["most_pop"]["all"]  # scores, not ratings
     # What the split and the task build dropped travels from the tasks manifest to the report.
