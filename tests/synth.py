@@ -15,14 +15,20 @@ import pandas as pd
 GENRES = ("action", "comedy", "drama", "horror", "romance")
 
 
-def write_synthetic_csv(folder: Path, n_users: int = 80, n_items: int = 80,
-                        seed: int = 0) -> Path:
-    """Write interactions.csv, users.csv, items.csv into ``folder``; returns it."""
+def _population(folder: Path, n_users: int, n_items: int, seed: int):
+    """Both generators' start (same draws, same order): the seeded generator, each user's
+    gender, each item's genre index and the genres each gender likes; creates ``folder``."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     gender = rng.choice(["F", "M"], n_users)
     genre = rng.integers(0, len(GENRES), n_items)
-    liked = {"F": {"comedy", "romance"}, "M": {"action", "horror"}}
+    return rng, gender, genre, {"F": {"comedy", "romance"}, "M": {"action", "horror"}}
+
+
+def write_synthetic_csv(folder: Path, n_users: int = 80, n_items: int = 80,
+                        seed: int = 0) -> Path:
+    """Write interactions.csv, users.csv, items.csv into ``folder``; returns it."""
+    rng, gender, genre, liked = _population(folder, n_users, n_items, seed)
     rows = []
     for u in range(n_users):
         for i in rng.choice(n_items, size=int(rng.integers(14, 41)), replace=False):
@@ -73,11 +79,7 @@ def write_playcount_csv(folder: Path, n_users: int = 120, n_items: int = 100,
     timestamps): each user plays 14..40 items, those of the genres their gender likes five
     times as often and many more times (Poisson 20 vs 2, plus 1). Users and items files as
     :func:`write_synthetic_csv`. Returns ``folder``."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    gender = rng.choice(["F", "M"], n_users)
-    genre = rng.integers(0, len(GENRES), n_items)
-    liked = {"F": {"comedy", "romance"}, "M": {"action", "horror"}}
+    rng, gender, genre, liked = _population(folder, n_users, n_items, seed)
     rows = []
     for u in range(n_users):
         likes = np.array([GENRES[g] in liked[gender[u]] for g in genre])

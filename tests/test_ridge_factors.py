@@ -54,36 +54,25 @@ def test_the_penalties_cover_the_factors_and_unrated_items_have_none() -> None:
                                                  item_factors=0, head_factors=True))
 
 
-def test_factor_penalties_start_at_their_own_value_and_move_rate_times_faster() -> None:
+@pytest.mark.parametrize("rate,bad", [(1.0, dict(ridge_factor_lambda_rate=0.0)),
+                                      (5.0, dict(ridge_lambda_rate=-1.0))])
+def test_penalties_start_at_their_own_values_and_move_rate_times_faster(rate, bad) -> None:
+    """Factor penalties move ridge_factor_lambda_rate (20) times faster, the others
+    ridge_lambda_rate times; the starting values do not depend on either rate."""
     model, _, _ = _model()
     cfg = plain_meta(learner="ridge", ridge_lambda=0.5, ridge_bias_lambda=0.05,
                      ridge_factor_lambda=7.0, ridge_factor_lambda_rate=20.0,
-                     ridge_lambda_rate=1.0)
+                     ridge_lambda_rate=rate)
     learner = build_learner(model, cfg)
     lam = learner.ridge_lambda().detach()
     torch.testing.assert_close(lam, torch.tensor([0.5] * 8 + [7.0] * FACTORS + [0.05]))
     with torch.no_grad():
         learner.log_lam.add_(0.01)
     ratio = learner.ridge_lambda().detach() / lam
-    torch.testing.assert_close(ratio, torch.tensor([0.01] * 8 + [0.2] * FACTORS + [0.01]).exp())
-    with pytest.raises(ValueError, match="ridge_factor_lambda_rate"):
-        build_learner(model, plain_meta(learner="ridge", ridge_factor_lambda_rate=0.0))
-
-
-def test_ridge_lambda_rate_scales_the_other_penalties_steps_only() -> None:
-    model, _, _ = _model()
-    cfg = plain_meta(learner="ridge", ridge_lambda=0.5, ridge_bias_lambda=0.05,
-                     ridge_factor_lambda=7.0, ridge_factor_lambda_rate=20.0,
-                     ridge_lambda_rate=5.0)
-    learner = build_learner(model, cfg)
-    lam = learner.ridge_lambda().detach()  # the same starting values whatever the rate
-    torch.testing.assert_close(lam, torch.tensor([0.5] * 8 + [7.0] * FACTORS + [0.05]))
-    with torch.no_grad():
-        learner.log_lam.add_(0.01)
-    ratio = learner.ridge_lambda().detach() / lam
-    torch.testing.assert_close(ratio, torch.tensor([0.05] * 8 + [0.2] * FACTORS + [0.05]).exp())
-    with pytest.raises(ValueError, match="ridge_lambda_rate"):
-        build_learner(model, plain_meta(learner="ridge", ridge_lambda_rate=-1.0))
+    step = 0.01 * rate
+    torch.testing.assert_close(ratio, torch.tensor([step] * 8 + [0.2] * FACTORS + [step]).exp())
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        build_learner(model, plain_meta(learner="ridge", **bad))
 
 
 def test_closed_form_equals_a_direct_least_squares_solve() -> None:
