@@ -45,6 +45,9 @@ def meta_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
         "train_tasks": summary["train_tasks"], "valid_tasks": summary["valid_tasks"],
         **({"prior_shift": float(summary["prior_shift"])}
            if summary.get("prior_shift") is not None else {}),
+        "head_factors": bool(summary["model"]["head_factors"]),
+        **({"head_factors_choice": dg.MetadataValue.json(summary["head_factors_choice"])}
+           if summary.get("head_factors_choice") else {}),
         "mlflow_run_id": summary["mlflow_run_id"], "mlflow_run_url": summary["mlflow_run_url"],
         "path": cfg.train.out_dir})
 

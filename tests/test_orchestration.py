@@ -139,6 +139,11 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     assert report["training"]["prior_shift"] == summary["prior_shift"]
     assert float(run.materialized["meta_model"]["prior_shift"]) == summary["prior_shift"]
     assert "Prior calibrated after training" in (own / "evaluation/report.md").read_text()
+    # model.head_factors auto: the choice travels from the training to the report and the UI
+    chosen = summary["head_factors_choice"]
+    assert chosen["head_factors"] == summary["model"]["head_factors"]
+    assert report["training"]["head_factors_choice"] == chosen
+    assert run.materialized["meta_model"]["head_factors"] == str(chosen["head_factors"])
     assert "mae" not in report["curves"]["test"]["most_pop"]["all"]  # scores, not ratings
     # What the split and the task build dropped travels from the tasks manifest to the report.
     manifest = json.loads((project / "artifacts/tasks/manifest.json").read_text())
@@ -161,6 +166,10 @@ def test_retrain_registers_then_gate_blocks_a_bad_model(project):
     promoted = defs.resolve_job_def("promote").execute_in_process(instance=instance)
     assert promoted.success
     assert registry.aliases(tracking)["champion"] == 1
+    # the registered params.json holds the resolved configuration, never "auto"
+    from metarec.training.warmstart import load_champion
+
+    assert load_champion(tracking).params["model"]["head_factors"] is chosen["head_factors"]
 
     broken = {**SYNTH_PARAMS, "train": {**SYNTH_PARAMS["train"], "max_steps": 1, "lr": 1e-9}}
     _write_params(project, broken)

@@ -206,14 +206,14 @@ class ModelConfig:
     # Item tower input: this many collaborative item factors, the top right singular vectors
     # (scaled by their singular values) of the training users' mean-centred rating matrix
     # (PureSVD, refined by ALS below), fitted with the item statistics; items without training
-    # ratings get zeros. 0 disables (the default: on ML-100K the factor head below costs CV MAE
-    # +0.007..0.013 per k and melu user_cold 0.759 -> 0.773, while on the low-rank variant it
-    # closes ~55% of the item_mean -> oracle gap; see benchmarks/RESULTS.md).
-    item_factors: int = 0
+    # ratings get zeros. 0 disables.
+    item_factors: int = 8
     # The ridge head's features are concat(last hidden layer, item factors, 1): its closed form
     # then fits each user's weights on the item factors (the low-rank part p_u . q_i of the
-    # ratings) from the support set. Needs item_factors > 0; other learners ignore it.
-    head_factors: bool = False
+    # ratings) from the support set. Needs item_factors > 0; other learners ignore it. "auto":
+    # train the ridge learner with and without, keep the head only when its validation error is
+    # lower by more than one standard error (metarec.training.selection; summary.json records it).
+    head_factors: bool | Literal["auto"] = "auto"
     # The item factors also enter the item tower (through a Linear); false: only the ridge head
     # reads them (with head_factors).
     tower_factors: bool = False

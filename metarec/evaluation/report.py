@@ -289,6 +289,13 @@ def _notes(report: Report) -> list[str]:
             lines += [f"Prior calibrated after training (train.calibrate_prior): output bias "
                       f"{float(t['prior_shift']):+.4f}, the mean 0-shot residual of the training "
                       f"users within the rating window.", ""]
+        c = t.get("head_factors_choice")
+        if c:
+            lines += [f"model.head_factors auto: {'with' if c['head_factors'] else 'without'} "
+                      f"the item-factor head (validation error {c['error_with']:.4f} with, "
+                      f"{c['error_without']:.4f} without; difference {c['difference']:+.4f}, "
+                      f"standard error {c['standard_error']:.4f}, {c['tasks']} tasks; kept "
+                      f"only when lower by more than one standard error).", ""]
     if report.dropped:
         lines += ["## Data dropped before the tasks", "",
                   *_table(["rule", "users", "ratings"],

@@ -33,6 +33,8 @@ embeddings once per batch and adapt only the decision layers.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Mapping
 
 import torch
@@ -401,6 +403,13 @@ def _check_table(name: str, table: Tensor, cardinality: tuple[int, ...]) -> None
                              f">= its cardinality {card}")
 
 
+def resolve_head_factors(cfg: ModelConfig, on: bool) -> ModelConfig:
+    """``cfg`` with ``head_factors`` decided: on, the ridge head reads the item factors; off,
+    the model has no item factors at all unless its item tower reads them (``tower_factors``)."""
+    return dataclasses.replace(cfg, head_factors=bool(on), item_factors=(
+        cfg.item_factors if on or cfg.tower_factors else 0))
+
+
 # ModelConfig fields handed to the Estimator unchanged, by the same name.
 _MODEL_SETTINGS = ("embedding_dim", "text_proj_dim", "item_stats", "item_stats_shrinkage",
                    "item_stats_from", "item_norm", "embedding_std", "item_offset", "item_id",
@@ -409,7 +418,14 @@ _MODEL_SETTINGS = ("embedding_dim", "text_proj_dim", "item_stats", "item_stats_s
 
 
 def build_model(features: FeatureArrays, cfg: ModelConfig) -> Estimator:
-    """An :class:`Estimator` sized from the features' cardinalities and ``cfg``."""
+    """An :class:`Estimator` sized from the features' cardinalities and ``cfg``.
+
+    ``model.head_factors: auto`` builds the model without the factor head (as
+    :func:`resolve_head_factors` with ``on=False``): training chooses (metarec.training.selection)
+    and records the choice, and loading a trained model resolves it from there first.
+    """
+    if cfg.head_factors == "auto":
+        cfg = resolve_head_factors(cfg, False)
     text = None
     if cfg.use_text and features.item_text is not None:
         text = torch.as_tensor(features.item_text, dtype=torch.float32)

@@ -39,8 +39,10 @@ def training_gain(summary: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
     """
     start = [h["valid_mae"] for h in summary.get("history", [])
              if h.get("step") == 0 and "valid_mae" in h]
-    figures = {k: summary[k] for k in ("best_step", "steps", "best_valid_mae", "prior_shift")
-               if k in summary}
+    figures = {k: summary[k] for k in ("best_step", "steps", "best_valid_mae", "prior_shift",
+                                       "head_factors_choice") if k in summary}
+    if "model" in summary:
+        figures["head_factors"] = summary["model"].get("head_factors")
     if start:
         figures["start_valid_mae"] = start[0]
     return int(summary["best_step"]) > 0, figures

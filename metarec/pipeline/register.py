@@ -26,7 +26,7 @@ from metarec.feedback.ingest import feedback_lineage
 from metarec.pipeline.evaluate import gate_decision, load_report
 from metarec.pipeline.export import read_parity
 from metarec.pipeline.lineage import git_sha
-from metarec.pipeline.train import META_FILE, read_summary
+from metarec.pipeline.train import META_FILE, read_summary, resolved_config
 
 
 class ParityFailed(RuntimeError):
@@ -88,9 +88,10 @@ def register_candidate(cfg: Config, *, data_hash: str | None,
         raise ParityFailed(f"ONNX parity check failed (max |err| {parity.get('max_abs_err')}, "
                            f"tol {parity.get('tol')}): nothing registered")
     sha = git_sha()
+    resolved = resolved_config(cfg)  # the settings the model was trained with ("auto" decided)
     opened = summary.get("mlflow_run_id")  # the run the training step opened, if any
     run_id = registry.log_training_run(
-        cfg.tracking, params=cfg.to_dict(),
+        cfg.tracking, params=resolved.to_dict(),
         epoch_metrics=[] if opened else summary.get("history", []),
         report=report, report_dir=cfg.evaluation.out_dir, decision=decision,
         artifacts={"encoders": Path(cfg.features.out_dir) / "encoders.json",
@@ -98,7 +99,7 @@ def register_candidate(cfg: Config, *, data_hash: str | None,
         data_hash=data_hash, git_sha=sha, dagster_run_id=dagster_run_id, run_id=opened)
     with tempfile.TemporaryDirectory() as tmp:
         params = Path(tmp) / "params.json"
-        params.write_text(json.dumps(cfg.to_dict(), sort_keys=True, default=list), "utf-8")
+        params.write_text(json.dumps(resolved.to_dict(), sort_keys=True, default=list), "utf-8")
         version = registry.register_if_passed(
             cfg.tracking, run_id, cfg.export.out_dir, decision, report=report,
             key_metric_names=cfg.gate.metrics, data_hash=data_hash, git_sha=sha,

@@ -9,6 +9,7 @@ read both back. Artifacts in ``train.out_dir``:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict
@@ -66,16 +67,35 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
                          f"{'implicit' if inputs.train.implicit else 'explicit'} but "
                          f"data.feedback is {cfg.data.feedback!r}: run `metarec features build` "
                          f"and `metarec tasks build` again")
+    from metarec.training import selection
+    from metarec.training.loop import task_errors
+
     out = Path(cfg.train.out_dir)
-    model, learner = build_estimator_and_learner(cfg, inputs.features)
-    init = warm_start(cfg, model, learner, inputs)
     # Resume only a checkpoint of this very training: same tasks, model, learner, loop and
     # starting point.
     checkpoints = Path(checkpoint_root) if checkpoint_root is not None else out / "checkpoints"
-    result = meta_train(model, learner, inputs.train, inputs.valid, cfg.train, cfg.seed,
-                        callbacks=callbacks, resume=resume,
-                        checkpoint_dir=checkpoints / training_fingerprint(cfg, inputs, init),
-                        world=world, warm_start=init["from"] == "champion")
+
+    def fit(model_cfg):
+        run_cfg = dataclasses.replace(cfg, model=model_cfg)
+        model, learner = build_estimator_and_learner(run_cfg, inputs.features)
+        init = warm_start(run_cfg, model, learner, inputs)
+        logs = callbacks
+        if len(options) > 1 and model_cfg.head_factors:  # the second of two: its own metric names
+            logs = tuple((lambda step, metrics, cb=cb: cb(step, {f"head_factors/{k}": v
+                                                                for k, v in metrics.items()}))
+                         for cb in callbacks)
+        result = meta_train(model, learner, inputs.train, inputs.valid, cfg.train, cfg.seed,
+                            callbacks=logs, resume=resume,
+                            checkpoint_dir=checkpoints / training_fingerprint(run_cfg, inputs, init),
+                            world=world, warm_start=init["from"] == "champion")
+        return model, learner, result, init
+
+    options = selection.candidates(cfg.model, cfg.meta.learner)
+    if len(options) > 1 and cfg.train.init_from == "champion":
+        options = _champion_head(cfg, options)
+    (model, learner, result, init), model_cfg, choice = selection.select(
+        options, fit, lambda t: task_errors(t[0], t[1], inputs.valid, cfg.train))
+    cfg = dataclasses.replace(cfg, model=model_cfg)
     if world is not None and not world.is_main:  # DDP: only rank 0 writes and logs
         return {"learner": cfg.meta.learner, "steps": result.steps,
                 "best_step": result.best_step, "best_valid_mae": result.best_valid_mae}
@@ -85,7 +105,11 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
                "prior_shift": result.prior_shift,
                "train_tasks": len(inputs.train), "valid_tasks": len(inputs.valid),
                "history": result.history, "model_sha256": file_sha256(out / META_FILE),
-               "init": init}
+               "init": init,
+               # what model.head_factors is for this model ("auto" resolved) and why
+               "model": {"head_factors": model_cfg.head_factors,
+                         "item_factors": model_cfg.item_factors},
+               "head_factors_choice": None if choice is None else choice.to_dict()}
     if track:
         from metarec import registry
         from metarec.config.overrides import applied_overrides, overrides_tags
@@ -101,6 +125,33 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
         summary["mlflow_run_url"] = registry.run_url(cfg.tracking, summary["mlflow_run_id"])
     write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def _champion_head(cfg: Config, options: list) -> list:
+    """``model.head_factors: auto`` with a warm start: the champion's choice (its parameters
+    must fit), or both options when there is no champion yet."""
+    from metarec.training.warmstart import load_champion
+
+    champion = load_champion(cfg.tracking)
+    if champion is None:
+        return options
+    chosen = champion.params.get("model", {}).get("head_factors")
+    return [m for m in options if m.head_factors == chosen] or options[:1]
+
+
+def resolved_config(cfg: Config) -> Config:
+    """``cfg`` with ``model.head_factors`` as the last training resolved it: "auto" becomes
+    the choice summary.json records (metarec.training.selection)."""
+    from metarec.models.estimator import resolve_head_factors
+
+    if cfg.model.head_factors != "auto":
+        return cfg
+    chosen = read_summary(cfg).get("model", {}).get("head_factors")
+    if not isinstance(chosen, bool):
+        raise ValueError(f"{Path(cfg.train.out_dir) / SUMMARY_FILE} does not record what "
+                         "model.head_factors 'auto' chose (trained by an older metarec?): run "
+                         "`metarec train` again")
+    return dataclasses.replace(cfg, model=resolve_head_factors(cfg.model, chosen))
 
 
 def warm_start(cfg: Config, model: Estimator, learner: nn.Module, inputs: Inputs
@@ -164,8 +215,9 @@ def train_baseline_models(cfg: Config, inputs: Inputs | None = None) -> dict[str
 
 
 def load_meta_model(cfg: Config, features: FeatureArrays) -> tuple[Estimator, nn.Module]:
-    """The trained estimator (evaluation mode) and learner from meta_model.pt."""
-    model, learner = build_estimator_and_learner(cfg, features)
+    """The trained estimator (evaluation mode) and learner from meta_model.pt (``auto``
+    settings as its training resolved them, :func:`resolved_config`)."""
+    model, learner = build_estimator_and_learner(resolved_config(cfg), features)
     state = load_state(Path(cfg.train.out_dir) / META_FILE)
     model.load_state_dict(state["model"])
     learner.load_state_dict(state["learner"])

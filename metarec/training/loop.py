@@ -92,10 +92,9 @@ def predict(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainC
     return np.concatenate(out, 0) if out else np.zeros((0, q), np.float32)
 
 
-def query_auc(scores: np.ndarray, tasks: TaskArrays) -> float:
-    """Mean over tasks of the within-query AUC of implicit tasks: the chance that a positive
-    outscores a sampled negative of the same query (ties count half); tasks without both are
-    left out."""
+def task_auc(scores: np.ndarray, tasks: TaskArrays) -> np.ndarray:
+    """(N,) within-query AUC of each implicit task: the chance that a positive outscores a
+    sampled negative of the same query (ties count half); NaN for a task without both."""
     mask = tasks.query_mask.astype(bool)
     pos = mask & (tasks.query_ratings > 0)
     neg = mask & (tasks.query_ratings <= 0)
@@ -103,10 +102,34 @@ def query_auc(scores: np.ndarray, tasks: TaskArrays) -> float:
     pairs = pos[:, :, None] & neg[:, None, :]
     wins = ((diff > 0) + 0.5 * (diff == 0)) * pairs
     n_pairs = pairs.sum((1, 2))
-    seen = n_pairs > 0
-    if not seen.any():
+    return np.where(n_pairs > 0, wins.sum((1, 2)) / np.maximum(n_pairs, 1), np.nan)
+
+
+def query_auc(scores: np.ndarray, tasks: TaskArrays) -> float:
+    """Mean over tasks of :func:`task_auc`; tasks without a positive and a negative are left
+    out."""
+    auc = task_auc(scores, tasks)
+    if np.isnan(auc).all():
         raise ValueError("validation tasks hold no query with both a positive and a negative")
-    return float((wins.sum((1, 2))[seen] / n_pairs[seen]).mean())
+    return float(np.nanmean(auc))
+
+
+def task_errors(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig
+                ) -> np.ndarray:
+    """(N,) each task's validation error averaged over the support sizes of
+    ``cfg.valid_shots``, as :func:`valid_mae` cuts them: its query MAE, or 1 - its AUC for
+    implicit tasks (NaN for a task with no query rating, or without both labels)."""
+    mask = tasks.query_mask.astype(bool)
+    out = []
+    for k in cfg.valid_shots:
+        sub = tasks if k == "all" else limit_support(tasks, k, seed=0)
+        scores = predict(model, learner, sub, cfg)
+        if tasks.implicit:
+            out.append(1.0 - task_auc(scores, tasks))
+        else:
+            err = (np.abs(scores - tasks.query_ratings) * mask).sum(1)
+            out.append(np.where(mask.any(1), err / np.maximum(mask.sum(1), 1), np.nan))
+    return np.mean(out, 0)
 
 
 def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig) -> float:

@@ -119,20 +119,32 @@ def fold_scores(predict: Predict, fold: Fold, names: list[str]) -> dict[str, np.
 def train_learner(cfg: Config, features: FeatureArrays, train: TaskArrays, valid: TaskArrays,
                   learner: str | None = None) -> tuple[Predict, dict]:
     """Meta-train ``learner`` (default ``meta.learner``) with ``cfg``; returns its predictor
-    and a summary (best step, steps, validation MAE, seconds)."""
+    and a summary (best step, steps, validation MAE, seconds; with ``model.head_factors: auto``
+    the choice of :mod:`metarec.training.selection`, made on ``valid``)."""
     from metarec.config.implicit import with_resolved_loss
     from metarec.meta.learners import build_learner
     from metarec.models.estimator import build_model
-    from metarec.training.loop import meta_train, predict
+    from metarec.training import selection
+    from metarec.training.loop import meta_train, predict, task_errors
 
     start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    model = build_model(features, cfg.model)
+    name = learner or cfg.meta.learner
     meta = with_resolved_loss(cfg.meta, cfg.data)
-    found = build_learner(model, meta, learner or cfg.meta.learner)
-    result = meta_train(model, found, train, valid, cfg.train, cfg.seed)
+
+    def fit(model_cfg):
+        torch.manual_seed(cfg.seed)
+        model = build_model(features, model_cfg)
+        found = build_learner(model, meta, name)
+        return model, found, meta_train(model, found, train, valid, cfg.train, cfg.seed)
+
+    (model, found, result), _, choice = selection.select(
+        selection.candidates(cfg.model, name), fit,
+        lambda t: task_errors(t[0], t[1], valid, cfg.train))
     model.eval()
-    return (lambda t: predict(model, found, t, cfg.train)), _summary(result, start)
+    summary = _summary(result, start)
+    if choice is not None:
+        summary["head_factors"] = choice.to_dict()
+    return (lambda t: predict(model, found, t, cfg.train)), summary
 
 
 def train_fold_baselines(cfg: Config, features: FeatureArrays, train: TaskArrays,

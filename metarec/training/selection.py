@@ -1,0 +1,90 @@
+"""``model.head_factors: auto``: whether the ridge head reads the collaborative item factors,
+chosen per dataset on its validation users.
+
+The factor head (the ridge head fits each user's weights on ALS item factors from the support
+set) is what closes over half of the low-rank variant's item_mean -> oracle gap, while on the
+MovieLens-100K variants it costs a little at full support (4-fold CV, benchmarks/RESULTS.md):
+no one setting holds across the suite, so the data at hand decides. The ridge learner is
+trained twice, without and with the head, and the head is kept only when its validation error
+(per validation task, at the support sizes early stopping uses) is lower by more than one
+standard error of the paired difference: the one-standard-error rule, which keeps the simpler
+model when the two are within noise. Other learners, and models without item factors, have no
+head to choose: they train once, without.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import numpy as np
+
+from metarec.config import ModelConfig
+from metarec.models.estimator import resolve_head_factors
+
+AUTO = "auto"
+T = TypeVar("T")
+
+
+def candidates(model_cfg: ModelConfig, learner: str) -> list[ModelConfig]:
+    """The model settings to train: ``model_cfg`` itself when ``head_factors`` is decided,
+    else without the head and (ridge with item factors only) with it, in that order."""
+    if model_cfg.head_factors != AUTO:
+        return [model_cfg]
+    off = resolve_head_factors(model_cfg, False)
+    if learner != "ridge" or model_cfg.item_factors <= 0:
+        return [off]
+    return [off, resolve_head_factors(model_cfg, True)]
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    """What the rule saw and chose: the mean validation error of each candidate, the mean
+    paired difference (with minus without) and its standard error over the validation tasks."""
+
+    head_factors: bool
+    error_without: float
+    error_with: float
+    difference: float
+    standard_error: float
+    tasks: int
+
+    def to_dict(self) -> dict[str, float | int | bool | str]:
+        return {"head_factors": self.head_factors, "error_without": round(self.error_without, 5),
+                "error_with": round(self.error_with, 5), "difference": round(self.difference, 5),
+                "standard_error": round(self.standard_error, 5), "tasks": self.tasks,
+                "rule": "one standard error"}
+
+
+def one_se_rule(without: np.ndarray, with_head: np.ndarray) -> HeadChoice:
+    """Keep the head when the paired per-task difference ``with_head - without`` has a mean
+    below minus one standard error; tasks where either error is NaN are left out."""
+    a, b = np.asarray(without, float), np.asarray(with_head, float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired errors need one value per task each, got {a.shape} and {b.shape}")
+    ok = ~(np.isnan(a) | np.isnan(b))
+    n = int(ok.sum())
+    if n < 2:
+        raise ValueError(f"choosing model.head_factors needs >= 2 validation tasks with an "
+                         f"error, got {n}")
+    d = b[ok] - a[ok]
+    mean, se = float(d.mean()), float(d.std(ddof=1) / math.sqrt(n))
+    return HeadChoice(head_factors=mean < -se, error_without=float(a[ok].mean()),
+                      error_with=float(b[ok].mean()), difference=mean, standard_error=se,
+                      tasks=n)
+
+
+def select(options: list[ModelConfig], fit: Callable[[ModelConfig], T],
+           errors: Callable[[T], np.ndarray]) -> tuple[T, ModelConfig, HeadChoice | None]:
+    """Train each of ``options`` (from :func:`candidates`) with ``fit``; with two, score both
+    with ``errors`` (per validation task) and keep the one :func:`one_se_rule` picks.
+    Returns the kept training, its settings and the choice (None: nothing to choose)."""
+    if len(options) == 1:
+        return fit(options[0]), options[0], None
+    if len(options) != 2 or options[0].head_factors or not options[1].head_factors:
+        raise ValueError("select() takes one setting, or two: without the head, then with it")
+    trained = [fit(m) for m in options]
+    choice = one_se_rule(errors(trained[0]), errors(trained[1]))
+    keep = int(choice.head_factors)
+    return trained[keep], options[keep], choice
