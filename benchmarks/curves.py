@@ -94,7 +94,9 @@ def run_seed(cfg: Config, ws: Path, truth: dict[str, np.ndarray] | None) -> dict
            "training": {"steps": summary["steps"], "best_step": summary["best_step"],
                         "best_valid_mae": round(summary["best_valid_mae"], 4),
                         "train_tasks": summary["train_tasks"],
-                        "global_steps": baselines["global_steps"]},
+                        "global_steps": baselines["global_steps"],
+                        "head_factors": summary["model"]["head_factors"],
+                        "head_factors_choice": summary.get("head_factors_choice")},
            "seconds": {"data": round(t1 - t0, 1), "train": round(t2 - t1, 1),
                        "evaluate": round(time.time() - t2, 1)}}
     if truth is not None:

@@ -66,7 +66,8 @@ def train(cfg: Config, seed: int, run_id: str | None = None):
     run_id = run_id or reg.log_training_run(cfg.tracking, params={"seed": seed})
     write_json(out / "summary.json", {"learner": "maml", "steps": 10, "best_step": 5,
                                       "best_valid_mae": 0.8, "model_sha256": sha,
-                                      "mlflow_run_id": run_id})
+                                      "mlflow_run_id": run_id,
+                                      "model": {"head_factors": False, "item_factors": 0}})
     return model, sha
 
 
