@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from click.testing import CliRunner
 
 from benchmarks.suite import generate, merge
 from metarec.config import ModelConfig, config_from_dict
@@ -108,13 +110,14 @@ def lowrank_run(tmp_path_factory):
                        "out_dir": str(root / "evaluation")},
         "export": {"out_dir": str(root / "export")},
         "tracking": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}})
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
     cfg = config_from_dict(raw)
     assert cfg.model.head_factors == "auto"  # the default
     tables = read_source(cfg.data)
     write_tables(tables, cfg.data.prepared_dir)
     prepare_features(cfg.features, cfg.tasks, cfg.seed, tables, encode_fn=stand_in_encoder)
     build_task_sets(cfg, tables)
-    return cfg, train_meta_model(cfg, resume=False, track=False)
+    return cfg, train_meta_model(cfg, resume=False, track=False), root / "params.yaml"
 
 
 def test_low_rank_data_gets_the_head_and_it_is_recorded_and_loaded(lowrank_run) -> None:
@@ -123,7 +126,7 @@ def test_low_rank_data_gets_the_head_and_it_is_recorded_and_loaded(lowrank_run) 
     from metarec.pipeline.train import load_meta_model, train_baseline_models
     from metarec.pipeline.inputs import load_inputs
 
-    cfg, summary = lowrank_run
+    cfg, summary, _ = lowrank_run
     choice = summary["head_factors_choice"]
     assert summary["model"] == {"head_factors": True, "item_factors": 8}
     assert choice["head_factors"] and choice["difference"] < -choice["standard_error"]
@@ -144,7 +147,7 @@ def test_low_rank_data_gets_the_head_and_it_is_recorded_and_loaded(lowrank_run) 
 def test_a_summary_without_the_choice_is_a_clear_error(lowrank_run, tmp_path) -> None:
     from metarec.pipeline.train import resolved_config
 
-    cfg, summary = lowrank_run
+    cfg, summary, _ = lowrank_run
     assert resolved_config(cfg).model.head_factors is True
     old = dict(summary)
     del old["model"]
@@ -154,3 +157,16 @@ def test_a_summary_without_the_choice_is_a_clear_error(lowrank_run, tmp_path) ->
         resolved_config(moved)
     fixed = dataclasses.replace(moved, model=dataclasses.replace(cfg.model, head_factors=False))
     assert resolved_config(fixed) is fixed
+
+
+def test_the_cli_says_what_auto_chose(lowrank_run, tmp_path) -> None:
+    from metarec.cli import main
+
+    cfg, _, params = lowrank_run
+    raw = yaml.safe_load(params.read_text())
+    raw["train"]["out_dir"] = str(tmp_path / "train")  # leave the fixture's model alone
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(main, ["--params", str(tmp_path / "params.yaml"), "train",
+                                       "--no-resume", "--no-baselines"])
+    assert result.exit_code == 0, result.output
+    assert "model.head_factors auto: with the item-factor head" in result.output

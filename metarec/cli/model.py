@@ -31,6 +31,12 @@ def train_cmd(ctx: click.Context, no_resume: bool, baselines: bool) -> None:
         summary = train_meta_model(cfg, resume=not no_resume)
         click.echo(f"{summary['learner']}: {summary['steps']} steps, best validation MAE "
                    f"{summary['best_valid_mae']:.4f} at step {summary['best_step']}")
+        choice = summary.get("head_factors_choice")
+        if choice:
+            click.echo(f"model.head_factors auto: {'with' if choice['head_factors'] else 'without'}"
+                       f" the item-factor head (validation error {choice['error_with']:.4f} "
+                       f"with, {choice['error_without']:.4f} without, standard error "
+                       f"{choice['standard_error']:.4f})")
         if baselines:
             base = train_baseline_models(cfg)
             click.echo(f"baselines {', '.join(base['baselines'])}: global network "
