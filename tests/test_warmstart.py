@@ -144,6 +144,11 @@ def test_warm_start_from_a_registered_champion(tmp_path, monkeypatch):
     summary = json.loads((own / "train" / "summary.json").read_text())
     assert summary["init"]["from"] == "champion" and summary["init"]["version"] == 1
     assert summary["init"]["rows_mapped"] > 0
+    # model.head_factors auto with a warm start: the champion's choice, trained once
+    first_summary = json.loads((tmp_path / "artifacts" / "runs" / first.run_id / "train" /
+                                "summary.json").read_text())
+    assert first_summary["head_factors_choice"] is not None  # the first run chose
+    assert summary["model"] == first_summary["model"] and summary["head_factors_choice"] is None
     report = json.loads((own / "evaluation" / "report.json").read_text())
     assert report["training"]["champion"]["evaluated"] == "here"
     assert set(report["metrics"]) and all("champion" in m for m in report["metrics"].values())
