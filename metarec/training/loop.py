@@ -114,6 +114,21 @@ def query_auc(scores: np.ndarray, tasks: TaskArrays) -> float:
     return float(np.nanmean(auc))
 
 
+def _valid_scores(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig
+                  ) -> list[np.ndarray]:
+    """``tasks``' query scores at each support size of ``cfg.valid_shots`` (a fixed seeded
+    subset of the support; "all": all of it), in that order."""
+    if not cfg.valid_shots:
+        raise ValueError("train.valid_shots is empty; give support sizes (ints >= 0) or 'all'")
+    out = []
+    for k in cfg.valid_shots:
+        if k != "all" and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+            raise ValueError(f"train.valid_shots: {k!r} is neither 'all' nor an int >= 0")
+        out.append(predict(model, learner, tasks if k == "all" else limit_support(tasks, k, 0),
+                           cfg))
+    return out
+
+
 def task_errors(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig
                 ) -> np.ndarray:
     """(N,) each task's validation error averaged over the support sizes of
@@ -121,9 +136,7 @@ def task_errors(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: Tr
     implicit tasks (NaN for a task with no query rating, or without both labels)."""
     mask = tasks.query_mask.astype(bool)
     out = []
-    for k in cfg.valid_shots:
-        sub = tasks if k == "all" else limit_support(tasks, k, seed=0)
-        scores = predict(model, learner, sub, cfg)
+    for scores in _valid_scores(model, learner, tasks, cfg):
         if tasks.implicit:
             out.append(1.0 - task_auc(scores, tasks))
         else:
@@ -142,18 +155,9 @@ def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: Trai
     mask = tasks.query_mask.astype(bool)
     if not mask.any():
         raise ValueError("validation tasks hold no query ratings")
-    if not cfg.valid_shots:
-        raise ValueError("train.valid_shots is empty; give support sizes (ints >= 0) or 'all'")
-    maes = []
-    for k in cfg.valid_shots:
-        if k != "all" and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-            raise ValueError(f"train.valid_shots: {k!r} is neither 'all' nor an int >= 0")
-        sub = tasks if k == "all" else limit_support(tasks, k, seed=0)
-        scores = predict(model, learner, sub, cfg)
-        if tasks.implicit:
-            maes.append(1.0 - query_auc(scores, tasks))
-        else:
-            maes.append(float(np.abs(scores - tasks.query_ratings)[mask].mean()))
+    maes = [1.0 - query_auc(scores, tasks) if tasks.implicit else
+            float(np.abs(scores - tasks.query_ratings)[mask].mean())
+            for scores in _valid_scores(model, learner, tasks, cfg)]
     return float(np.mean(maes))
 
 
