@@ -2,7 +2,7 @@
 MAE at k = 0, 1, 10, all for the untrained model and after 50 / 300 steps (early stopping on
 training users 200..299 instead, so the trained weights are kept). Needs the seed-2 workspace:
   OMP_NUM_THREADS=2 .venv/bin/python benchmarks/curves.py --dataset ml100k-5to500 --seeds 2 \\
-      --work-dir /work/scratch/s4/w5 --out-dir /tmp/w5out --set model.head_factors=false
+      --work-dir /tmp/w5 --out-dir /tmp/w5out --set model.head_factors=false
   OMP_NUM_THREADS=2 .venv/bin/python benchmarks/results/diag_5to500_seed2.py
 """
 import dataclasses, numpy as np, torch, yaml
@@ -10,10 +10,10 @@ from metarec.config import config_from_dict
 from metarec.pipeline.inputs import load_inputs
 from metarec.models.estimator import build_model
 from metarec.meta.learners import build_learner
-from metarec.training.loop import meta_train, predict, valid_mae, fit_item_stats, init_output_bias
+from metarec.training.loop import meta_train, predict, fit_item_stats, init_output_bias
 from metarec.data.arrays import limit_support
 raw = yaml.safe_load(open("params.yaml"))
-W = "/work/scratch/s4/w5/seed2"
+W = "/tmp/w5/seed2"  # the curves.py workspace of the docstring
 cfg = config_from_dict(raw)
 cfg = dataclasses.replace(cfg, seed=2, features=dataclasses.replace(cfg.features, out_dir=W+"/features"),
     tasks=dataclasses.replace(cfg.tasks, out_dir=W+"/tasks"),
