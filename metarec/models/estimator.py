@@ -34,7 +34,6 @@ embeddings once per batch and adapt only the decision layers.
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Mapping
 
 import torch
