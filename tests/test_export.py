@@ -54,6 +54,17 @@ def test_parity_fails_on_a_different_inner_rate(model_and_features, tmp_path: Pa
     assert not report.passed and report.max_abs_err > 1e-4
 
 
+def test_parity_tolerance_is_relative_beyond_one_and_never_loses_a_nan() -> None:
+    """parity's tol bounds |err| within +-1 and |err| / |score| beyond; NaN fails outright."""
+    from metarec.export.parity import _errors
+
+    want = np.array([0.5, -4.0, 10.0], np.float32)
+    err, rel = _errors(want + np.array([5e-5, 2e-4, 9e-4], np.float32), want)
+    assert err == pytest.approx(9e-4, rel=1e-3) and rel == pytest.approx(9e-5, rel=1e-2)
+    assert _errors(np.array([np.nan, 0.0]), np.zeros(2)) == (float("inf"), float("inf"))
+    assert _errors(np.zeros(0), np.zeros(0)) == (0.0, 0.0)
+
+
 def test_metasgd_per_parameter_rates(model_and_features, tmp_path: Path) -> None:
     model, features = model_and_features
     gen = torch.Generator().manual_seed(1)

@@ -192,11 +192,14 @@ class ModelConfig:
     # Ratings the item_stats are fitted on: "all" training ratings, or the training tasks'
     # "support" sets only (no meta-training query rating leaks into its item's statistics).
     item_stats_from: Literal["all", "support"] = "all"
+    # Item effect in item_stats (and the offset): 0, the shrunk mean; n > 0, the item bias b_i of
+    # r - mu = b_u + b_i fitted by n alternating sweeps (both shrunk by item_stats_shrinkage).
+    item_debias: int = 0
     # LayerNorm over the item tower output (keeps the decision MLP's input at unit scale).
     item_norm: bool = True
     # Standard deviation of the embedding initialisation (PyTorch's default: 1.0).
     embedding_std: float = 0.1
-    # Residual scoring: the decision MLP's output is added to the item's shrunk mean deviation
+    # Residual scoring: the decision MLP's output is added to the item effect
     # (item_stats column 1), so the network starts from the item-mean ranking and learns the
     # personal part. Needs item_stats.
     item_offset: bool = True
@@ -386,7 +389,7 @@ class ExportConfig:
 
     # ONNX opset of the exported graphs.
     opset: int = 18
-    # Largest |ONNX Runtime - PyTorch adapt + score| allowed by the parity check (rating units).
+    # Largest |ONNX Runtime - PyTorch| / max(1, |score|) allowed by the parity check.
     parity_tol: float = 1e-4
     # Random tasks (varied support sizes, zero included) compared by the parity check.
     parity_tasks: int = 16
