@@ -5,6 +5,8 @@ Also home of the tiny random FeatureArrays/TaskArrays builders used by test_meta
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -122,7 +124,7 @@ def test_index_beyond_cardinality_is_rejected() -> None:
 
 def test_item_stats_fit_by_hand_and_enter_the_item_tower() -> None:
     cfg = ModelConfig(embedding_dim=4, hidden=(8,), text_proj_dim=4, item_stats=True, item_factors=0,
-                      head_factors=False,
+                      head_factors=False, item_debias=0,  # the raw shrunk means
                       item_stats_shrinkage=1.0, item_norm=True)
     torch.manual_seed(0)
     model = build_model(tiny_features(), cfg)
@@ -185,7 +187,7 @@ def test_embedding_std_scales_the_initialisation() -> None:
 
 def test_item_ids_and_pure_svd_factors_enter_the_item_tower() -> None:
     from metarec.config import ModelConfig
-    from metarec.models.estimator import _pure_svd
+    from metarec.models.fitting import pure_svd
 
     # PureSVD on a rank-one residual matrix: the first factor is the item pattern (unit RMS
     # over the 3 rated items), item 3 (no rating) is zero, signs are fixed, and the second
@@ -194,7 +196,7 @@ def test_item_ids_and_pure_svd_factors_enter_the_item_tower() -> None:
     users = torch.tensor([0, 0, 0, 1, 1, 1])
     # user 1's residuals are half of user 0's: (5, 3, 2) - 10/3 and (23, 17, 14) / 6 - 3
     ratings = torch.tensor([5.0, 3.0, 2.0, 23 / 6, 17 / 6, 14 / 6], dtype=torch.float64)
-    fac = _pure_svd(items, ratings, users, 4, 2)
+    fac = pure_svd(items, ratings, users, 4, 2)
     pattern = torch.tensor([5.0, -1.0, -4.0], dtype=torch.float64)
     torch.testing.assert_close(fac[:3, 0], pattern / pattern.norm() * 3 ** 0.5, rtol=0, atol=1e-9,
                                check_dtype=False)
@@ -216,3 +218,35 @@ def test_item_ids_and_pure_svd_factors_enter_the_item_tower() -> None:
     with pytest.raises(ValueError, match="item_offset needs item_stats"):
         build_model(features, ModelConfig(embedding_dim=4, hidden=(8,), item_offset=True,
                                           item_stats=False))
+
+
+def test_item_debias_separates_item_quality_from_its_raters() -> None:
+    """model.item_debias: an item rated only by generous raters is not taken for a good item.
+    Ratings mu + b_u + b_i exactly: the sweeps recover b_i (shrinkage 0), the raw mean does not."""
+    cfg = dataclasses.replace(TINY, item_stats=True, item_offset=True, item_stats_shrinkage=0.0,
+                              item_debias=0)
+    rng = np.random.default_rng(0)
+    b_u = np.array([1.0, 0.5, -0.5, -1.0])
+    b_i = rng.normal(0, 0.5, 30)
+    b_i -= b_i.mean()
+    # users 0, 1 (generous) rate items 0..19, users 2, 3 (harsh) items 10..29
+    pairs = [(u, i) for u in (0, 1) for i in range(20)] + [(u, i) for u in (2, 3) for i in range(10, 30)]
+    users = torch.tensor([u for u, _ in pairs])
+    rows = torch.tensor([i for _, i in pairs])
+    ratings = torch.tensor([3.0 + b_u[u] + b_i[i] for u, i in pairs], dtype=torch.float64)
+    raw = build_model(tiny_features(), cfg)
+    raw.fit_item_stats(rows, ratings, 0.0, user_index=users)
+    debiased = build_model(tiny_features(), dataclasses.replace(cfg, item_debias=50))
+    debiased.fit_item_stats(rows, ratings, 0.0, user_index=users)
+    mu = float(ratings.mean())
+    truth = torch.tensor(3.0 + b_i - mu, dtype=torch.float32)  # b_i relative to the global mean
+    err_raw = (raw.item_stats[:, 1] - truth).abs().max()
+    diff = debiased.offset(torch.arange(30)) - truth
+    # one constant separates them (the split of mu between b_u and b_i): compare after centring
+    centred = diff - diff.mean()
+    assert err_raw > 0.4 and float(centred.abs().max()) < 0.05
+    assert torch.allclose(raw.item_stats[:, 0], debiased.item_stats[:, 0])  # counts unchanged
+    with pytest.raises(ValueError, match="item_debias needs the user"):
+        debiased.fit_item_stats(rows, ratings, 0.0)
+    with pytest.raises(ValueError, match="item_debias must be >= 0"):
+        build_model(tiny_features(), dataclasses.replace(cfg, item_debias=-1))

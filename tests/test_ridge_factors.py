@@ -127,7 +127,7 @@ def test_onnx_parity_with_the_item_factors_zero_support_included(tmp_path: Path)
 def test_als_refinement_fits_the_observed_ratings_of_a_low_rank_matrix() -> None:
     """Rank-2 user-centred ratings with 60% missing: PureSVD (zero-filled) fits the observed
     residuals poorly, ALS sweeps fit them far better; unrated items stay zero, unit RMS."""
-    from metarec.models.estimator import _als_refine, _pure_svd
+    from metarec.models.fitting import als_refine, pure_svd
 
     gen = torch.Generator().manual_seed(0)
     p, q = torch.randn(40, 2, generator=gen), torch.randn(25, 2, generator=gen)
@@ -137,7 +137,7 @@ def test_als_refinement_fits_the_observed_ratings_of_a_low_rank_matrix() -> None
     seen = (torch.rand(40, 24, generator=gen) < 0.4)
     users, items = seen.nonzero(as_tuple=True)
     r = (3.0 + full[users, items]).double()
-    svd = _pure_svd(items, r, users, 25, 2)
+    svd = pure_svd(items, r, users, 25, 2)
 
     def fit_err(fac: Tensor) -> float:  # best user factors by least squares, observed entries
         err = 0.0
@@ -148,9 +148,9 @@ def test_als_refinement_fits_the_observed_ratings_of_a_low_rank_matrix() -> None
             err += float(((x @ w - y) ** 2).sum())
         return err / len(r)
 
-    als = _als_refine(items, r, users, svd, reg=1e-3, sweeps=20)
+    als = als_refine(items, r, users, svd, reg=1e-3, sweeps=20)
     assert float(als[24].abs().max()) == 0.0
     torch.testing.assert_close(als[:24].pow(2).mean(), torch.tensor(1.0, dtype=torch.float64))
     # (not exactly zero: centring on each user's observed mean adds a per-user constant)
     assert fit_err(als) < 0.3 * fit_err(svd)
-    assert _als_refine(items, r, users, svd, reg=1.0, sweeps=0) is svd
+    assert als_refine(items, r, users, svd, reg=1.0, sweeps=0) is svd

@@ -53,6 +53,7 @@ def _default_space() -> dict[str, ParamRange]:
         "meta.rank_loss_weight": ParamRange("float", low=0.0, high=2.0),
         "model.embedding_dim": ParamRange("categorical", choices=(16, 32, 64)),
         "model.hidden": ParamRange("categorical", choices=([32, 32], [64, 64], [128, 128])),
+        "model.item_debias": ParamRange("categorical", choices=(0, 5)),
         "train.lr": ParamRange("log-float", low=5e-5, high=2e-3),
         "train.weight_decay": ParamRange("log-float", low=1e-3, high=0.3),
     }

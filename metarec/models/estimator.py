@@ -44,6 +44,7 @@ from metarec.adaptation.mlp import DECISION_PREFIX
 from metarec.config import ModelConfig
 from metarec.data.arrays import FeatureArrays
 from metarec.models.embedding import FieldView, FusedEmbedding, fuse_state, split_state
+from metarec.models.fitting import als_refine, item_effects, pure_svd
 
 
 class Estimator(nn.Module):
@@ -59,7 +60,9 @@ class Estimator(nn.Module):
         item_stats: add the (I, 2) training statistics buffer and its Linear to the item tower;
             ``item_stats_shrinkage`` pseudo-ratings shrink its means (see fit_item_stats);
             ``item_stats_from``: "all" training ratings, or "support" sets only (then no
-            training query rating is ever part of its own item's statistics).
+            training query rating is ever part of its own item's statistics);
+            ``item_debias`` > 0: the mean column is the item effect of the baseline predictor
+            (sweeps of fit_item_stats), not the item's raw mean.
         item_norm: LayerNorm over the item tower output.
         embedding_std: standard deviation of the embedding initialisation (PyTorch: 1.0).
         item_offset: add the item's shrunk mean deviation to the score (needs item_stats).
@@ -70,7 +73,7 @@ class Estimator(nn.Module):
             :meth:`head_features`; needs item_factors).
         tower_factors: the item factors enter the item tower (false: only the ridge head).
         item_factors_als: alternating least-squares sweeps refining the PureSVD factors on the
-            observed ratings only (:func:`_als_refine`), with ridge ``item_factors_reg``.
+            observed ratings only (:func:`metarec.models.fitting.als_refine`), with ridge ``item_factors_reg``.
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Estimator(nn.Module):
         tower_factors: bool = True,
         item_factors_als: int = 0,
         item_factors_reg: float = 5.0,
+        item_debias: int = 0,
     ) -> None:
         super().__init__()
         _check_table("user_cat", user_cat, user_cardinality)
@@ -141,6 +145,9 @@ class Estimator(nn.Module):
         if item_stats_from not in ("all", "support"):
             raise ValueError(f"item_stats_from must be 'all' or 'support', got {item_stats_from!r}")
         self.item_stats_from = item_stats_from
+        if item_debias < 0:
+            raise ValueError(f"item_debias must be >= 0 sweeps, got {item_debias}")
+        self.item_debias = int(item_debias)
         if item_offset and not item_stats:
             raise ValueError("item_offset needs item_stats (the offset is the item's shrunk mean)")
         self.item_offset = bool(item_offset)
@@ -270,7 +277,11 @@ class Estimator(nn.Module):
             item_rows: (R,) int64 item rows of the training ratings; ratings: (R,) float.
             shrinkage: pseudo-ratings at the global mean added to every item's mean.
         Column 0 is ``log1p(count) / log1p(max count)`` in [0, 1]; column 1 the shrunk mean
-        minus the global mean (rating units). Items without training ratings get (0, 0).
+        minus the global mean (rating units), or with ``item_debias`` = n > 0 the item effect
+        b_i of the baseline predictor r = mu + b_u + b_i (Koren, TKDD 2010), fitted by n
+        alternating sweeps of shrunk means (b_i over r - mu - b_u, then b_u over r - mu - b_i,
+        both with ``shrinkage``): an item rated mostly by generous raters is not mistaken for a
+        good one. Items without training ratings get (0, 0).
         """
         if not self.fits_training_ratings:
             return
@@ -283,19 +294,16 @@ class Estimator(nn.Module):
         r = ratings.double().cpu()
         if int(rows.min()) < 0 or int(rows.max()) >= n:
             raise ValueError(f"fit_item_stats: item rows outside 0..{n - 1}")
-        mu = r.mean()
         count = torch.bincount(rows, minlength=n).double()
-        total = torch.bincount(rows, weights=r, minlength=n)
-        mean = (total + shrinkage * mu) / (count + shrinkage).clamp(min=1e-12) - mu
-        mean[count == 0] = 0.0
+        mean = item_effects(rows, r, user_index, n, shrinkage, self.item_debias)
         if self.item_known is not None:
             self.item_known.copy_((count > 0).to(self.item_known))
         if self.item_fac is not None:
             if user_index is None:
                 raise ValueError("fit_item_stats: item_factors need the user of every rating")
             users = user_index.long().cpu()
-            fac = _pure_svd(rows, r, users, n, self.item_fac.shape[1])
-            fac = _als_refine(rows, r, users, fac, self.item_factors_reg, self.item_factors_als)
+            fac = pure_svd(rows, r, users, n, self.item_fac.shape[1])
+            fac = als_refine(rows, r, users, fac, self.item_factors_reg, self.item_factors_als)
             self.item_fac.copy_(fac.to(self.item_fac))
         if self.item_stats is None:
             return
@@ -325,70 +333,11 @@ class Estimator(nn.Module):
 
     def offset(self, item_rows: Tensor) -> Tensor:
         """(..., K) item rows -> (..., K) additive score offset (zeros without item_offset):
-        the item's shrunk mean rating minus the global mean, from :meth:`fit_item_stats`."""
+        the item's effect (its shrunk mean rating minus the global mean, or the debiased b_i
+        with ``item_debias``), from :meth:`fit_item_stats`."""
         if not self.item_offset:
             return torch.zeros(item_rows.shape, dtype=torch.float32, device=item_rows.device)
         return self.item_stats[item_rows, 1]
-
-
-def _pure_svd(item_rows: Tensor, ratings: Tensor, users: Tensor, n_items: int, k: int) -> Tensor:
-    """(n_items, k) item factors: right singular vectors times singular values (relative to
-    the largest) of the dense users x items matrix of ratings minus each user's mean rating,
-    zeros where unrated (PureSVD, Cremonesi et al. 2010), times sqrt(number of rated items) so
-    that the first column has unit root mean square over the rated items (unit-scale inputs for
-    the tower's Linear and the ridge head). Columns beyond the rank are zero.
-    Dense: users x items float64 (ML-1M: 6,040 x 3,706, 180 MB); far larger catalogues would need
-    a sparse truncated SVD."""
-    if users.shape != item_rows.shape:
-        raise ValueError("fit_item_stats: user_index must have one entry per rating")
-    _, uidx = torch.unique(users, return_inverse=True)
-    n_users = int(uidx.max()) + 1
-    user_mean = (torch.bincount(uidx, weights=ratings, minlength=n_users)
-                 / torch.bincount(uidx, minlength=n_users).double())
-    m = torch.zeros(n_users, n_items, dtype=torch.float64)
-    m.index_put_((uidx, item_rows), ratings - user_mean[uidx], accumulate=True)
-    _, s, vh = torch.linalg.svd(m, full_matrices=False)
-    k_eff = min(k, s.shape[0])
-    out = torch.zeros(n_items, k, dtype=torch.float64)
-    if k_eff and float(s[0]) > 0:
-        rated = float((torch.bincount(item_rows, minlength=n_items) > 0).sum())
-        out[:, :k_eff] = vh[:k_eff].T * (s[:k_eff] / s[0]) * rated ** 0.5
-    # Singular vectors have an arbitrary sign: fix it (largest |entry| positive) so that the
-    # same ratings always give the same factors.
-    sign = torch.sign(out.gather(0, out.abs().argmax(0, keepdim=True)))
-    return out * torch.where(sign == 0, 1.0, sign)
-
-
-def _als_refine(item_rows: Tensor, ratings: Tensor, users: Tensor, fac: Tensor, reg: float,
-                sweeps: int) -> Tensor:
-    """``sweeps`` alternating least-squares sweeps from the (n_items, k) item factors ``fac``
-    on the observed user-mean-centred ratings only (user factors given the items, then item
-    factors given the users, each a ridge solve with ``reg``), rescaled to unit root mean
-    square over the rated items. PureSVD fills the missing ratings with zeros, so its factors
-    of sparsely rated items are shrunk by their density; ALS fits the ratings that exist.
-    Items without ratings keep zeros. ``sweeps`` 0 returns ``fac`` unchanged."""
-    if sweeps == 0 or fac.shape[1] == 0:
-        return fac
-    _, uidx = torch.unique(users, return_inverse=True)
-    n_users, (n_items, k) = int(uidx.max()) + 1, fac.shape
-    user_mean = (torch.bincount(uidx, weights=ratings, minlength=n_users)
-                 / torch.bincount(uidx, minlength=n_users).double())
-    res = ratings - user_mean[uidx]
-    eye = reg * torch.eye(k, dtype=torch.float64)
-
-    def solve(rows: Tensor, n: int, other: Tensor) -> Tensor:
-        """Per row r in 0..n-1: argmin_x sum over its ratings (res - other . x)^2 + reg |x|^2."""
-        a = torch.zeros(n, k, k, dtype=torch.float64).index_add_(
-            0, rows, other[:, :, None] * other[:, None, :])
-        b = torch.zeros(n, k, dtype=torch.float64).index_add_(0, rows, other * res[:, None])
-        return torch.linalg.solve(a + eye, b)
-
-    for _ in range(sweeps):
-        user_fac = solve(uidx, n_users, fac[item_rows])
-        fac = solve(item_rows, n_items, user_fac[uidx])
-    rated = torch.bincount(item_rows, minlength=n_items) > 0
-    rms = fac[rated].pow(2).mean().sqrt()
-    return fac / rms if float(rms) > 0 else fac
 
 
 def _check_table(name: str, table: Tensor, cardinality: tuple[int, ...]) -> None:
@@ -413,7 +362,7 @@ def resolve_head_factors(cfg: ModelConfig, on: bool) -> ModelConfig:
 _MODEL_SETTINGS = ("embedding_dim", "text_proj_dim", "item_stats", "item_stats_shrinkage",
                    "item_stats_from", "item_norm", "embedding_std", "item_offset", "item_id",
                    "item_factors", "head_factors", "tower_factors", "item_factors_als",
-                   "item_factors_reg")
+                   "item_factors_reg", "item_debias")
 
 
 def build_model(features: FeatureArrays, cfg: ModelConfig) -> Estimator:
