@@ -81,7 +81,7 @@ def variant_params(raw: dict[str, Any], name: str, prepared: Path, work: Path,
 
 
 def cross_validate(raw: dict[str, Any], source: str, folds: int, learners: str | None,
-                   work_dir: Path) -> dict[str, Any]:
+                   work_dir: Path, stop_fraction: float = cv.STOP_FRACTION) -> dict[str, Any]:
     """Per support size: means per method over the held-out folds and paired differences to
     each baseline (``{shot: {method | "cand - base": {metric: ...}}}``, plus ``"_table"``).
     The folds and the per-task scores are metarec.tuning.cv's, as `metarec tune` uses them."""
@@ -90,13 +90,14 @@ def cross_validate(raw: dict[str, Any], source: str, folds: int, learners: str |
     names = learners.split(",") if learners else [cfg.meta.learner]
     shots = (*cfg.evaluation.curve_shots, ALL_SHOTS)
     per_task: dict[str, list[dict[str, np.ndarray]]] = {}
-    for fold in cv.make_folds(cv.pool_tasks(inputs), folds, shots, cfg.seed):
+    for fold in cv.make_folds(cv.pool_tasks(inputs), folds, shots, cfg.seed,
+                              stop_fraction=stop_fraction):
         predictors, info = {}, {}
         for name in names:
             predictors[name], info[name] = cv.train_learner(cfg, inputs.features, fold.train,
-                                                            fold.held, name)
+                                                            fold.stop, name)
         found, info["global"] = cv.train_fold_baselines(cfg, inputs.features, fold.train,
-                                                        fold.held)
+                                                        fold.stop)
         # most_pop / item_knn score without rating scale: no MAE for them on ratings
         predictors.update({n: p for n, p in found.items()
                            if fold.train.implicit or n not in RANKING_BASELINES})
@@ -151,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prepared", default="artifacts/prepared",
                     help="canonical ML-100K tables the ML-100K variants are made from")
     ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--stop-fraction", type=float, default=cv.STOP_FRACTION,
+                    help="share of each fold's training users early stopping looks at; 0: the "
+                         "held-out users themselves (before 2026-12-02: optimistic)")
     ap.add_argument("--learners", default=None)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--work-dir", default="artifacts/bench")
@@ -177,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         params = suite.merge(params, {})
         mq._override(params, args.set)  # --set wins over the variant's params
         print(f"dataset {dataset}", file=sys.stderr)
-        tables[dataset] = cross_validate(params, args.params, args.folds, args.learners, work)
+        tables[dataset] = cross_validate(params, args.params, args.folds, args.learners, work,
+                                         args.stop_fraction)
     out: dict[str, Any] = (next(iter(tables.values())) if len(tables) == 1
                            else {**tables, "suite": suite_summary(tables)})
     tables_md = {d: t.pop("_table") for d, t in tables.items()}

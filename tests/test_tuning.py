@@ -173,8 +173,12 @@ def test_folds_hold_each_user_out_once_and_cut_supports_along_the_curve(project)
     full = set(pool.user_ids[pool.support_mask.all(1)])  # fill the width: they only train
     assert sorted(held) == sorted(set(pool.user_ids) - full) and len(set(held)) == len(held)
     for f in folds:
-        assert not set(f.train.user_ids) & set(f.held.user_ids)
-        assert set(f.train.user_ids) | set(f.held.user_ids) == set(pool.user_ids)
+        train, held, stop = set(f.train.user_ids), set(f.held.user_ids), set(f.stop.user_ids)
+        # early stopping looks at other users than those scored, of the protocol's kind
+        assert not train & held and not stop & held and not stop & train
+        assert train | held | stop == set(pool.user_ids)
+        assert stop and not stop & full
+        assert len(stop) == max(1, round(0.1 * (len(set(pool.user_ids)) - len(full) - len(held))))
         assert f.shots == ("1", "5", "all") and len(f.curve) == 3 * len(f.held)
         sizes = f.curve.support_mask.sum(1).reshape(3, len(f.held))
         whole = f.held.support_mask.sum(1)
@@ -182,6 +186,14 @@ def test_folds_hold_each_user_out_once_and_cut_supports_along_the_curve(project)
         assert (sizes[2] == whole).all()
     again = make_folds(pool, 3, (5, 1, "all"), seed=0)
     assert all((a.curve.support_mask == b.curve.support_mask).all() for a, b in zip(folds, again))
+    assert all((a.stop.user_ids == b.stop.user_ids).all() for a, b in zip(folds, again))
+    # stop_fraction 0: the former protocol, early stopping on the scored users themselves
+    former = make_folds(pool, 3, (5, 1, "all"), seed=0, stop_fraction=0.0)
+    for f in former:
+        assert (f.stop.user_ids == f.held.user_ids).all()
+        assert set(f.train.user_ids) | set(f.held.user_ids) == set(pool.user_ids)
+    with pytest.raises(ValueError, match="stop_fraction"):
+        make_folds(pool, 3, (5, 1, "all"), seed=0, stop_fraction=1.0)
 
 
 def test_tune_cli_writes_the_best_trial_for_review_and_logs_every_trial(project):

@@ -4,8 +4,12 @@ The protocol's test users are never read: :func:`load_cv_inputs` loads only the 
 validation task sets, and :func:`pool_tasks` pools them. The pooled users are split into folds;
 users whose support fills the width (those with ``tasks.max_ratings`` ratings or more,
 subsampled) always train, so held-out users are of the protocol's kind. Each fold is held out
-once (early stopping and scoring on it) while the rest trains. Held-out tasks are scored along
-the adaptation curve: their support cut to each of ``shots`` random ratings, and whole.
+once and scored while the rest trains; early stopping (and ``head_factors: auto``'s choice)
+looks at other users, a ``stop_fraction`` share of the fold's training users of the protocol's
+kind, as the pipeline's validation users are apart from its test users. Stopping on the scored
+users themselves (``stop_fraction`` 0, the former behaviour) flatters whichever setting has the
+noisier validation curve. Held-out tasks are scored along the adaptation curve: their support
+cut to each of ``shots`` random ratings, and whole.
 
 ``benchmarks/cv_tune.py`` (settings compared by hand) and :mod:`metarec.tuning.objective`
 (the Optuna study) share these functions.
@@ -30,21 +34,26 @@ from metarec.pipeline.inputs import Inputs, concat_tasks
 # Folds are drawn with their own seed, apart from the training seed: every setting and every
 # seed is compared on the same held-out users.
 FOLD_SEED = 1234
+# Share of a fold's training users (of the protocol's kind) that early stopping looks at
+# instead: ML-100K's 4 folds stop on ~57 users, as many as the pipeline's validation users.
+STOP_FRACTION = 0.1
 
 Predict = Callable[[TaskArrays], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Fold:
-    """One fold: ``train`` (every other user), ``held`` (this fold's users, whole support:
-    early stopping) and ``curve`` (``held`` once per support size of ``shots``, stacked in
-    that order: ``len(shots) * len(held)`` tasks)."""
+    """One fold: ``train`` (every other user but ``stop``'s), ``held`` (this fold's users,
+    whole support), ``curve`` (``held`` once per support size of ``shots``, stacked in that
+    order: ``len(shots) * len(held)`` tasks) and ``stop`` (the users early stopping looks at:
+    see the module docstring; ``held`` itself with ``stop_fraction`` 0)."""
 
     index: int
     train: TaskArrays
     held: TaskArrays
     curve: TaskArrays
     shots: tuple[str, ...]
+    stop: TaskArrays
 
 
 def load_cv_inputs(cfg: Config) -> Inputs:
@@ -79,9 +88,12 @@ def split_shots(shots: tuple[int | str, ...]) -> tuple[list[int], tuple[str, ...
 
 
 def make_folds(pool: TaskArrays, n_folds: int, shots: tuple[int | str, ...], seed: int,
-               fold_seed: int = FOLD_SEED) -> list[Fold]:
+               fold_seed: int = FOLD_SEED, stop_fraction: float = STOP_FRACTION) -> list[Fold]:
     """``n_folds`` folds of the pooled users by id (see the module docstring); the curve of
-    fold k cuts supports with seed ``seed + k``."""
+    fold k cuts supports with seed ``seed + k``; its ``stop`` users are ``stop_fraction`` of
+    the other folds' users (at least one), drawn with ``fold_seed + 1 + k``."""
+    if not 0.0 <= stop_fraction < 1.0:
+        raise ValueError(f"stop_fraction must be in [0, 1), got {stop_fraction}")
     full = pool.support_mask.all(1)
     held_ids = np.random.default_rng(fold_seed).permutation(np.sort(pool.user_ids[~full]))
     if n_folds < 2 or len(held_ids) < n_folds:
@@ -94,8 +106,15 @@ def make_folds(pool: TaskArrays, n_folds: int, shots: tuple[int | str, ...], see
         held = pool.subset(held_rows)
         parts = [limit_support(held, n, seed + k) for n in sizes]
         curve = concat_tasks(parts + ([held] if ALL_SHOTS in labels else []))
-        folds.append(Fold(k, pool.subset(np.setdiff1d(np.arange(len(pool)), held_rows)),
-                          held, curve, labels))
+        stop_rows = held_rows
+        if stop_fraction > 0:
+            others = np.setdiff1d(held_ids, ids)
+            n_stop = max(1, int(round(stop_fraction * len(others))))
+            picked = np.random.default_rng(fold_seed + 1 + k).choice(others, n_stop, replace=False)
+            stop_rows = np.nonzero(np.isin(pool.user_ids, picked))[0]
+        train_rows = np.setdiff1d(np.arange(len(pool)), np.union1d(held_rows, stop_rows))
+        folds.append(Fold(k, pool.subset(train_rows), held, curve, labels,
+                          pool.subset(stop_rows)))
     return folds
 
 

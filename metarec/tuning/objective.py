@@ -75,12 +75,14 @@ class FoldBaselines:
 def fold_baselines(base: Config, features: FeatureArrays, folds: list[Fold],
                    manifest: dict) -> FoldBaselines:
     """The baselines' scores on every fold, from the cache when this base configuration,
-    task set and fold layout were scored before (``tune.out_dir/baselines/<hash>.npz``)."""
+    task set and fold layout (held-out and early-stopping users) were scored before
+    (``tune.out_dir/baselines/<hash>.npz``)."""
     cfg = budgeted(base)
     names = metric_names(cfg)
     key = {"tasks": manifest, "model": dataclasses.asdict(cfg.model),
            "meta": dataclasses.asdict(cfg.meta), "train": dataclasses.asdict(cfg.train),
-           "seed": cfg.seed, "folds": len(folds), "shots": folds[0].shots, "metrics": names}
+           "seed": cfg.seed, "folds": len(folds), "shots": folds[0].shots, "metrics": names,
+           "layout": [[f.held.user_ids.tolist(), f.stop.user_ids.tolist()] for f in folds]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     path = Path(cfg.tune.out_dir) / "baselines" / f"{digest[:16]}.npz"
     if path.exists():
@@ -92,7 +94,7 @@ def fold_baselines(base: Config, features: FeatureArrays, folds: list[Fold],
         return FoldBaselines(scores, 0.0)
     start, scores = time.perf_counter(), []
     for fold in folds:
-        predictors, info = train_fold_baselines(cfg, features, fold.train, fold.held)
+        predictors, info = train_fold_baselines(cfg, features, fold.train, fold.stop)
         log.info("fold %d baselines: global network %s", fold.index, info)
         scores.append({n: fold_scores(p, fold, names) for n, p in predictors.items()})
     with atomic_file(path, "wb", encoding=None) as fh:
@@ -130,7 +132,7 @@ class Objective:
         try:
             for fold in self.folds:
                 t0 = time.perf_counter()
-                predict, info = train_learner(cfg, self.features, fold.train, fold.held)
+                predict, info = train_learner(cfg, self.features, fold.train, fold.stop)
                 scores = fold_scores(predict, fold, names)
                 for m in names:
                     per_task[m].append(scores[m].mean(0))  # mean over support sizes, per task
