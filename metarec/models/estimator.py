@@ -73,7 +73,8 @@ class Estimator(nn.Module):
             :meth:`head_features`; needs item_factors).
         tower_factors: the item factors enter the item tower (false: only the ridge head).
         item_factors_als: alternating least-squares sweeps refining the PureSVD factors on the
-            observed ratings only (:func:`metarec.models.fitting.als_refine`), with ridge ``item_factors_reg``.
+            observed ratings only (:func:`metarec.models.fitting.als_refine`), with ridge
+            ``item_factors_reg``.
     """
 
     def __init__(
