@@ -2,9 +2,11 @@
 
 The protocol's test users are never read: the training and validation tasks are pooled and
 split into ``--folds`` folds of users (users with ``tasks.max_ratings`` ratings or more only
-train); each fold is held out once (early stopping and scoring
-on it) while the others train (:mod:`metarec.tuning.cv`, shared with `metarec tune`, which
-searches settings automatically; this script compares settings named by hand). The held-out tasks are scored along the adaptation curve: with
+train); each fold is held out once and scored while the others train, early stopping on 10%
+of the training users (``--stop-fraction``; 0: on the held-out users, the optimistic former
+protocol) (:mod:`metarec.tuning.cv`, shared with `metarec tune`, which searches settings
+automatically; this script compares settings named by hand). The held-out tasks are scored
+along the adaptation curve: with
 their support cut to each of ``evaluation.curve_shots`` random ratings (0, 1, 3, 5, 10; the
 evaluation's ``limit_support``) and with all of it (``all``). Prints, per support size and
 method, the mean of every metric over all held-out tasks and the paired difference to each
