@@ -62,7 +62,7 @@ class Estimator(nn.Module):
             ``item_stats_from``: "all" training ratings, or "support" sets only (then no
             training query rating is ever part of its own item's statistics);
             ``item_debias`` > 0: the mean column is the item effect of the baseline predictor
-            (sweeps of fit_item_stats), not the item's raw mean.
+            (:func:`metarec.models.fitting.item_effects`), not the item's raw mean.
         item_norm: LayerNorm over the item tower output.
         embedding_std: standard deviation of the embedding initialisation (PyTorch: 1.0).
         item_offset: add the item's shrunk mean deviation to the score (needs item_stats).

@@ -25,7 +25,9 @@ def item_effects(item_rows: Tensor, ratings: Tensor, users: Tensor | None, n_ite
     if debias:
         if users is None:
             raise ValueError("fit_item_stats: item_debias needs the user of every rating")
-        users = users.long().cpu()
+        if users.shape != item_rows.shape:
+            raise ValueError("fit_item_stats: user_index must have one entry per rating")
+        _, users = torch.unique(users.long().cpu(), return_inverse=True)  # compact, as below
         n_users = int(users.max()) + 1
         ucount = torch.bincount(users, minlength=n_users).double()
         b_u = torch.zeros(n_users, dtype=torch.float64)
@@ -67,7 +69,7 @@ def pure_svd(item_rows: Tensor, ratings: Tensor, users: Tensor, n_items: int, k:
 
 
 def als_refine(item_rows: Tensor, ratings: Tensor, users: Tensor, fac: Tensor, reg: float,
-                sweeps: int) -> Tensor:
+               sweeps: int) -> Tensor:
     """``sweeps`` alternating least-squares sweeps from the (n_items, k) item factors ``fac``
     on the observed user-mean-centred ratings only (user factors given the items, then item
     factors given the users, each a ridge solve with ``reg``), rescaled to unit root mean
