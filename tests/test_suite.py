@@ -174,6 +174,50 @@ def test_curves_aggregate_reads_by_metric_name_and_closes_the_gap():
     assert "new_metric" not in agg["ridge"]["0"]
 
 
+def test_curves_pool_paired_differences_over_seeds_against_the_best_baseline():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import curves
+
+    z = curves.Z
+
+    def run(seed, diff_item, diff_global):
+        # per seed: a bootstrap interval of half-width z * se, se = 0.01
+        cell = lambda d: {"diff": d, "interval": [d - z * 0.01, d + z * 0.01]}  # noqa: E731
+        curve = {m: {"1": {"mae": v, "ndcg_at_3": 0.7}} for m, v in
+                 (("ridge", 0.80), ("item_mean", 0.85), ("global", 0.83))}
+        return {"seed": seed, "curves": {"test": curve}, "tasks": {"test": 3},
+                "differences": {"test": {
+                    "item_mean": {"1": {"mae": cell(diff_item), "ndcg_at_3": cell(0.0)}},
+                    "global": {"1": {"mae": cell(diff_global), "ndcg_at_3": cell(0.01)}}}}}
+
+    runs = [run(0, -0.06, -0.04), run(1, -0.04, 0.0)]
+    pooled = curves.pooled_differences(runs, curves.aggregate(runs))["test"]["1"]
+    mae = pooled["mae"]
+    # global has the lower mean MAE (0.83 < 0.85): it is the baseline to beat
+    assert mae["best_baseline"] == "global"
+    assert mae["diff"] == pytest.approx(-0.02)
+    assert mae["per_seed"] == [-0.04, 0.0]
+    # two strata of se 0.01: the mean's se is sqrt(2) * 0.01 / 2
+    half = z * np.sqrt(2) * 0.01 / 2
+    assert mae["interval"] == pytest.approx([-0.02 - half, -0.02 + half], abs=1e-4)
+    assert mae["vs"]["item_mean"]["diff"] == pytest.approx(-0.05)
+    # nDCG: equal means, the tie goes to either baseline; the pooled cell is that baseline's
+    assert pooled["ndcg_at_3"]["diff"] == pytest.approx(
+        pooled["ndcg_at_3"]["vs"][pooled["ndcg_at_3"]["best_baseline"]]["diff"])
+    # without bootstrap intervals the pooled difference has none
+    for r in runs:
+        for by_k in r["differences"]["test"].values():
+            for cell in by_k["1"].values():
+                cell["interval"] = None
+    assert curves.pooled_differences(runs, curves.aggregate(runs))["test"]["1"]["mae"][
+        "interval"] is None
+    table = curves.to_markdown({"dataset": "d", "protocol": "p", "seeds": [0, 1],
+                                "candidate": "ridge", "command": "c", "machine": "m",
+                                "date": "t", "git": "g", "wall_seconds": 1.0, "runs": [],
+                                "curves": {}, "differences": {"test": {"1": pooled}}})
+    assert "minus the best baseline" in table and "global" in table
+
+
 def test_cv_suite_summary_weights_datasets_equally():
     sys.path.insert(0, str(REPO / "benchmarks"))
     import cv_tune
