@@ -21,7 +21,7 @@ from metarec.tuning import cv
 M = int(sys.argv[1]); work = Path(sys.argv[2]); dataset = sys.argv[3] if len(sys.argv) > 3 else None
 raw = yaml.safe_load(open("params.yaml"))
 if dataset:
-    raw = cv_tune.variant_params(raw, dataset, Path("artifacts/prepared"), work)
+    raw = cv_tune.variant_params(raw, dataset, Path("artifacts/prepared"), work, "user-split")
 cfg = config_from_dict(raw, "params.yaml")
 cfg, inputs = mq._inputs(cfg, work)
 shots = (*cfg.evaluation.curve_shots, ALL_SHOTS)
