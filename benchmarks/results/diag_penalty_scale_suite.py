@@ -1,0 +1,67 @@
+"""Are the meta-learned weight penalties right on the suite? Trains the ridge model (head off)
+on the first N of 3 CV folds of a dataset (training + validation users only, stopping apart
+from the scored users) and scores the held-out users at k = 1, 3, 5, 10, 90 ratings with the
+weight penalties scaled by c = 0.5 .. 30 (the bias penalty unchanged); prints the penalties per
+fold and k, c, [MAE, nDCG@3]. (benchmarks/results/diag_penalty_scale.py did this on ML-100K
+under the former CV protocol.)
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/results/diag_penalty_scale_suite.py 2 artifacts/bench_ws ml100k-quintile
+"""
+import sys
+from pathlib import Path
+import numpy as np, torch, yaml
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ml100k_quality as mq, cv_tune
+from metarec.config import config_from_dict
+from metarec.tuning import cv
+from metarec.data.arrays import limit_support
+from metarec.config.implicit import with_resolved_loss
+from metarec.meta.learners import build_learner
+from metarec.models.estimator import build_model
+from metarec.training.loop import meta_train, predict
+from metarec.training.calibration import protocol_kind
+
+nf = int(sys.argv[1]); work = Path(sys.argv[2]); dataset = sys.argv[3] if len(sys.argv) > 3 else None
+raw = yaml.safe_load(open("params.yaml"))
+raw["model"]["head_factors"] = False
+if dataset:
+    raw = cv_tune.variant_params(raw, dataset, Path("artifacts/prepared"), work, "user-split")
+cfg = config_from_dict(raw, "params.yaml")
+cfg, inputs = mq._inputs(cfg, work)
+folds = cv.make_folds(cv.pool_tasks(inputs), 3, (0, "all"), cfg.seed)
+
+def eb_lambda(tasks, pred_fn):
+    rows = np.nonzero(protocol_kind(tasks))[0]
+    z = limit_support(tasks.subset(rows), 0, seed=0)
+    m = z.query_mask.astype(float); n = m.sum(1); ok = n > 1
+    e = (z.query_ratings - np.asarray(pred_fn(z), float)) * m
+    mean = e.sum(1)[ok] / n[ok]
+    within = (((e - np.where(m > 0, e.sum(1, keepdims=True) / np.maximum(n, 1)[:, None], 0)) ** 2) * m).sum(1)[ok]
+    s2n = within.sum() / (n[ok] - 1).sum()
+    s2b = mean.var(ddof=1) - (s2n / n[ok]).mean()
+    return s2n, s2b, s2n / max(s2b, 1e-4)
+
+agg = {}
+for fold in folds[:nf]:
+    torch.manual_seed(cfg.seed)
+    model = build_model(inputs.features, cfg.model)
+    lr = build_learner(model, with_resolved_loss(cfg.meta, cfg.data))
+    res = meta_train(model, lr, fold.train, fold.stop, cfg.train, cfg.seed)
+    model.eval()
+    base = lr.log_lam.detach().clone()
+    lam = (base * lr.lam_rate).exp().numpy()
+    s2n, s2b, leb = eb_lambda(fold.train, lambda t: predict(model, lr, t, cfg.train))
+    print("fold", fold.index, "best", res.best_step, "meta bias lam", lam[-1].round(2), "EB", round(s2n, 3), round(s2b, 4), round(leb, 2), flush=True)
+    for k in (1, 3, 5, 10, 90):
+        hk = limit_support(fold.held, k, fold.index)
+        for c in (0.5, 1, 2, 4, 10, 30):
+            with torch.no_grad():
+                lr.log_lam.copy_(base)
+                lr.log_lam[:-1] += float(np.log(c)) / lr.lam_rate[:-1]
+            v = cv.per_task_metrics(predict(model, lr, hk, cfg.train), hk, ["mae", "ndcg_at_3"])
+            agg.setdefault((k, c), []).append(np.stack([v["mae"], v["ndcg_at_3"]]))
+        with torch.no_grad():
+            lr.log_lam.copy_(base)
+for (k, c), vs in sorted(agg.items()):
+    a = np.concatenate(vs, 1)
+    print(k, c, a.mean(1).round(4).tolist(), flush=True)
