@@ -1,11 +1,16 @@
-"""Is the ridge head's bias penalty a lever? Trains the ridge model (head off) on the first N of
-3 CV folds (training + validation users only, stopping apart from the scored users) and scores
-the held-out users at k = 1, 3, 5, 10, 90 ratings with three bias penalties: the meta-learned
-one ("meta"), the empirical-Bayes one from the training users' 0-shot residuals ("eb": within-user
-residual variance over the variance of the users' mean residuals, method of moments), and none
-of the bias adaptation ("inf", 1e6); prints the penalties per fold and k, name, [MAE, nDCG@3].
+"""Are the ridge head's meta-learned penalties a lever? Trains the ridge model (head off) on the
+first N of 3 CV folds (training + validation users only, stopping apart from the scored users)
+and scores the held-out users at k = 1, 3, 5, 10, 90 ratings with other penalties; prints the
+penalties per fold, then per k and variant [MAE, nDCG@3]. Modes:
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/results/diag_bias_penalty.py 2 artifacts/bench_eb [ml100k-quintile]
+- ``bias``: three bias penalties: the meta-learned one ("meta"), the empirical-Bayes one from the
+  training users' 0-shot residuals ("eb": within-user residual variance over the variance of the
+  users' mean residuals, method of moments) and none of the bias adaptation ("inf", 1e6);
+- ``scale``: the weight penalties scaled by c = 0.5 .. 30, the bias penalty unchanged
+  (benchmarks/results/diag_penalty_scale.py did this on ML-100K under the former CV protocol).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/results/diag_ridge_penalties.py bias 2 artifacts/bench_eb [ml100k-quintile]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/results/diag_ridge_penalties.py scale 2 artifacts/bench_ws ml100k-quintile
 """
 import sys
 from pathlib import Path
@@ -21,7 +26,10 @@ from metarec.models.estimator import build_model
 from metarec.training.loop import meta_train, predict
 from metarec.training.calibration import protocol_kind
 
-nf = int(sys.argv[1]); work = Path(sys.argv[2]); dataset = sys.argv[3] if len(sys.argv) > 3 else None
+mode = sys.argv[1]; nf = int(sys.argv[2]); work = Path(sys.argv[3])
+dataset = sys.argv[4] if len(sys.argv) > 4 else None
+if mode not in ("bias", "scale"):
+    raise SystemExit(f"mode {mode!r}: bias or scale")
 raw = yaml.safe_load(open("params.yaml"))
 raw["model"]["head_factors"] = False
 if dataset:
@@ -54,10 +62,15 @@ for fold in folds[:nf]:
     print("fold", fold.index, "best", res.best_step, "meta bias lam", lam[-1].round(2), "EB", round(s2n, 3), round(s2b, 4), round(leb, 2), flush=True)
     for k in (1, 3, 5, 10, 90):
         hk = limit_support(fold.held, k, fold.index)
-        for name, val in (("meta", lam[-1]), ("eb", leb), ("inf", 1e6)):
+        variants = ((("meta", lam[-1]), ("eb", leb), ("inf", 1e6)) if mode == "bias"
+                    else ((c, c) for c in (0.5, 1, 2, 4, 10, 30)))
+        for name, val in variants:
             with torch.no_grad():
                 lr.log_lam.copy_(base)
-                lr.log_lam[-1] = float(np.log(val)) / float(lr.lam_rate[-1])
+                if mode == "bias":
+                    lr.log_lam[-1] = float(np.log(val)) / float(lr.lam_rate[-1])
+                else:
+                    lr.log_lam[:-1] += float(np.log(val)) / lr.lam_rate[:-1]
             v = cv.per_task_metrics(predict(model, lr, hk, cfg.train), hk, ["mae", "ndcg_at_3"])
             agg.setdefault((k, name), []).append(np.stack([v["mae"], v["ndcg_at_3"]]))
         with torch.no_grad():
