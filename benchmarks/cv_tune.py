@@ -19,16 +19,20 @@ its features and tasks built there), or on several: ``--dataset suite`` (ml100k 
 variant) or a comma-separated list; the output is then one table per dataset plus ``suite``,
 each paired difference averaged over the datasets with equal weight (and the per-dataset means),
 to choose defaults that hold across the suite. The protocol's test users are never read on any
-dataset.
+dataset. ``--seeds`` trains every method once per training seed on the same folds and averages
+each held-out task's scores over them: one seed's luck can decide a comparison (a seed-0 CV had
+ridge ahead of item_mean at one rating on quintile, a seed-3 CV and the test users behind).
 
     .venv/bin/python benchmarks/cv_tune.py --folds 4 --set model.item_id=true
     .venv/bin/python benchmarks/cv_tune.py --dataset lowrank --set model.item_factors=32
     .venv/bin/python benchmarks/cv_tune.py --dataset suite --folds 3 --out cv_suite.json
+    .venv/bin/python benchmarks/cv_tune.py --dataset ml100k-quintile --folds 3 --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -82,35 +86,57 @@ def variant_params(raw: dict[str, Any], name: str, prepared: Path, work: Path,
     return out
 
 
+def average_over_seeds(per_seed: list[dict[str, list[dict[str, np.ndarray]]]]
+                       ) -> dict[str, dict[str, np.ndarray]]:
+    """``[{method: [per fold {metric: (shots, held)}]}]`` per training seed -> ``{method:
+    {metric: (shots, tasks)}}``: the folds' held-out tasks side by side, each task's score the
+    mean over the seeds (the same tasks and support subsets in every seed, so the paired
+    differences stay paired and their standard error is over users, with the training noise
+    averaged out). Methods missing from a seed are dropped."""
+    methods = [m for m in per_seed[0] if all(m in run for run in per_seed)]
+    return {m: {k: np.mean([np.concatenate([f[k] for f in run[m]], 1) for run in per_seed], 0)
+                for k in per_seed[0][m][0]} for m in methods}
+
+
 def cross_validate(raw: dict[str, Any], source: str, folds: int, learners: str | None,
-                   work_dir: Path, stop_fraction: float = cv.STOP_FRACTION) -> dict[str, Any]:
+                   work_dir: Path, stop_fraction: float = cv.STOP_FRACTION,
+                   seeds: list[int] | None = None) -> dict[str, Any]:
     """Per support size: means per method over the held-out folds and paired differences to
     each baseline (``{shot: {method | "cand - base": {metric: ...}}}``, plus ``"_table"``).
-    The folds and the per-task scores are metarec.tuning.cv's, as `metarec tune` uses them."""
+    The folds and the per-task scores are metarec.tuning.cv's, as `metarec tune` uses them.
+    ``seeds``: training seeds (default: the configured seed); with several, every learner and
+    baseline trains once per seed on the same folds and each held-out task's scores are
+    averaged over the seeds (:func:`average_over_seeds`): a setting's effect net of one seed's
+    luck. The split and the folds stay those of the configured seed."""
     cfg = config_from_dict(raw, source)
     cfg, inputs = mq._inputs(cfg, work_dir)
     names = learners.split(",") if learners else [cfg.meta.learner]
     shots = (*cfg.evaluation.curve_shots, ALL_SHOTS)
-    per_task: dict[str, list[dict[str, np.ndarray]]] = {}
-    for fold in cv.make_folds(cv.pool_tasks(inputs), folds, shots, cfg.seed,
-                              stop_fraction=stop_fraction):
-        predictors, info = {}, {}
-        for name in names:
-            predictors[name], info[name] = cv.train_learner(cfg, inputs.features, fold.train,
-                                                            fold.stop, name)
-        found, info["global"] = cv.train_fold_baselines(cfg, inputs.features, fold.train,
-                                                        fold.stop)
-        # most_pop / item_knn score without rating scale: no MAE for them on ratings
-        predictors.update({n: p for n, p in found.items()
-                           if fold.train.implicit or n not in RANKING_BASELINES})
-        print(f"fold {fold.index}: " + json.dumps(info), file=sys.stderr)
-        for method, predict in predictors.items():
-            per_task.setdefault(method, []).append(cv.fold_scores(predict, fold, list(PAIRED)))
-    labels = fold.shots
+    layout = cv.make_folds(cv.pool_tasks(inputs), folds, shots, cfg.seed,
+                           stop_fraction=stop_fraction)
+    per_seed: list[dict[str, list[dict[str, np.ndarray]]]] = []
+    for seed in seeds or [cfg.seed]:
+        run_cfg = dataclasses.replace(cfg, seed=seed)
+        per_task: dict[str, list[dict[str, np.ndarray]]] = {}
+        for fold in layout:
+            predictors, info = {}, {}
+            for name in names:
+                predictors[name], info[name] = cv.train_learner(run_cfg, inputs.features,
+                                                                fold.train, fold.stop, name)
+            found, info["global"] = cv.train_fold_baselines(run_cfg, inputs.features,
+                                                            fold.train, fold.stop)
+            # most_pop / item_knn score without rating scale: no MAE for them on ratings
+            predictors.update({n: p for n, p in found.items()
+                               if fold.train.implicit or n not in RANKING_BASELINES})
+            print(f"seed {seed} fold {fold.index}: " + json.dumps(info), file=sys.stderr)
+            for method, predict in predictors.items():
+                per_task.setdefault(method, []).append(cv.fold_scores(predict, fold,
+                                                                      list(PAIRED)))
+        per_seed.append(per_task)
+    labels = layout[0].shots
     out: dict[str, Any] = {}
-    methods = list(per_task)
-    stacked = {m: {k: np.concatenate([f[k] for f in per_task[m]], 1) for k in per_task[m][0]}
-               for m in methods}  # (len(shots), tasks) per metric
+    stacked = average_over_seeds(per_seed)  # (len(shots), tasks) per metric
+    methods = list(stacked)
     for i, shot in enumerate(labels):
         out[shot] = {m: {k: round(float(v[i].mean()), 4) for k, v in stacked[m].items()}
                      for m in methods}
@@ -158,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of each fold's training users early stopping looks at; 0: the "
                          "held-out users themselves (before 2026-12-02: optimistic)")
     ap.add_argument("--learners", default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="training seeds, each task's scores averaged over them (default: the "
+                         "configured seed); the folds stay the configured seed's")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--work-dir", default="artifacts/bench")
     ap.add_argument("--out", default=None)
@@ -184,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         mq._override(params, args.set)  # --set wins over the variant's params
         print(f"dataset {dataset}", file=sys.stderr)
         tables[dataset] = cross_validate(params, args.params, args.folds, args.learners, work,
-                                         args.stop_fraction)
+                                         args.stop_fraction, args.seeds)
     out: dict[str, Any] = (next(iter(tables.values())) if len(tables) == 1
                            else {**tables, "suite": suite_summary(tables)})
     tables_md = {d: t.pop("_table") for d, t in tables.items()}

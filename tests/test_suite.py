@@ -218,6 +218,23 @@ def test_curves_pool_paired_differences_over_seeds_against_the_best_baseline():
     assert "minus the best baseline" in table and "global" in table
 
 
+def test_cv_scores_average_over_training_seeds_per_task():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import cv_tune
+
+    def run(shift):  # two folds of 2 and 1 held-out tasks, 2 support sizes
+        fold = lambda n: {"mae": np.arange(2 * n, dtype=float).reshape(2, n) + shift}  # noqa: E731
+        return {"ridge": [fold(2), fold(1)], "item_mean": [fold(2), fold(1)],
+                **({"only_here": [fold(2), fold(1)]} if shift == 0 else {})}
+
+    out = cv_tune.average_over_seeds([run(0.0), run(1.0)])
+    assert set(out) == {"ridge", "item_mean"}  # a method a seed lacks is dropped
+    # the folds side by side (2 + 1 tasks), each task the mean of its two seeds' scores
+    assert out["ridge"]["mae"].shape == (2, 3)
+    assert out["ridge"]["mae"][1].tolist() == [2.5, 3.5, 1.5]
+    assert cv_tune.average_over_seeds([run(1.0)])["ridge"]["mae"][0].tolist() == [1.0, 2.0, 1.0]
+
+
 def test_cv_suite_summary_weights_datasets_equally():
     sys.path.insert(0, str(REPO / "benchmarks"))
     import cv_tune
