@@ -20,8 +20,8 @@ variant) or a comma-separated list; the output is then one table per dataset plu
 each paired difference averaged over the datasets with equal weight (and the per-dataset means),
 to choose defaults that hold across the suite. The protocol's test users are never read on any
 dataset. ``--seeds`` trains every method once per training seed on the same folds and averages
-each held-out task's scores over them: one seed's luck can decide a comparison (a seed-0 CV had
-ridge ahead of item_mean at one rating on quintile, a seed-3 CV and the test users behind).
+each held-out task's scores over them, so that a comparison is net of the training noise (the
+split's own noise remains: ``--set seed=S`` redraws the split and with it the folds).
 
     .venv/bin/python benchmarks/cv_tune.py --folds 4 --set model.item_id=true
     .venv/bin/python benchmarks/cv_tune.py --dataset lowrank --set model.item_factors=32
