@@ -106,8 +106,8 @@ def cross_validate(raw: dict[str, Any], source: str, folds: int, learners: str |
     The folds and the per-task scores are metarec.tuning.cv's, as `metarec tune` uses them.
     ``seeds``: training seeds (default: the configured seed); with several, every learner and
     baseline trains once per seed on the same folds and each held-out task's scores are
-    averaged over the seeds (:func:`average_over_seeds`): a setting's effect net of one seed's
-    luck. The split and the folds stay those of the configured seed."""
+    averaged over the seeds (:func:`average_over_seeds`): a setting's effect net of the
+    training noise. The split and the folds stay those of the configured seed."""
     cfg = config_from_dict(raw, source)
     cfg, inputs = mq._inputs(cfg, work_dir)
     names = learners.split(",") if learners else [cfg.meta.learner]
