@@ -22,8 +22,14 @@ error sqrt(sum se_s^2) / S from each seed's bootstrap interval), and the best ba
 and metric (the best mean value), so that the comparison rests on every seed's test users at
 once, not on 58. Nothing is logged to MLflow.
 
+``--pool A.json B.json ...`` trains nothing: it merges the per-seed runs of earlier result files
+of the same dataset, protocol, candidate and overrides (distinct seeds; :func:`pool_results`)
+and pools them as above, so that more seeds can be added to a reading without rerunning it.
+
     .venv/bin/python benchmarks/curves.py --dataset lowrank --seeds 0 --max-steps 400
     .venv/bin/python benchmarks/curves.py --dataset ml100k-5to500 --set meta.learner=maml
+    .venv/bin/python benchmarks/curves.py --pool results/pooled/curves_ml100k_melu.json \
+        results/pooled/curves_ml100k_melu_seeds5-9.json --out-dir results/pooled
 """
 
 from __future__ import annotations
@@ -229,6 +235,55 @@ def pooled_differences(runs: list[dict[str, Any]], curves: dict[str, Any]) -> di
     return out
 
 
+POOL_KEYS = ("dataset", "protocol", "candidate", "overrides", "variant")
+
+
+def seeds_tag(seeds: list[int]) -> str:
+    """``[0, 1, ..., 9]`` -> ``seeds0-9``; ``[0, 2, 5]`` -> ``seeds0_2_5``."""
+    s = sorted(seeds)
+    if len(s) > 1 and s == list(range(s[0], s[-1] + 1)):
+        return f"seeds{s[0]}-{s[-1]}"
+    return "seeds" + "_".join(str(x) for x in s)
+
+
+def pool_results(results: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
+    """One result from several of :func:`main`'s result files: their per-seed runs side by
+    side (sorted by seed), aggregated and pooled afresh. They must agree on ``POOL_KEYS``
+    (what was run) and hold distinct seeds; each file's commit and date are kept."""
+    if len(results) < 2:
+        raise ValueError("--pool needs at least two result files")
+    first = results[0]
+    for src, res in zip(sources[1:], results[1:]):
+        for key in POOL_KEYS:
+            if res.get(key) != first.get(key):
+                raise ValueError(f"cannot pool {src} with {sources[0]}: {key} differs "
+                                 f"({res.get(key)!r} vs {first.get(key)!r})")
+    runs = sorted((r for res in results for r in res["runs"]), key=lambda r: r["seed"])
+    seeds = [r["seed"] for r in runs]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"cannot pool: seed(s) {repeated} appear in more than one file")
+    out = {key: first.get(key) for key in POOL_KEYS}
+    out.update(seeds=seeds, metrics=list(METRICS),
+               command="python benchmarks/curves.py --pool " + " ".join(sources),
+               machine=first.get("machine"),
+               git=" + ".join(str(res.get("git")) for res in results),
+               date=" + ".join(str(res.get("date")) for res in results),
+               wall_seconds=round(sum(float(res.get("wall_seconds") or 0) for res in results), 1),
+               pooled_from=[{"file": src, "seeds": res.get("seeds"), "git": res.get("git"),
+                             "command": res.get("command")}
+                            for src, res in zip(sources, results)],
+               curves=aggregate(runs), runs=runs)
+    out["differences"] = pooled_differences(runs, out["curves"])
+    return out
+
+
+def _write(result: dict[str, Any], stem: Path) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(to_markdown(result))
+
+
 def _difference_cell(c: dict[str, Any] | None) -> str:
     if not c:
         return "-"
@@ -348,7 +403,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="bootstrap resamples of each seed's test tasks (0: no intervals)")
     ap.add_argument("--work-dir", default=None, help="keep the workspace here (default: temp)")
     ap.add_argument("--out-dir", default=str(HERE / "results"))
+    ap.add_argument("--pool", nargs="+", default=None, metavar="RESULT.json",
+                    help="train nothing: pool the runs of these result files (distinct seeds)")
     args = ap.parse_args(argv)
+    if args.pool:
+        pooled = pool_results([json.loads(Path(f).read_text()) for f in args.pool], args.pool)
+        suffix = "" if pooled["protocol"] == "user-split" else f"_{pooled['protocol']}"
+        _write(pooled, Path(args.out_dir) / f"curves_{pooled['dataset']}{suffix}_"
+                                            f"{seeds_tag(pooled['seeds'])}")
+        print(to_markdown(pooled))
+        return 0
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -385,11 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                             "options": args.option},
               "curves": aggregate(runs), "runs": runs}
     result["differences"] = pooled_differences(runs, result["curves"])
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"curves_{args.dataset}{suffix}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(to_markdown(result))
+    _write(result, Path(args.out_dir) / f"curves_{args.dataset}{suffix}")
     print(to_markdown(result))
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -217,6 +218,55 @@ def test_curves_pool_paired_differences_over_seeds_against_the_best_baseline():
                                 "curves": {}, "differences": {"test": {"1": pooled}}})
     assert "minus the best baseline" in table and "global" in table
 
+
+
+def test_curves_pool_merges_result_files_of_distinct_seeds(tmp_path: Path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import curves
+
+    z = curves.Z
+
+    def run(seed, diff):
+        cell = {"diff": diff, "interval": [diff - z * 0.01, diff + z * 0.01]}
+        curve = {m: {"1": {"mae": v, "ndcg_at_3": 0.7}} for m, v in
+                 (("ridge", 0.80 + diff), ("item_mean", 0.85))}
+        return {"seed": seed, "curves": {"test": curve}, "tasks": {"test": 3},
+                "training": {"best_step": 50}, "seconds": {},
+                "differences": {"test": {"item_mean": {"1": {"mae": cell,
+                                                             "ndcg_at_3": dict(cell)}}}}}
+
+    def result(seeds, git):
+        return {"dataset": "ml100k", "protocol": "melu", "candidate": "ridge",
+                "overrides": {"set": []}, "variant": None, "seeds": seeds, "git": git,
+                "date": "d", "machine": "m", "wall_seconds": 10.0, "command": "c",
+                "runs": [run(s, -0.01 * (s + 1)) for s in seeds]}
+
+    a, b = result([0, 1], "aaa"), result([2, 3], "bbb")
+    pooled = curves.pool_results([b, a], ["b.json", "a.json"])
+    every = a["runs"] + b["runs"]
+    assert pooled["seeds"] == [0, 1, 2, 3] and pooled["git"] == "bbb + aaa"
+    assert pooled["wall_seconds"] == 20.0
+    # the same numbers as one run over the four seeds
+    assert pooled["differences"] == curves.pooled_differences(every, curves.aggregate(every))
+    assert pooled["differences"]["test"]["1"]["mae"]["diff"] == pytest.approx(-0.025)
+    assert curves.seeds_tag(pooled["seeds"]) == "seeds0-3"
+    assert curves.seeds_tag([0, 2, 5]) == "seeds0_2_5"
+    with pytest.raises(ValueError, match=r"seed\(s\) \[1\]"):
+        curves.pool_results([a, result([1, 2], "c")], ["a.json", "c.json"])
+    other = dict(b, protocol="user-split")
+    with pytest.raises(ValueError, match="protocol differs"):
+        curves.pool_results([a, other], ["a.json", "o.json"])
+    with pytest.raises(ValueError, match="at least two"):
+        curves.pool_results([a], ["a.json"])
+    # the CLI writes the pooled JSON and table under the seeds' tag
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert curves.main(["--pool", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                        "--out-dir", str(tmp_path / "out")]) == 0
+    written = json.loads((tmp_path / "out" / "curves_ml100k_melu_seeds0-3.json").read_text())
+    assert written["differences"] == pooled["differences"]
+    assert "minus the best baseline" in (tmp_path / "out" / "curves_ml100k_melu_seeds0-3.md"
+                                         ).read_text()
 
 def test_cv_scores_average_over_training_seeds_per_task():
     sys.path.insert(0, str(REPO / "benchmarks"))
