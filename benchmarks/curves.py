@@ -252,6 +252,9 @@ def pool_results(results: list[dict[str, Any]], sources: list[str]) -> dict[str,
     (what was run) and hold distinct seeds; each file's commit and date are kept."""
     if len(results) < 2:
         raise ValueError("--pool needs at least two result files")
+    for src, res in zip(sources, results):
+        if not isinstance(res, dict) or not isinstance(res.get("runs"), list) or not res["runs"]:
+            raise ValueError(f"{src} is not a result of benchmarks/curves.py (no per-seed runs)")
     first = results[0]
     for src, res in zip(sources[1:], results[1:]):
         for key in POOL_KEYS:
@@ -279,9 +282,14 @@ def pool_results(results: list[dict[str, Any]], sources: list[str]) -> dict[str,
 
 
 def _write(result: dict[str, Any], stem: Path) -> None:
+    """The result's JSON and markdown beside it, each written atomically."""
+    from metarec.io import atomic_file
+
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(to_markdown(result))
+    for suffix, text in ((".json", json.dumps(result, indent=1) + "\n"),
+                         (".md", to_markdown(result))):
+        with atomic_file(stem.with_suffix(suffix)) as fh:
+            fh.write(text)
 
 
 def _difference_cell(c: dict[str, Any] | None) -> str:

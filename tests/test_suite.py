@@ -258,6 +258,8 @@ def test_curves_pool_merges_result_files_of_distinct_seeds(tmp_path: Path):
         curves.pool_results([a, other], ["a.json", "o.json"])
     with pytest.raises(ValueError, match="at least two"):
         curves.pool_results([a], ["a.json"])
+    with pytest.raises(ValueError, match="x.json is not a result"):
+        curves.pool_results([a, {"seeds": [4]}], ["a.json", "x.json"])
     # the CLI writes the pooled JSON and table under the seeds' tag
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
