@@ -249,12 +249,17 @@ def seeds_tag(seeds: list[int]) -> str:
 def pool_results(results: list[dict[str, Any]], sources: list[str]) -> dict[str, Any]:
     """One result from several of :func:`main`'s result files: their per-seed runs side by
     side (sorted by seed), aggregated and pooled afresh. They must agree on ``POOL_KEYS``
-    (what was run) and hold distinct seeds; each file's commit and date are kept."""
+    (what was run) and hold distinct seeds; each file's commit and date are kept. The pooled
+    runs keep their differences, training and timing but not their curves (the source files
+    hold them), so a pooled file is not pooled again."""
     if len(results) < 2:
         raise ValueError("--pool needs at least two result files")
     for src, res in zip(sources, results):
         if not isinstance(res, dict) or not isinstance(res.get("runs"), list) or not res["runs"]:
             raise ValueError(f"{src} is not a result of benchmarks/curves.py (no per-seed runs)")
+        if "pooled_from" in res:
+            raise ValueError(f"{src} is itself pooled (its runs keep no curves): pool the files "
+                             f"it names in pooled_from instead")
     first = results[0]
     for src, res in zip(sources[1:], results[1:]):
         for key in POOL_KEYS:
@@ -276,8 +281,10 @@ def pool_results(results: list[dict[str, Any]], sources: list[str]) -> dict[str,
                pooled_from=[{"file": src, "seeds": res.get("seeds"), "git": res.get("git"),
                              "command": res.get("command")}
                             for src, res in zip(sources, results)],
-               curves=aggregate(runs), runs=runs)
+               curves=aggregate(runs))
     out["differences"] = pooled_differences(runs, out["curves"])
+    # each run's own curves stay in its source file: the pooled file would double their size
+    out["runs"] = [{k: v for k, v in r.items() if k != "curves"} for r in runs]
     return out
 
 

@@ -258,6 +258,9 @@ def test_curves_pool_merges_result_files_of_distinct_seeds(tmp_path: Path):
         curves.pool_results([a, other], ["a.json", "o.json"])
     with pytest.raises(ValueError, match="at least two"):
         curves.pool_results([a], ["a.json"])
+    assert [sorted(r) for r in pooled["runs"]] == [sorted(set(r) - {"curves"}) for r in every]
+    with pytest.raises(ValueError, match="p.json is itself pooled"):
+        curves.pool_results([a, pooled], ["a.json", "p.json"])
     with pytest.raises(ValueError, match="x.json is not a result"):
         curves.pool_results([a, {"seeds": [4]}], ["a.json", "x.json"])
     # the CLI writes the pooled JSON and table under the seeds' tag
