@@ -111,6 +111,7 @@ def run_seed(cfg: Config, ws: Path, truth: dict[str, np.ndarray] | None) -> dict
            "tasks": {s: len(inputs.sets[s]) for s in inputs.scenarios},
            "training": {"steps": summary["steps"], "best_step": summary["best_step"],
                         "best_valid_mae": round(summary["best_valid_mae"], 4),
+                        "criterion": summary.get("criterion", "valid_shots"),
                         "train_tasks": summary["train_tasks"],
                         "global_steps": baselines["global_steps"],
                         "head_factors": summary["model"]["head_factors"],

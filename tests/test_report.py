@@ -71,7 +71,7 @@ def _curve_report(**kw) -> Report:
             "0": {"mae": PairedDifference(0.05, (-0.01, 0.11))},
             "all": {"mae": PairedDifference(-0.1, (-0.15, -0.05))}}}},
         curve_metrics=("mae",), bootstrap_samples=200,
-        training={"best_step": 0, "steps": 150, "best_valid_mae": 0.81}, **kw)
+        **{"training": {"best_step": 0, "steps": 150, "best_valid_mae": 0.81}, **kw})
 
 
 @pytest.mark.parametrize("kw, present, absent", [
@@ -80,6 +80,12 @@ def _curve_report(**kw) -> Report:
       "(best validation MAE 0.8100 at step 0 of 150)"], ["## Data dropped"]),
     ({"meta_training_gain": True, "dropped": {"min_ratings": {"users": 12, "ratings": 70}}},
      ["meta_training_gain: true", "## Data dropped before the tasks", "| min_ratings | 12 | 70 |"],
+     ["false"]),
+    ({"meta_training_gain": True, "training": {"best_step": 250, "steps": 600,
+                                               "best_valid_mae": 0.83, "criterion": "fallback_shots",
+                                               "fallback_valid_mae": 0.79}},
+     ["meta_training_gain: true (best validation MAE 0.8300 at step 250 of 600)",
+      "**Early stopping fell back** (train.fallback_shots)", "step 250", "(error 0.7900)"],
      ["false"]),
     ({}, ["| mae | item_mean | +0.0500 [-0.0100, +0.1100] | **-0.1000 [-0.1500, -0.0500]** |",
           "| mae | **melu** | 0.9500 | 0.8000 |", "| metric | method | 0 | all |",

@@ -170,3 +170,93 @@ def test_validation_averages_the_mae_over_the_configured_support_sizes() -> None
     for bad in [(), (-1,), ("some",)]:
         with pytest.raises(ValueError, match="valid_shots"):
             valid_mae(model, learner, valid, replace(CFG, valid_shots=bad))
+
+
+def test_fallback_criterion_keeps_its_best_when_the_first_never_beats_step_0(monkeypatch) -> None:
+    """train.fallback_shots: the first criterion is made to worsen at every validation (the
+    situation of a split whose full-support error is best untrained); the run then follows
+    the fallback's real error, stops when neither improves, and keeps the fallback's best."""
+    from dataclasses import replace
+
+    import metarec.training.loop as loop
+
+    real = loop.valid_mae
+    calls = {"first": 0}
+
+    def first_worsens(model, learner, tasks, cfg, shots=None):
+        if shots is not None:  # the fallback: the real error
+            return real(model, learner, tasks, cfg, shots)
+        calls["first"] += 1
+        return 1.0 + calls["first"]
+
+    monkeypatch.setattr(loop, "valid_mae", first_worsens)
+    train, valid = tiny_tasks(0, n=40), tiny_tasks(1, n=8)
+    cfg = TrainConfig(lr=1e-2, tasks_per_batch=8, max_steps=40, eval_every=5, patience=2,
+                      device="cpu", progress=False, checkpoint_every=0,
+                      calibrate_prior=False)  # the weights kept, as validated
+    plain = meta_train(*_fresh(), train, valid, cfg, seed=0)
+    assert plain.best_step == 0 and plain.criterion == "valid_shots" and plain.steps == 10
+    calls["first"] = 0
+    model, learner = _fresh()
+    result = meta_train(model, learner, train, valid, replace(cfg, fallback_shots=(0, "all")),
+                        seed=0)
+    errors = {int(h["step"]): h["valid_fallback_mae"] for h in result.history}
+    assert len(errors) == len(result.history)  # followed at every validation: first stuck at 0
+    best = min(errors, key=errors.get)
+    assert best > 0 and result.criterion == "fallback_shots" and result.best_step == best
+    assert result.fallback_valid_mae == pytest.approx(errors[best])
+    # ... with the first criterion's value at that step, and patience counted on the fallback
+    assert result.best_valid_mae == pytest.approx(1.0 + 1 + best // 5)
+    assert result.steps > plain.steps or result.steps == cfg.max_steps
+    # the weights kept are the fallback's best: validating them again gives its error
+    again = real(model, learner, valid, cfg, (0, "all"))
+    assert again == pytest.approx(errors[best], abs=1e-6)
+
+
+def test_fallback_criterion_is_left_once_the_first_beats_step_0() -> None:
+    """With a first criterion that improves, the fallback is validated only until it does,
+    and the result is the plain run's."""
+    from dataclasses import replace
+
+    train, valid = tiny_tasks(0, n=40), tiny_tasks(1, n=8)
+    cfg = TrainConfig(lr=1e-2, tasks_per_batch=8, max_steps=40, eval_every=5, patience=10,
+                      device="cpu", progress=False, checkpoint_every=0)
+    plain = meta_train(*_fresh(), train, valid, cfg, seed=0)
+    assert plain.best_step > 0
+    result = meta_train(*_fresh(), train, valid, replace(cfg, fallback_shots=(0, 1)), seed=0)
+    assert result.criterion == "valid_shots" and result.best_step == plain.best_step
+    first_gain = min(int(h["step"]) for h in plain.history if h["step"] > 0 and
+                     h["valid_mae"] < plain.history[0]["valid_mae"])
+    followed = [int(h["step"]) for h in result.history if "valid_fallback_mae" in h]
+    assert followed == [s for s in range(0, first_gain, 5)]
+    for k, v in plain.model_state.items():
+        torch.testing.assert_close(result.model_state[k], v, rtol=0, atol=0)
+
+
+def test_resume_is_exact_while_the_fallback_criterion_is_followed(tmp_path, monkeypatch) -> None:
+    """The fallback's best (step, error, weights, patience) is in the checkpoint: a resumed
+    run ends where an uninterrupted one does."""
+    from dataclasses import replace
+
+    import metarec.training.loop as loop
+
+    real = loop.valid_mae
+    monkeypatch.setattr(loop, "valid_mae", lambda m, l, t, c, shots=None: (
+        1.0 if shots is None else real(m, l, t, c, shots)))  # the first never beats step 0
+    train, valid = tiny_tasks(0, n=10), tiny_tasks(1, n=4)
+    cfg = replace(CFG, fallback_shots=(1, "all"))
+    full = meta_train(*_fresh(), train, valid, cfg, seed=7)
+    assert full.criterion == "fallback_shots"
+
+    def crash(step: int, metrics: dict) -> None:
+        if step == 5 and "train_loss" in metrics:
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        meta_train(*_fresh(), train, valid, cfg, seed=7, callbacks=[crash], checkpoint_dir=tmp_path)
+    resumed = meta_train(*_fresh(seed=123), train, valid, cfg, seed=7, checkpoint_dir=tmp_path,
+                         resume=True)
+    assert resumed.history == full.history and resumed.best_step == full.best_step
+    assert resumed.criterion == "fallback_shots"
+    assert resumed.fallback_valid_mae == full.fallback_valid_mae
+    for k, v in full.model_state.items():
+        torch.testing.assert_close(resumed.model_state[k], v, rtol=0, atol=0)

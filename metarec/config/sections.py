@@ -318,6 +318,9 @@ class TrainConfig:
     # Early stopping on the validation MAE averaged over these support sizes (seeded subsets as
     # in the evaluation curves; "all": the whole support; ["all"]: the former behaviour).
     valid_shots: tuple[int | Literal["all"], ...] = ("all",)
+    # Followed as well while the valid_shots error has never beaten step 0; when that error
+    # ends at step 0, the weights kept are the best at these sizes (training/loop.py). (): off.
+    fallback_shots: tuple[int | Literal["all"], ...] = ()
     # After meta-training, add to the output bias the mean 0-shot residual of the training users
     # within the rating window (metarec.training.calibration; explicit data only).
     calibrate_prior: bool = True

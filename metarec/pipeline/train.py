@@ -103,6 +103,8 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
     summary = {"learner": cfg.meta.learner, "steps": result.steps, "best_step": result.best_step,
                "best_valid_mae": result.best_valid_mae, "stopped_early": result.stopped_early,
                "prior_shift": result.prior_shift,
+               # which early-stopping criterion chose the weights (train.fallback_shots)
+               "criterion": result.criterion, "fallback_valid_mae": result.fallback_valid_mae,
                "train_tasks": len(inputs.train), "valid_tasks": len(inputs.valid),
                "history": result.history, "model_sha256": file_sha256(out / META_FILE),
                "init": init,

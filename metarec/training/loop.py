@@ -57,6 +57,10 @@ class TrainResult:
     best_valid_mae: float = math.inf
     stopped_early: bool = False
     prior_shift: float | None = None  # what calibrate_prior added to the output bias
+    # "valid_shots", or "fallback_shots" when the weights kept are the fallback criterion's
+    # (train.fallback_shots: the valid_shots error never beat step 0, the fallback's did).
+    criterion: str = "valid_shots"
+    fallback_valid_mae: float | None = None  # the fallback error of the weights kept, if used
 
 
 def resolve_device(name: str) -> torch.device:
@@ -114,16 +118,18 @@ def query_auc(scores: np.ndarray, tasks: TaskArrays) -> float:
     return float(np.nanmean(auc))
 
 
-def _valid_scores(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig
-                  ) -> list[np.ndarray]:
-    """``tasks``' query scores at each support size of ``cfg.valid_shots`` (a fixed seeded
-    subset of the support; "all": all of it), in that order."""
-    if not cfg.valid_shots:
-        raise ValueError("train.valid_shots is empty; give support sizes (ints >= 0) or 'all'")
+def _valid_scores(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig,
+                  shots: tuple | None = None) -> list[np.ndarray]:
+    """``tasks``' query scores at each support size of ``shots`` (default ``cfg.valid_shots``;
+    a fixed seeded subset of the support; "all": all of it), in that order."""
+    key = "train.valid_shots" if shots is None else "train.fallback_shots"
+    shots = cfg.valid_shots if shots is None else shots
+    if not shots:
+        raise ValueError(f"{key} is empty; give support sizes (ints >= 0) or 'all'")
     out = []
-    for k in cfg.valid_shots:
+    for k in shots:
         if k != "all" and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
-            raise ValueError(f"train.valid_shots: {k!r} is neither 'all' nor an int >= 0")
+            raise ValueError(f"{key}: {k!r} is neither 'all' nor an int >= 0")
         out.append(predict(model, learner, tasks if k == "all" else limit_support(tasks, k, 0),
                            cfg))
     return out
@@ -145,9 +151,11 @@ def task_errors(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: Tr
     return np.mean(out, 0)
 
 
-def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig) -> float:
+def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig,
+              shots: tuple | None = None) -> float:
     """Mean absolute error over every real query rating of ``tasks``, averaged over the support
-    sizes of ``cfg.valid_shots`` (each a fixed seeded subset of the support; "all": all of it).
+    sizes of ``shots`` (default ``cfg.valid_shots``; each a fixed seeded subset of the support;
+    "all": all of it).
 
     Implicit tasks (labels and sampled negatives, scores are logits): 1 - the within-query
     AUC (:func:`query_auc`) instead, the error early stopping minimises for bce and bpr alike.
@@ -157,7 +165,7 @@ def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: Trai
         raise ValueError("validation tasks hold no query ratings")
     maes = [1.0 - query_auc(scores, tasks) if tasks.implicit else
             float(np.abs(scores - tasks.query_ratings)[mask].mean())
-            for scores in _valid_scores(model, learner, tasks, cfg)]
+            for scores in _valid_scores(model, learner, tasks, cfg, shots)]
     return float(np.mean(maes))
 
 
@@ -255,6 +263,13 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     gradients are averaged across ranks, and only rank 0 writes checkpoints.
     ``warm_start``: ``model`` already holds trained meta-parameters (metarec.training.warmstart);
     its output bias is kept instead of being set to the mean training rating.
+    ``cfg.fallback_shots`` (non-empty): while the ``valid_shots`` error has never beaten the
+    step-0 weights, the error at these support sizes is followed too, patience runs out only
+    when neither improves, and when the first still ends at step 0 the run keeps the fallback's
+    best weights instead (``TrainResult.criterion`` "fallback_shots"). On data where the
+    untrained head is already strong at full support (ML-100K users with 5..500 ratings), the
+    full-support criterion alone would keep the untrained model although meta-training helps
+    at small support sizes.
     """
     if len(train_tasks) == 0 or len(valid_tasks) == 0:
         raise ValueError(f"need training and validation tasks, got {len(train_tasks)} and "
@@ -276,6 +291,10 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     order, pos, step, bad = torch.randperm(n, generator=gen), 0, 0, 0
     history: list[dict[str, float]] = []
     best = dict(mae=math.inf, step=0, model=_cpu_state(model), learner=_cpu_state(learner))
+    # train.fallback_shots: a second criterion, followed only while the first has never moved
+    # off step 0 (see the docstring); "valid": the valid_shots error at the fallback's best.
+    fallback = (dict(mae=math.inf, step=0, valid=math.inf, bad=0, model=None, learner=None)
+                if cfg.fallback_shots else None)
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT
     if resume and ckpt is not None and ckpt.exists():
         state = load_state(ckpt)
@@ -288,6 +307,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
         history = list(state["history"])
         best = dict(mae=float(state["best_mae"]), step=int(state["best_step"]),
                     model=state["best_model"], learner=state["best_learner"])
+        if fallback is not None and state.get("fallback") is not None:
+            fallback = dict(state["fallback"])
         log.info("resumed from %s at step %d", ckpt, step)
 
     def evaluate() -> bool:
@@ -300,6 +321,20 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
             bad = 0
         else:
             bad += 1
+        if fallback is not None and best["step"] == 0:
+            # The first criterion has not beaten the start (yet): follow the fallback too, and
+            # stop only when neither has improved for cfg.patience validations.
+            other = valid_mae(model, learner, valid_tasks, cfg, cfg.fallback_shots)
+            metrics["valid_fallback_mae"] = other
+            if other < fallback["mae"]:
+                fallback.update(mae=other, step=step, valid=mae, bad=0, model=_cpu_state(model),
+                                learner=_cpu_state(learner))
+            else:
+                fallback["bad"] += 1
+            history.append({"step": float(step), **metrics})
+            for cb in callbacks:
+                cb(step, metrics)
+            return min(bad, fallback["bad"]) >= cfg.patience
         history.append({"step": float(step), **metrics})
         for cb in callbacks:
             cb(step, metrics)
@@ -347,8 +382,18 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
                              torch_rng=torch.get_rng_state(), order=order, pos=pos, step=step,
                              bad=bad, history=history, best_mae=best["mae"],
                              best_step=best["step"], best_model=best["model"],
-                             best_learner=best["learner"]))
+                             best_learner=best["learner"], fallback=fallback))
     bar.close()
+    criterion, fallback_mae = "valid_shots", None
+    if fallback is not None and best["step"] == 0 and fallback["step"] > 0:
+        log.warning("validation MAE at train.valid_shots %s never beat step 0 (%.4f); keeping "
+                    "step %d, the best at train.fallback_shots %s (%.4f vs %.4f at step 0)",
+                    list(cfg.valid_shots), best["mae"], fallback["step"],
+                    list(cfg.fallback_shots), fallback["mae"], history[0].get(
+                        "valid_fallback_mae", math.nan))
+        best = dict(mae=fallback["valid"], step=fallback["step"], model=fallback["model"],
+                    learner=fallback["learner"])
+        criterion, fallback_mae = "fallback_shots", float(fallback["mae"])
     model.load_state_dict(best["model"])
     learner.load_state_dict(best["learner"])
     shift = (calibrate_prior(model, train_tasks, lambda t: predict(model, learner, t, cfg))
@@ -360,4 +405,5 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     return TrainResult(model_state=copy.deepcopy(best["model"]),
                        learner_state=copy.deepcopy(best["learner"]), history=history,
                        steps=step, best_step=int(best["step"]), best_valid_mae=float(best["mae"]),
-                       stopped_early=stopped, prior_shift=shift)
+                       stopped_early=stopped, prior_shift=shift, criterion=criterion,
+                       fallback_valid_mae=fallback_mae)

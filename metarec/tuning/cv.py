@@ -181,6 +181,7 @@ def train_fold_baselines(cfg: Config, features: FeatureArrays, train: TaskArrays
 
 def _summary(result, start: float) -> dict:
     return {"best_step": result.best_step, "steps": result.steps,
+            "criterion": getattr(result, "criterion", "valid_shots"),
             "valid_mae": round(result.best_valid_mae, 4),
             "seconds": round(time.perf_counter() - start, 1)}
 
