@@ -86,6 +86,25 @@ def test_select_trains_both_and_keeps_what_the_rule_picks() -> None:
         select(list(reversed(candidates(auto, "ridge"))), fit, lambda t: errors[t])
 
 
+def test_select_compares_on_the_fallback_criterion_when_a_training_fell_back() -> None:
+    """The head-less training kept its fallback criterion's weights (its full-support error
+    never beat step 0); the other stayed at step 0. On the first criterion the untrained one
+    wins by construction; both are compared on the fallback's errors instead."""
+    auto = ModelConfig(item_factors=8, head_factors="auto")
+    first = {False: np.full(50, 0.75), True: np.linspace(0.6, 0.7, 50)}  # head wins here
+    fallback = {False: np.full(50, 0.78), True: np.linspace(0.78, 0.82, 50)}
+    fell_back = {False: True, True: False}
+    kept, cfg, choice = select(candidates(auto, "ridge"), lambda m: m.head_factors,
+                               lambda t: first[t], lambda t: fallback[t], lambda t: fell_back[t])
+    assert kept is False and not choice.head_factors and choice.criterion == "fallback_shots"
+    assert choice.error_with == pytest.approx(0.80) and choice.to_dict()["criterion"] == \
+        "fallback_shots"
+    fell_back[False] = False  # neither fell back: the first criterion decides
+    kept, _, choice = select(candidates(auto, "ridge"), lambda m: m.head_factors,
+                             lambda t: first[t], lambda t: fallback[t], lambda t: fell_back[t])
+    assert kept is True and choice.criterion == "valid_shots"
+
+
 @pytest.fixture(scope="module")
 def lowrank_run(tmp_path_factory):
     """The pipeline's training, evaluation and export on a small low-rank dataset (ratings

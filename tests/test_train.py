@@ -194,7 +194,7 @@ def test_fallback_criterion_keeps_its_best_when_the_first_never_beats_step_0(mon
     cfg = TrainConfig(lr=1e-2, tasks_per_batch=8, max_steps=40, eval_every=5, patience=2,
                       device="cpu", progress=False, checkpoint_every=0,
                       calibrate_prior=False)  # the weights kept, as validated
-    plain = meta_train(*_fresh(), train, valid, cfg, seed=0)
+    plain = meta_train(*_fresh(), train, valid, replace(cfg, fallback_shots=()), seed=0)
     assert plain.best_step == 0 and plain.criterion == "valid_shots" and plain.steps == 10
     calls["first"] = 0
     model, learner = _fresh()
@@ -221,7 +221,7 @@ def test_fallback_criterion_is_left_once_the_first_beats_step_0() -> None:
     train, valid = tiny_tasks(0, n=40), tiny_tasks(1, n=8)
     cfg = TrainConfig(lr=1e-2, tasks_per_batch=8, max_steps=40, eval_every=5, patience=10,
                       device="cpu", progress=False, checkpoint_every=0)
-    plain = meta_train(*_fresh(), train, valid, cfg, seed=0)
+    plain = meta_train(*_fresh(), train, valid, replace(cfg, fallback_shots=()), seed=0)
     assert plain.best_step > 0
     result = meta_train(*_fresh(), train, valid, replace(cfg, fallback_shots=(0, 1)), seed=0)
     assert result.criterion == "valid_shots" and result.best_step == plain.best_step

@@ -320,7 +320,8 @@ class TrainConfig:
     valid_shots: tuple[int | Literal["all"], ...] = ("all",)
     # Followed as well while the valid_shots error has never beaten step 0; when that error
     # ends at step 0, the weights kept are the best at these sizes (training/loop.py). (): off.
-    fallback_shots: tuple[int | Literal["all"], ...] = ()
+    # CV on ML-100K 5..500 (benchmarks/RESULTS.md): where a fold stalls, 1-shot MAE -0.016.
+    fallback_shots: tuple[int | Literal["all"], ...] = (0, 1, 3, 5, 10, "all")
     # After meta-training, add to the output bias the mean 0-shot residual of the training users
     # within the rating window (metarec.training.calibration; explicit data only).
     calibrate_prior: bool = True

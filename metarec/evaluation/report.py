@@ -300,8 +300,10 @@ def _notes(report: Report) -> list[str]:
             lines += [f"model.head_factors auto: {'with' if c['head_factors'] else 'without'} "
                       f"the item-factor head (validation error {c['error_with']:.4f} with, "
                       f"{c['error_without']:.4f} without; difference {c['difference']:+.4f}, "
-                      f"standard error {c['standard_error']:.4f}, {c['tasks']} tasks; kept "
-                      f"only when lower by more than one standard error).", ""]
+                      f"standard error {c['standard_error']:.4f}, {c['tasks']} tasks"
+                      + (" at train.fallback_shots" if c.get("criterion") == "fallback_shots"
+                         else "") + "; kept only when lower by more than one standard error).",
+                      ""]
     if report.dropped:
         lines += ["## Data dropped before the tasks", "",
                   *_table(["rule", "users", "ratings"],

@@ -135,14 +135,14 @@ def _valid_scores(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: 
     return out
 
 
-def task_errors(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig
-                ) -> np.ndarray:
-    """(N,) each task's validation error averaged over the support sizes of
-    ``cfg.valid_shots``, as :func:`valid_mae` cuts them: its query MAE, or 1 - its AUC for
-    implicit tasks (NaN for a task with no query rating, or without both labels)."""
+def task_errors(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig,
+                shots: tuple | None = None) -> np.ndarray:
+    """(N,) each task's validation error averaged over the support sizes of ``shots``
+    (default ``cfg.valid_shots``), as :func:`valid_mae` cuts them: its query MAE, or 1 - its
+    AUC for implicit tasks (NaN for a task with no query rating, or without both labels)."""
     mask = tasks.query_mask.astype(bool)
     out = []
-    for scores in _valid_scores(model, learner, tasks, cfg):
+    for scores in _valid_scores(model, learner, tasks, cfg, shots):
         if tasks.implicit:
             out.append(1.0 - task_auc(scores, tasks))
         else:

@@ -8,12 +8,14 @@ no one setting holds across the suite, so the data at hand decides. The ridge le
 trained twice, without and with the head, and the head is kept only when its validation error
 (per validation task, at the support sizes early stopping uses) is lower by more than one
 standard error of the paired difference: the one-standard-error rule, which keeps the simpler
-model when the two are within noise. Other learners, and models without item factors, have no
+model when the two are within noise. (When either training kept its fallback early-stopping
+criterion's weights, ``train.fallback_shots``, both are compared at those support sizes.) Other learners, and models without item factors, have no
 head to choose: they train once, without.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -49,12 +51,15 @@ class HeadChoice:
     difference: float
     standard_error: float
     tasks: int
+    # the validation error compared: "valid_shots", or "fallback_shots" when a candidate's
+    # weights were chosen by the fallback criterion (train.fallback_shots)
+    criterion: str = "valid_shots"
 
     def to_dict(self) -> dict[str, float | int | bool | str]:
         return {"head_factors": self.head_factors, "error_without": round(self.error_without, 5),
                 "error_with": round(self.error_with, 5), "difference": round(self.difference, 5),
                 "standard_error": round(self.standard_error, 5), "tasks": self.tasks,
-                "rule": "one standard error"}
+                "rule": "one standard error", "criterion": self.criterion}
 
 
 def one_se_rule(without: np.ndarray, with_head: np.ndarray) -> HeadChoice:
@@ -76,15 +81,25 @@ def one_se_rule(without: np.ndarray, with_head: np.ndarray) -> HeadChoice:
 
 
 def select(options: list[ModelConfig], fit: Callable[[ModelConfig], T],
-           errors: Callable[[T], np.ndarray]) -> tuple[T, ModelConfig, HeadChoice | None]:
+           errors: Callable[[T], np.ndarray],
+           fallback_errors: Callable[[T], np.ndarray] | None = None,
+           fell_back: Callable[[T], bool] = lambda t: False,
+           ) -> tuple[T, ModelConfig, HeadChoice | None]:
     """Train each of ``options`` (from :func:`candidates`) with ``fit``; with two, score both
     with ``errors`` (per validation task) and keep the one :func:`one_se_rule` picks.
+    When either training kept the weights its fallback criterion chose (``fell_back``), both
+    are scored with ``fallback_errors`` instead: the first criterion is the one that saw no
+    gain over the start, and on it an untrained candidate would win by construction.
     Returns the kept training, its settings and the choice (None: nothing to choose)."""
     if len(options) == 1:
         return fit(options[0]), options[0], None
     if len(options) != 2 or options[0].head_factors or not options[1].head_factors:
         raise ValueError("select() takes one setting, or two: without the head, then with it")
     trained = [fit(m) for m in options]
+    criterion = "valid_shots"
+    if fallback_errors is not None and any(fell_back(t) for t in trained):
+        errors, criterion = fallback_errors, "fallback_shots"
     choice = one_se_rule(errors(trained[0]), errors(trained[1]))
+    choice = dataclasses.replace(choice, criterion=criterion)
     keep = int(choice.head_factors)
     return trained[keep], options[keep], choice

@@ -158,7 +158,9 @@ def train_learner(cfg: Config, features: FeatureArrays, train: TaskArrays, valid
 
     (model, found, result), _, choice = selection.select(
         selection.candidates(cfg.model, name), fit,
-        lambda t: task_errors(t[0], t[1], valid, cfg.train))
+        lambda t: task_errors(t[0], t[1], valid, cfg.train),
+        lambda t: task_errors(t[0], t[1], valid, cfg.train, cfg.train.fallback_shots),
+        lambda t: t[2].criterion == "fallback_shots")
     model.eval()
     summary = _summary(result, start)
     if choice is not None:
