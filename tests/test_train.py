@@ -28,6 +28,20 @@ class Interrupt(Exception):
     pass
 
 
+def _crash_and_resume(cfg: TrainConfig, train, valid, checkpoint_dir):
+    """A run interrupted after step 5 (past the step-3 checkpoint), then resumed from its
+    checkpoint with differently initialised weights; returns the resumed run's result."""
+    def crash(step: int, metrics: dict) -> None:
+        if step == 5 and "train_loss" in metrics:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        meta_train(*_fresh(), train, valid, cfg, seed=7, callbacks=[crash],
+                   checkpoint_dir=checkpoint_dir)
+    return meta_train(*_fresh(seed=123), train, valid, cfg, seed=7,
+                      checkpoint_dir=checkpoint_dir, resume=True)
+
+
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path) -> None:
     train, valid = tiny_tasks(0, n=10), tiny_tasks(1, n=4)
     model, learner = _fresh()
@@ -124,15 +138,7 @@ def test_resume_is_exact_with_resplit_tasks(tmp_path) -> None:
     full = meta_train(model, learner, train, valid, cfg, seed=7)
     plain = meta_train(*_fresh(), train, valid, replace(CFG, resplit=False), seed=7)
     assert any(not torch.equal(full.model_state[k], plain.model_state[k]) for k in full.model_state)
-
-    def crash(step: int, metrics: dict) -> None:
-        if step == 5 and "train_loss" in metrics:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        meta_train(*_fresh(), train, valid, cfg, seed=7, callbacks=[crash], checkpoint_dir=tmp_path)
-    resumed = meta_train(*_fresh(seed=123), train, valid, cfg, seed=7, checkpoint_dir=tmp_path,
-                         resume=True)
+    resumed = _crash_and_resume(cfg, train, valid, tmp_path)
     for k, v in full.model_state.items():
         torch.testing.assert_close(resumed.model_state[k], v, rtol=0, atol=0)
 
@@ -247,14 +253,7 @@ def test_resume_is_exact_while_the_fallback_criterion_is_followed(tmp_path, monk
     cfg = replace(CFG, fallback_shots=(1, "all"))
     full = meta_train(*_fresh(), train, valid, cfg, seed=7)
     assert full.criterion == "fallback_shots"
-
-    def crash(step: int, metrics: dict) -> None:
-        if step == 5 and "train_loss" in metrics:
-            raise Interrupt
-    with pytest.raises(Interrupt):
-        meta_train(*_fresh(), train, valid, cfg, seed=7, callbacks=[crash], checkpoint_dir=tmp_path)
-    resumed = meta_train(*_fresh(seed=123), train, valid, cfg, seed=7, checkpoint_dir=tmp_path,
-                         resume=True)
+    resumed = _crash_and_resume(cfg, train, valid, tmp_path)
     assert resumed.history == full.history and resumed.best_step == full.best_step
     assert resumed.criterion == "fallback_shots"
     assert resumed.fallback_valid_mae == full.fallback_valid_mae
