@@ -34,9 +34,10 @@ def training_gain(summary: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
     """Whether meta-training beat its starting point, and the figures that say so.
 
     ``best_step == 0``: the validated step-0 weights were never bettered, so the learner is
-    what meta-training started from. (With ``train.fallback_shots`` a best step above 0 may come
-    from the fallback criterion: ``criterion`` says which.) The figures: best step, steps, best validation MAE and
-    the step-0 validation MAE (the first entry of ``history`` at step 0, when logged).
+    what meta-training started from (with ``train.fallback_shots``, a best step above 0 may
+    come from the fallback criterion: ``criterion`` says which). The figures: best step, steps,
+    best validation MAE and the step-0 validation MAE (the first entry of ``history`` at step 0,
+    when logged).
     """
     start = [h["valid_mae"] for h in summary.get("history", [])
              if h.get("step") == 0 and "valid_mae" in h]

@@ -321,6 +321,7 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
             bad = 0
         else:
             bad += 1
+        waited = bad
         if fallback is not None and best["step"] == 0:
             # The first criterion has not beaten the start (yet): follow the fallback too, and
             # stop only when neither has improved for cfg.patience validations.
@@ -331,14 +332,11 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
                                 learner=_cpu_state(learner))
             else:
                 fallback["bad"] += 1
-            history.append({"step": float(step), **metrics})
-            for cb in callbacks:
-                cb(step, metrics)
-            return min(bad, fallback["bad"]) >= cfg.patience
+            waited = min(bad, fallback["bad"])
         history.append({"step": float(step), **metrics})
         for cb in callbacks:
             cb(step, metrics)
-        return bad >= cfg.patience
+        return waited >= cfg.patience
 
     # A resumed run whose patience was already used up (it stopped at that checkpoint) is done.
     stopped = bad >= cfg.patience

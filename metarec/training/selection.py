@@ -8,9 +8,10 @@ no one setting holds across the suite, so the data at hand decides. The ridge le
 trained twice, without and with the head, and the head is kept only when its validation error
 (per validation task, at the support sizes early stopping uses) is lower by more than one
 standard error of the paired difference: the one-standard-error rule, which keeps the simpler
-model when the two are within noise. (When either training kept its fallback early-stopping
-criterion's weights, ``train.fallback_shots``, both are compared at those support sizes.) Other learners, and models without item factors, have no
-head to choose: they train once, without.
+model when the two are within noise (when either training kept its fallback early-stopping
+criterion's weights, ``train.fallback_shots``, both are compared at those support sizes).
+Other learners, and models without item factors, have no head to choose: they train once,
+without.
 """
 
 from __future__ import annotations
