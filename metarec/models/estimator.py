@@ -158,6 +158,9 @@ class Estimator(nn.Module):
             raise ValueError(f"item_factors must be >= 0, got {item_factors}")
         self.register_buffer("item_fac", torch.zeros(n_items, item_factors) if item_factors else None)
         tower_factors = bool(item_factors and tower_factors)
+        # Training-only rows past the catalog (set_virtual_rows): never saved, never exported.
+        for name in ("virtual_base", "virtual_stats", "virtual_fac", "virtual_known"):
+            self.register_buffer(name, None, persistent=False)
         self.fac_proj = nn.Linear(item_factors, embedding_dim) if tower_factors else None
         if head_factors and not item_factors:
             raise ValueError("head_factors needs item_factors > 0 (the factors it hands over)")
@@ -225,6 +228,7 @@ class Estimator(nn.Module):
     def item_embed(self, item_rows: Tensor) -> Tensor:
         """(..., K) int64 item rows -> (..., K, Ei) item tower output."""
         fi = self.item_table.shape[1]
+        virtual, item_rows = item_rows, self.base_rows(item_rows)
         local = torch.cat([self.item_table[item_rows]]  # (..., K, Fi + sum of bag widths)
                           + [getattr(self, f"item_bag_{n}")[item_rows] for n in self.multi_names], -1)
         vecs = self.emb(local + self.item_offsets)  # one gather for every field and bag
@@ -242,11 +246,11 @@ class Estimator(nn.Module):
         if self.text_proj is not None:
             parts.append(self.text_proj(self.item_text[item_rows]))
         if self.stats_proj is not None:
-            parts.append(self.stats_proj(self.item_stats[item_rows]))
+            parts.append(self.stats_proj(self._fitted("stats", virtual)))
         if self.fac_proj is not None:
-            parts.append(self.fac_proj(self.item_fac[item_rows]))
+            parts.append(self.fac_proj(self._fitted("fac", virtual)))
         if self.id_emb is not None:
-            parts.append(self.id_emb(item_rows) * self.item_known[item_rows].unsqueeze(-1))
+            parts.append(self.id_emb(item_rows) * self._fitted("known", virtual).unsqueeze(-1))
         out = torch.cat(parts, dim=-1)
         return out if self.item_norm is None else self.item_norm(out)
 
@@ -260,7 +264,7 @@ class Estimator(nn.Module):
     def head_features(self, item_rows: Tensor) -> Tensor | None:
         """(..., K) item rows -> (..., K, f) item factors the ridge head adds to the last
         hidden features, or None without ``head_factors``."""
-        return self.item_fac[item_rows] if self.head_factors else None
+        return self._fitted("fac", item_rows) if self.head_factors else None
 
     @property
     def fits_training_ratings(self) -> bool:
@@ -338,7 +342,56 @@ class Estimator(nn.Module):
         with ``item_debias``), from :meth:`fit_item_stats`."""
         if not self.item_offset:
             return torch.zeros(item_rows.shape, dtype=torch.float32, device=item_rows.device)
-        return self.item_stats[item_rows, 1]
+        return self._fitted("stats", item_rows)[..., 1]
+
+    # ------------------------------------------------------------------ virtual rows
+    def set_virtual_rows(self, base: Tensor, stats: Tensor | None = None,
+                         fac: Tensor | None = None, known: Tensor | None = None) -> None:
+        """Training-only item rows I..I+R-1 past the catalog's I: row I + j is item
+        ``base[j]`` with its own fitted buffers (``stats`` (R, 2), ``fac`` (R, f), ``known``
+        (R,); None: the item's). The training loop points each training rating at one, holding
+        the item's statistics without that rating (:mod:`metarec.training.holdout`). Not in the
+        state_dict: saved and exported models have only the catalog's rows."""
+        n = self.item_table.shape[0]
+        base = base.long().to(self.item_table.device)
+        if base.ndim != 1 or (len(base) and (int(base.min()) < 0 or int(base.max()) >= n)):
+            raise ValueError(f"virtual rows: base must be a vector of rows in 0..{n - 1}")
+        for name, value, full in (("stats", stats, self.item_stats), ("fac", fac, self.item_fac),
+                                  ("known", known, self.item_known)):
+            if value is not None and (full is None or value.shape != (len(base), *full.shape[1:])):
+                raise ValueError(f"virtual rows: {name} must match the model's item_{name} "
+                                 f"with one row per virtual row")
+            setattr(self, f"virtual_{name}", None if value is None else value.to(
+                device=self.item_table.device, dtype=full.dtype))
+        self.virtual_base = base
+
+    def clear_virtual_rows(self) -> None:
+        """Drop the rows of :meth:`set_virtual_rows`."""
+        for name in ("virtual_base", "virtual_stats", "virtual_fac", "virtual_known"):
+            setattr(self, name, None)
+
+    def base_rows(self, item_rows: Tensor) -> Tensor:
+        """Item rows with virtual rows mapped to their catalog item."""
+        if self.virtual_base is None:
+            return item_rows
+        n = self.item_table.shape[0]
+        return torch.where(item_rows >= n, self.virtual_base[(item_rows - n).clamp(min=0)],
+                           item_rows)
+
+    def _fitted(self, name: str, item_rows: Tensor) -> Tensor:
+        """``item_<name>`` (stats, fac or known) of rows that may be virtual."""
+        full = getattr(self, f"item_{name}")
+        virtual = getattr(self, f"virtual_{name}")
+        if self.virtual_base is None:
+            return full[item_rows]
+        n = self.item_table.shape[0]
+        at = full[self.base_rows(item_rows)]
+        if virtual is None:
+            return at
+        own = virtual[(item_rows - n).clamp(min=0)]
+        is_virtual = item_rows >= n
+        return torch.where(is_virtual if at.ndim == item_rows.ndim else is_virtual.unsqueeze(-1),
+                           own, at)
 
 
 def _check_table(name: str, table: Tensor, cardinality: tuple[int, ...]) -> None:

@@ -78,6 +78,13 @@ def als_refine(item_rows: Tensor, ratings: Tensor, users: Tensor, fac: Tensor, r
     Items without ratings keep zeros. ``sweeps`` 0 returns ``fac`` unchanged."""
     if sweeps == 0 or fac.shape[1] == 0:
         return fac
+    return _als(item_rows, ratings, users, fac, reg, sweeps)[0]
+
+
+def _als(item_rows: Tensor, ratings: Tensor, users: Tensor, fac: Tensor, reg: float,
+         sweeps: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`als_refine`'s sweeps; returns the rescaled item factors, the last sweep's user
+    factor of each rating (R, k), the centred ratings (R,) and the scale applied."""
     _, uidx = torch.unique(users, return_inverse=True)
     n_users, (n_items, k) = int(uidx.max()) + 1, fac.shape
     user_mean = (torch.bincount(uidx, weights=ratings, minlength=n_users)
@@ -92,9 +99,72 @@ def als_refine(item_rows: Tensor, ratings: Tensor, users: Tensor, fac: Tensor, r
         b = torch.zeros(n, k, dtype=torch.float64).index_add_(0, rows, other * res[:, None])
         return torch.linalg.solve(a + eye, b)
 
+    user_fac = torch.zeros(n_users, k, dtype=torch.float64)
     for _ in range(sweeps):
         user_fac = solve(uidx, n_users, fac[item_rows])
         fac = solve(item_rows, n_items, user_fac[uidx])
     rated = torch.bincount(item_rows, minlength=n_items) > 0
     rms = fac[rated].pow(2).mean().sqrt()
-    return fac / rms if float(rms) > 0 else fac
+    scale = 1.0 / rms if float(rms) > 0 else torch.ones((), dtype=torch.float64)
+    return fac * scale, user_fac[uidx], res, scale
+
+
+def leave_one_out(item_rows: Tensor, ratings: Tensor, users: Tensor, n_items: int,
+                  shrinkage: float, debias: int = 0, n_factors: int = 0, reg: float = 5.0,
+                  sweeps: int = 0, chunk: int = 65536) -> dict[str, Tensor]:
+    """What each training rating's own user would see of its item had the rating not been fitted.
+
+    The item statistics and factors come from every training rating, so a training task's
+    query item carries that very rating in its mean (and its factors): an optimism a new user
+    never meets, as large as 0.015 MAE for the item-mean predictor on ML-100K's training users.
+    Per rating (R of them, in the order given): ``effect`` (R,) the item effect without it (the
+    shrunk mean, or the last b_i sweep of ``debias`` with the user's b_u), ``log_count`` (R,)
+    the item's log count column without it (same normaliser as the full fit), ``known`` (R,)
+    whether the item keeps a rating, and, with ``n_factors`` and ALS ``sweeps`` > 0, ``fac``
+    (R, k): the last item step of :func:`als_refine` with the rating's user removed from that
+    item's normal equations (a rank-one downdate of the same system), at the full fit's scale.
+    The user factors and the other items stay those of the full fit: the rating's pull on its
+    own item is what is removed. Without ALS sweeps the PureSVD factors are left as fitted.
+    """
+    r = ratings.double()
+    mu = r.mean()
+    count = torch.bincount(item_rows, minlength=n_items).double()
+    left = count[item_rows] - 1.0
+    denom = (left + shrinkage).clamp(min=1e-12)
+    _, uidx = torch.unique(users.long(), return_inverse=True)
+    n_users = int(uidx.max()) + 1
+    if debias:
+        ucount = torch.bincount(uidx, minlength=n_users).double()
+        b_u = torch.zeros(n_users, dtype=torch.float64)
+        for _ in range(debias):  # item_effects' sweeps; the last b_i used b_u as of then
+            own = r - mu - b_u[uidx]
+            mean = (torch.bincount(item_rows, weights=own, minlength=n_items)
+                    / (count + shrinkage).clamp(min=1e-12))
+            b_u = torch.bincount(uidx, weights=r - mu - mean[item_rows], minlength=n_users)
+            b_u = b_u / (ucount + shrinkage).clamp(min=1e-12)
+        sums = torch.bincount(item_rows, weights=own, minlength=n_items)
+        effect = (sums[item_rows] - own) / denom
+    else:
+        total = torch.bincount(item_rows, weights=r, minlength=n_items)
+        effect = (total[item_rows] - r + shrinkage * mu) / denom - mu
+    effect = torch.where(left > 0, effect, torch.zeros_like(effect))
+    out = {"effect": effect, "known": (left > 0).double(),
+           "log_count": torch.log1p(left) / torch.log1p(count.max())}
+    if n_factors == 0 or sweeps == 0:
+        return out
+    # The fit again (the same functions, so the same factors), keeping the last sweep's user
+    # factors: each rating's item system is then downdated by its own user (rank one).
+    start = pure_svd(item_rows, r, users, n_items, n_factors)
+    _, p, res, scale = _als(item_rows, r, users, start, reg, sweeps)
+    eye = reg * torch.eye(n_factors, dtype=torch.float64)
+    a = torch.zeros(n_items, n_factors, n_factors, dtype=torch.float64).index_add_(
+        0, item_rows, p[:, :, None] * p[:, None, :]) + eye
+    b = torch.zeros(n_items, n_factors, dtype=torch.float64).index_add_(
+        0, item_rows, p * res[:, None])
+    parts = []
+    for s in range(0, len(r), chunk):
+        i, pu = item_rows[s:s + chunk], p[s:s + chunk]
+        parts.append(torch.linalg.solve(a[i] - pu[:, :, None] * pu[:, None, :],
+                                        b[i] - pu * res[s:s + chunk, None]) * scale)
+    out["fac"] = torch.cat(parts) * (left > 0).double()[:, None]
+    return out

@@ -34,6 +34,7 @@ from metarec.io import load_state, save_state
 from metarec.meta.inner import make_batch, resplit, sample_support
 from metarec.models.estimator import Estimator
 from metarec.training.calibration import calibrate_prior
+from metarec.training.holdout import hold_out_ratings, training_ratings
 from metarec.training.fast import FastStep, check_mode, make_optimizer
 
 if TYPE_CHECKING:
@@ -174,12 +175,8 @@ def fit_item_stats(model: Estimator, train_tasks: TaskArrays) -> None:
     support and query, or support only (``model.item_stats_from``)."""
     if not getattr(model, "fits_training_ratings", False):
         return
-    sm, qm = train_tasks.support_mask.astype(bool), train_tasks.query_mask.astype(bool)
-    if getattr(model, "item_stats_from", "all") == "support":
-        qm = np.zeros_like(qm)
-    items = np.concatenate([train_tasks.support_items[sm], train_tasks.query_items[qm]])
-    ratings = np.concatenate([train_tasks.support_ratings[sm], train_tasks.query_ratings[qm]])
-    users = np.concatenate([np.nonzero(sm)[0], np.nonzero(qm)[0]])  # task index = training user
+    items, ratings, users, _, _ = training_ratings(  # task index = training user
+        train_tasks, with_query=getattr(model, "item_stats_from", "all") != "support")
     model.fit_item_stats(torch.as_tensor(items, dtype=torch.long),
                          torch.as_tensor(ratings, dtype=torch.float64), model.item_stats_shrinkage,
                          user_index=torch.as_tensor(users, dtype=torch.long))
@@ -277,6 +274,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     device = resolve_device(cfg.device)
     check_mode(cfg.fast_step, device, distributed=world is not None)
     fit_item_stats(model, train_tasks)
+    if cfg.hold_out:  # each training rating meets its item fitted without it (holdout.py)
+        train_tasks = hold_out_ratings(model, train_tasks)
     if not warm_start:
         init_output_bias(model, train_tasks)
     model.to(device).train()
@@ -398,6 +397,7 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
              if cfg.calibrate_prior else None)
     if shift is not None:
         best["model"] = _cpu_state(model)
+    model.clear_virtual_rows()
     log.info("meta-training stopped at step %d (best validation %s %.4f at step %d)", step,
              "1 - AUC" if valid_tasks.implicit else "MAE", best["mae"], best["step"])
     return TrainResult(model_state=copy.deepcopy(best["model"]),
