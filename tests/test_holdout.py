@@ -122,10 +122,10 @@ def test_hold_out_points_every_rating_at_its_item_fitted_without_it() -> None:
 def test_meta_training_with_hold_out_saves_only_catalog_rows_and_predicts_as_usual() -> None:
     cfg = TrainConfig(lr=1e-2, tasks_per_batch=4, max_steps=4, eval_every=2, patience=100,
                       checkpoint_every=0, device="cpu", progress=False, eval_batch=4,
-                      hold_out=True)
+                      hold_out="all")
     train, valid = tiny_tasks(0, n=12), tiny_tasks(1)
     results = {}
-    for on in (False, True):
+    for on in ("none", "all"):
         torch.manual_seed(0)
         model = build_model(tiny_features(), MODEL)
         learner = build_learner(model, plain_meta(learner="ridge"))
@@ -133,7 +133,7 @@ def test_meta_training_with_hold_out_saves_only_catalog_rows_and_predicts_as_usu
                             TrainConfig(**{**cfg.__dict__, "hold_out": on}), seed=3)
         assert model.virtual_base is None and set(result.model_state) == set(model.state_dict())
         results[on] = (result, predict(model, learner, valid, cfg))
-    (off, pred_off), (on, pred_on) = results[False], results[True]
+    (off, pred_off), (on, pred_on) = results["none"], results["all"]
     # the same catalog values fitted either way; the training (and so the weights) differs
     for name in ("item_stats", "item_fac", "item_known"):
         torch.testing.assert_close(on.model_state[name], off.model_state[name])
@@ -148,3 +148,13 @@ def test_hold_out_refuses_statistics_fitted_on_support_only() -> None:
     fit_item_stats(model, tiny_tasks())
     with pytest.raises(ValueError, match="item_stats_from: all"):
         hold_out_ratings(model, tiny_tasks())
+
+
+def test_hold_out_of_the_statistics_only_keeps_the_items_factors() -> None:
+    model = _fitted_model()
+    tasks = tiny_tasks(0, n=12)
+    held = hold_out_ratings(model, tasks, factors=False)
+    items, _, _, sm, _ = training_ratings(tasks)
+    rows = torch.as_tensor(held.support_items[sm])
+    assert model.virtual_fac is None and model.virtual_stats is not None
+    torch.testing.assert_close(model.head_features(rows), model.item_fac[items[:len(rows)]])

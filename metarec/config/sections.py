@@ -325,9 +325,10 @@ class TrainConfig:
     # After meta-training, add to the output bias the mean 0-shot residual of the training users
     # within the rating window (metarec.training.calibration; explicit data only).
     calibrate_prior: bool = True
-    # Training tasks see each item's fitted statistics and factors without their own rating
-    # (metarec.training.holdout), as a new user does: they were fitted on every training rating.
-    hold_out: bool = False
+    # Training tasks see their items' fitted values without their own rating, as a new user
+    # does (metarec.training.holdout): "stats" the item statistics (mean, count) and id flags,
+    # "all" the collaborative item factors too, "none" everything as fitted on every rating.
+    hold_out: Literal["none", "stats", "all"] = "none"
     # Show a progress bar (only on a terminal).
     progress: bool = True
     out_dir: str = "artifacts/train"

@@ -12,7 +12,8 @@ users the item-mean predictor's MAE is 0.819 with it and 0.834 without (the vali
 leave-one-out (:func:`metarec.models.fitting.leave_one_out`) and returns the training tasks with
 their items pointed at those rows; everything else of the item (features, text, embeddings) is
 the catalog row's. Validation, evaluation, the export and serving see only catalog rows, whose
-fitted values are unchanged. ``train.hold_out: false`` trains on the fitted values as they are.
+fitted values are unchanged. ``train.hold_out``: ``stats`` (the item statistics and id flags),
+``all`` (the factors too) or ``none`` (the fitted values as they are).
 """
 
 from __future__ import annotations
@@ -40,18 +41,19 @@ def training_ratings(tasks: TaskArrays, with_query: bool = True
     return items, ratings, users, sm, qm
 
 
-def hold_out_ratings(model: Estimator, tasks: TaskArrays) -> TaskArrays:
+def hold_out_ratings(model: Estimator, tasks: TaskArrays, factors: bool = True) -> TaskArrays:
     """Give ``model`` a virtual row per rating of ``tasks`` (its item, fitted without it) and
     return ``tasks`` with every real slot pointing at its row (padding slots keep theirs).
-    A model without fitted item values is left alone and ``tasks`` returned unchanged."""
+    ``factors`` False: the item statistics and id flags only (the rows keep the item's
+    factors). A model without fitted item values is left alone and ``tasks`` returned as is."""
     if not model.fits_training_ratings:
         return tasks
     if model.item_stats_from != "all":
         raise ValueError("train.hold_out needs model.item_stats_from: all (with 'support' the "
-                         "query ratings are not fitted; set train.hold_out: false)")
+                         "query ratings are not fitted; set train.hold_out: none)")
     items, ratings, users, sm, qm = training_ratings(tasks)
     n_items = model.item_table.shape[0]
-    fac = model.item_fac
+    fac = model.item_fac if factors else None
     loo = leave_one_out(torch.as_tensor(items, dtype=torch.long),
                         torch.as_tensor(ratings, dtype=torch.float64),
                         torch.as_tensor(users, dtype=torch.long), n_items,

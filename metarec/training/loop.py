@@ -274,8 +274,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     device = resolve_device(cfg.device)
     check_mode(cfg.fast_step, device, distributed=world is not None)
     fit_item_stats(model, train_tasks)
-    if cfg.hold_out:  # each training rating meets its item fitted without it (holdout.py)
-        train_tasks = hold_out_ratings(model, train_tasks)
+    if cfg.hold_out != "none":  # each training rating meets its item fitted without it
+        train_tasks = hold_out_ratings(model, train_tasks, factors=cfg.hold_out == "all")
     if not warm_start:
         init_output_bias(model, train_tasks)
     model.to(device).train()
