@@ -100,7 +100,8 @@ def average_over_seeds(per_seed: list[dict[str, list[dict[str, np.ndarray]]]]
 
 def cross_validate(raw: dict[str, Any], source: str, folds: int, learners: str | None,
                    work_dir: Path, stop_fraction: float = cv.STOP_FRACTION,
-                   seeds: list[int] | None = None) -> dict[str, Any]:
+                   seeds: list[int] | None = None,
+                   scores_out: Path | None = None) -> dict[str, Any]:
     """Per support size: means per method over the held-out folds and paired differences to
     each baseline (``{shot: {method | "cand - base": {metric: ...}}}``, plus ``"_table"``).
     The folds and the per-task scores are metarec.tuning.cv's, as `metarec tune` uses them.
@@ -137,6 +138,9 @@ def cross_validate(raw: dict[str, Any], source: str, folds: int, learners: str |
     out: dict[str, Any] = {}
     stacked = average_over_seeds(per_seed)  # (len(shots), tasks) per metric
     methods = list(stacked)
+    if scores_out is not None:  # per-task scores, for a paired comparison of two settings
+        np.savez(scores_out, shots=np.asarray(layout[0].shots),
+                 **{f"{m}/{k}": v for m, by in stacked.items() for k, v in by.items()})
     for i, shot in enumerate(labels):
         out[shot] = {m: {k: round(float(v[i].mean()), 4) for k, v in stacked[m].items()}
                      for m in methods}
@@ -150,6 +154,25 @@ def cross_validate(raw: dict[str, Any], source: str, folds: int, learners: str |
                     diffs[k] = f"{mean:+.4f} ± {se:.4f}"
                 out[shot][f"{cand} - {base}"] = diffs
     out["_table"] = _table(out, list(labels), methods)
+    return out
+
+
+def compare_scores(a: Path, b: Path, method: str = "ridge") -> dict[str, Any]:
+    """``method``'s per-task scores of two ``--scores`` files (two settings on the same folds
+    and the same held-out tasks): the paired difference a - b with its standard error over the
+    tasks, per support size and metric."""
+    za, zb = np.load(a), np.load(b)
+    if list(za["shots"]) != list(zb["shots"]):
+        raise SystemExit(f"{a} and {b} hold different support sizes")
+    out: dict[str, Any] = {}
+    for i, shot in enumerate(za["shots"]):
+        out[str(shot)] = {}
+        for k in PAIRED:
+            x, y = za[f"{method}/{k}"][i], zb[f"{method}/{k}"][i]
+            if x.shape != y.shape:
+                raise SystemExit(f"{a} and {b} hold different tasks (not the same folds)")
+            mean, se = cv.paired(x, y)
+            out[str(shot)][k] = f"{mean:+.4f} ± {se:.4f}"
     return out
 
 
@@ -190,7 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--work-dir", default="artifacts/bench")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--scores", default=None, metavar="FILE.npz",
+                    help="also save every method's per-task scores (one dataset)")
+    ap.add_argument("--compare", nargs=2, default=None, metavar=("A.npz", "B.npz"),
+                    help="train nothing: the ridge learner's paired differences A - B of two "
+                         "--scores files (two settings on the same folds)")
     args = ap.parse_args(argv)
+    if args.compare:
+        print(json.dumps(compare_scores(Path(args.compare[0]), Path(args.compare[1])), indent=1))
+        return 0
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     datasets = (["ml100k", *suite.VARIANTS] if args.dataset == "suite"
                 else args.dataset.split(","))
@@ -213,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         mq._override(params, args.set)  # --set wins over the variant's params
         print(f"dataset {dataset}", file=sys.stderr)
         tables[dataset] = cross_validate(params, args.params, args.folds, args.learners, work,
-                                         args.stop_fraction, args.seeds)
+                                         args.stop_fraction, args.seeds,
+                                         None if args.scores is None or len(datasets) > 1
+                                         else Path(args.scores))
     out: dict[str, Any] = (next(iter(tables.values())) if len(tables) == 1
                            else {**tables, "suite": suite_summary(tables)})
     tables_md = {d: t.pop("_table") for d, t in tables.items()}

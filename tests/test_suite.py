@@ -302,3 +302,19 @@ def test_cv_suite_summary_weights_datasets_equally():
     assert set(out) == {"0", "all"}
     assert out["all"]["ridge - item_mean"]["mae"] == {"mean": 0.01, "ml100k": -0.02,
                                                       "lowrank": 0.04}
+
+
+def test_cv_compare_scores_pairs_two_settings_task_by_task(tmp_path: Path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import cv_tune
+
+    shots = np.asarray(["0", "all"])
+    base = {f"ridge/{k}": np.array([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]]) for k in cv_tune.PAIRED}
+    np.savez(tmp_path / "b.npz", shots=shots, **base)
+    np.savez(tmp_path / "a.npz", shots=shots,
+             **{k: v + np.array([[0.1, 0.2, 0.3], [0.0, 0.0, 0.0]]) for k, v in base.items()})
+    out = cv_tune.compare_scores(tmp_path / "a.npz", tmp_path / "b.npz")
+    assert out["0"]["mae"] == "+0.2000 ± 0.0577" and out["all"]["mae"] == "+0.0000 ± 0.0000"
+    np.savez(tmp_path / "c.npz", shots=shots, **{k: v[:, :2] for k, v in base.items()})
+    with pytest.raises(SystemExit, match="different tasks"):
+        cv_tune.compare_scores(tmp_path / "c.npz", tmp_path / "b.npz")
