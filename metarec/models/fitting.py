@@ -27,17 +27,26 @@ def item_effects(item_rows: Tensor, ratings: Tensor, users: Tensor | None, n_ite
             raise ValueError("fit_item_stats: item_debias needs the user of every rating")
         if users.shape != item_rows.shape:
             raise ValueError("fit_item_stats: user_index must have one entry per rating")
-        _, users = torch.unique(users.long().cpu(), return_inverse=True)  # compact, as below
-        n_users = int(users.max()) + 1
-        ucount = torch.bincount(users, minlength=n_users).double()
-        b_u = torch.zeros(n_users, dtype=torch.float64)
-        for _ in range(debias):
-            b_i = torch.bincount(item_rows, weights=ratings - mu - b_u[users], minlength=n_items)
-            mean = b_i / (count + shrinkage).clamp(min=1e-12)
-            b_u = torch.bincount(users, weights=ratings - mu - mean[item_rows], minlength=n_users)
-            b_u = b_u / (ucount + shrinkage).clamp(min=1e-12)
+        mean = _debias_sweeps(item_rows, ratings, users, count, mu, shrinkage, debias)[0]
     mean[count == 0] = 0.0
     return mean
+
+
+def _debias_sweeps(item_rows: Tensor, ratings: Tensor, users: Tensor, count: Tensor, mu: Tensor,
+                   shrinkage: float, debias: int) -> tuple[Tensor, Tensor]:
+    """:func:`item_effects`' ``debias`` alternating sweeps: the last b_i (n_items,) and each
+    rating's residual r - mu - b_u that it averaged (R,), b_u as of that sweep."""
+    _, users = torch.unique(users.long().cpu(), return_inverse=True)  # compact user index
+    n_users, n_items = int(users.max()) + 1, len(count)
+    ucount = torch.bincount(users, minlength=n_users).double()
+    b_u = torch.zeros(n_users, dtype=torch.float64)
+    for _ in range(debias):
+        own = ratings - mu - b_u[users]
+        mean = torch.bincount(item_rows, weights=own, minlength=n_items) / (
+            count + shrinkage).clamp(min=1e-12)
+        b_u = torch.bincount(users, weights=ratings - mu - mean[item_rows], minlength=n_users)
+        b_u = b_u / (ucount + shrinkage).clamp(min=1e-12)
+    return mean, own
 
 
 def pure_svd(item_rows: Tensor, ratings: Tensor, users: Tensor, n_items: int, k: int) -> Tensor:
@@ -131,17 +140,8 @@ def leave_one_out(item_rows: Tensor, ratings: Tensor, users: Tensor, n_items: in
     count = torch.bincount(item_rows, minlength=n_items).double()
     left = count[item_rows] - 1.0
     denom = (left + shrinkage).clamp(min=1e-12)
-    _, uidx = torch.unique(users.long(), return_inverse=True)
-    n_users = int(uidx.max()) + 1
     if debias:
-        ucount = torch.bincount(uidx, minlength=n_users).double()
-        b_u = torch.zeros(n_users, dtype=torch.float64)
-        for _ in range(debias):  # item_effects' sweeps; the last b_i used b_u as of then
-            own = r - mu - b_u[uidx]
-            mean = (torch.bincount(item_rows, weights=own, minlength=n_items)
-                    / (count + shrinkage).clamp(min=1e-12))
-            b_u = torch.bincount(uidx, weights=r - mu - mean[item_rows], minlength=n_users)
-            b_u = b_u / (ucount + shrinkage).clamp(min=1e-12)
+        own = _debias_sweeps(item_rows, r, users, count, mu, shrinkage, debias)[1]
         sums = torch.bincount(item_rows, weights=own, minlength=n_items)
         effect = (sums[item_rows] - own) / denom
     else:
