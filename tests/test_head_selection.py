@@ -105,6 +105,36 @@ def test_select_compares_on_the_fallback_criterion_when_a_training_fell_back() -
     assert kept is True and choice.criterion == "valid_shots"
 
 
+def test_select_keeps_a_trained_candidate_over_one_that_never_beat_its_start() -> None:
+    """The factor head's training stayed at step 0 (the gate refuses such a model) and is ahead
+    by 1.5 standard errors: the head-less training, which learned, is kept. Ahead by more than
+    two standard errors, the untrained one is kept (and the gate will say why)."""
+    auto = ModelConfig(item_factors=8, head_factors="auto")
+    base = np.random.default_rng(0).normal(0.85, 0.05, 60)
+    noise = np.random.default_rng(1).normal(0.0, 0.02, 60)
+    se = float(noise.std(ddof=1) / np.sqrt(60))
+    untrained = {False: False, True: True}
+
+    def run(lead: float):
+        errors = {False: base, True: base + noise - noise.mean() - lead}
+        return select(candidates(auto, "ridge"), lambda m: m.head_factors, lambda t: errors[t],
+                      untrained=lambda t: untrained[t])
+
+    kept, cfg, choice = run(1.5 * se)
+    assert kept is False and not cfg.head_factors and not choice.head_factors
+    assert choice.rule == "trained over untrained" and choice.to_dict()["rule"] == choice.rule
+    assert choice.difference == pytest.approx(-1.5 * se)
+    kept, cfg, choice = run(2.5 * se)
+    assert kept is True and choice.head_factors and choice.rule == "one standard error"
+    # the other way round: the head-less training is the untrained one, the head within noise
+    untrained = {False: True, True: False}
+    kept, _, choice = run(-0.5 * se)  # the rule keeps the simpler (untrained) one
+    assert kept is True and choice.rule == "trained over untrained"
+    untrained = {False: True, True: True}  # neither trained: the rule alone decides
+    kept, _, choice = run(-0.5 * se)
+    assert kept is False and choice.rule == "one standard error"
+
+
 @pytest.fixture(scope="module")
 def lowrank_run(tmp_path_factory):
     """The pipeline's training, evaluation and export on a small low-rank dataset (ratings

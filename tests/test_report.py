@@ -87,6 +87,15 @@ def _curve_report(**kw) -> Report:
      ["meta_training_gain: true (best validation MAE 0.8300 at step 250 of 600)",
       "**Early stopping fell back** (train.fallback_shots)", "step 250", "(error 0.7900)"],
      ["false"]),
+    ({"meta_training_gain": True,
+      "training": {"best_step": 550, "steps": 800, "best_valid_mae": 0.846,
+                   "head_factors_choice": {
+                       "head_factors": False, "error_without": 0.8454, "error_with": 0.8364,
+                       "difference": -0.009, "standard_error": 0.006, "tasks": 58,
+                       "rule": "trained over untrained", "criterion": "valid_shots"}}},
+     ["model.head_factors auto: without the item-factor head (validation error 0.8364 with, "
+      "0.8454 without", "the training that did is kept unless the untrained one is lower by "
+      "more than two standard errors)."], ["false"]),
     ({}, ["| mae | item_mean | +0.0500 [-0.0100, +0.1100] | **-0.1000 [-0.1500, -0.0500]** |",
           "| mae | **melu** | 0.9500 | 0.8000 |", "| metric | method | 0 | all |",
           "200 resamples"], ["## Meta-training", "## Data dropped"]),

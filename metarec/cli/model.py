@@ -36,7 +36,9 @@ def train_cmd(ctx: click.Context, no_resume: bool, baselines: bool) -> None:
             click.echo(f"model.head_factors auto: {'with' if choice['head_factors'] else 'without'}"
                        f" the item-factor head (validation error {choice['error_with']:.4f} "
                        f"with, {choice['error_without']:.4f} without, standard error "
-                       f"{choice['standard_error']:.4f})")
+                       f"{choice['standard_error']:.4f}"
+                       + ("; the rule's pick never beat its start: trained over untrained"
+                          if choice.get("rule") == "trained over untrained" else "") + ")")
         if baselines:
             base = train_baseline_models(cfg)
             click.echo(f"baselines {', '.join(base['baselines'])}: global network "

@@ -302,8 +302,11 @@ def _notes(report: Report) -> list[str]:
                       f"{c['error_without']:.4f} without; difference {c['difference']:+.4f}, "
                       f"standard error {c['standard_error']:.4f}, {c['tasks']} tasks"
                       + (" at train.fallback_shots" if c.get("criterion") == "fallback_shots"
-                         else "") + "; kept only when lower by more than one standard error).",
-                      ""]
+                         else "") + "; kept only when lower by more than one standard error"
+                      + ("; the rule's pick never beat its starting point, so the training that "
+                         "did is kept unless the untrained one is lower by more than two "
+                         "standard errors" if c.get("rule") == "trained over untrained" else "")
+                      + ").", ""]
     if report.dropped:
         lines += ["## Data dropped before the tasks", "",
                   *_table(["rule", "users", "ratings"],

@@ -96,7 +96,7 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
     (model, learner, result, init), model_cfg, choice = selection.select(
         options, fit, lambda t: task_errors(t[0], t[1], inputs.valid, cfg.train),
         lambda t: task_errors(t[0], t[1], inputs.valid, cfg.train, cfg.train.fallback_shots),
-        lambda t: t[2].criterion == "fallback_shots")
+        lambda t: t[2].criterion == "fallback_shots", lambda t: t[2].best_step == 0)
     cfg = dataclasses.replace(cfg, model=model_cfg)
     if world is not None and not world.is_main:  # DDP: only rank 0 writes and logs
         return {"learner": cfg.meta.learner, "steps": result.steps,

@@ -10,6 +10,13 @@ trained twice, without and with the head, and the head is kept only when its val
 standard error of the paired difference: the one-standard-error rule, which keeps the simpler
 model when the two are within noise (when either training kept its fallback early-stopping
 criterion's weights, ``train.fallback_shots``, both are compared at those support sizes).
+A training that never beat its starting point (best step 0 under both criteria) yields a model
+the evaluation gate refuses (unless ``gate.allow_no_training_gain``); when the rule picks such a
+candidate and the other one did meta-train, the untrained one is kept only when its error is
+lower by more than two standard errors, else the trained one is (rule "trained over
+untrained"): on splits where the untrained factor head is marginally ahead on the validation
+users (ML-100K half-star ratings, one split of ten on one machine), the run would otherwise end
+with no model although its other training learned.
 Other learners, and models without item factors, have no head to choose: they train once,
 without.
 """
@@ -55,12 +62,14 @@ class HeadChoice:
     # the validation error compared: "valid_shots", or "fallback_shots" when a candidate's
     # weights were chosen by the fallback criterion (train.fallback_shots)
     criterion: str = "valid_shots"
+    # "one standard error", or "trained over untrained" (see the module docstring)
+    rule: str = "one standard error"
 
     def to_dict(self) -> dict[str, float | int | bool | str]:
         return {"head_factors": self.head_factors, "error_without": round(self.error_without, 5),
                 "error_with": round(self.error_with, 5), "difference": round(self.difference, 5),
                 "standard_error": round(self.standard_error, 5), "tasks": self.tasks,
-                "rule": "one standard error", "criterion": self.criterion}
+                "rule": self.rule, "criterion": self.criterion}
 
 
 def one_se_rule(without: np.ndarray, with_head: np.ndarray) -> HeadChoice:
@@ -85,12 +94,15 @@ def select(options: list[ModelConfig], fit: Callable[[ModelConfig], T],
            errors: Callable[[T], np.ndarray],
            fallback_errors: Callable[[T], np.ndarray] | None = None,
            fell_back: Callable[[T], bool] = lambda t: False,
+           untrained: Callable[[T], bool] = lambda t: False,
            ) -> tuple[T, ModelConfig, HeadChoice | None]:
     """Train each of ``options`` (from :func:`candidates`) with ``fit``; with two, score both
     with ``errors`` (per validation task) and keep the one :func:`one_se_rule` picks.
     When either training kept the weights its fallback criterion chose (``fell_back``), both
     are scored with ``fallback_errors`` instead: the first criterion is the one that saw no
-    gain over the start, and on it an untrained candidate would win by construction.
+    gain over the start, and on it an untrained candidate would win by construction. When the
+    rule picks a training that never beat its start (``untrained``) over one that did, the
+    trained one is kept unless the untrained one is lower by more than two standard errors.
     Returns the kept training, its settings and the choice (None: nothing to choose)."""
     if len(options) == 1:
         return fit(options[0]), options[0], None
@@ -103,4 +115,10 @@ def select(options: list[ModelConfig], fit: Callable[[ModelConfig], T],
     choice = one_se_rule(errors(trained[0]), errors(trained[1]))
     choice = dataclasses.replace(choice, criterion=criterion)
     keep = int(choice.head_factors)
+    if untrained(trained[keep]) and not untrained(trained[1 - keep]):
+        lead = -choice.difference if keep else choice.difference  # the kept one's advantage
+        if lead <= 2 * choice.standard_error:
+            keep = 1 - keep
+            choice = dataclasses.replace(choice, head_factors=bool(keep),
+                                         rule="trained over untrained")
     return trained[keep], options[keep], choice

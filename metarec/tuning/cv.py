@@ -160,7 +160,7 @@ def train_learner(cfg: Config, features: FeatureArrays, train: TaskArrays, valid
         selection.candidates(cfg.model, name), fit,
         lambda t: task_errors(t[0], t[1], valid, cfg.train),
         lambda t: task_errors(t[0], t[1], valid, cfg.train, cfg.train.fallback_shots),
-        lambda t: t[2].criterion == "fallback_shots")
+        lambda t: t[2].criterion == "fallback_shots", lambda t: t[2].best_step == 0)
     model.eval()
     summary = _summary(result, start)
     if choice is not None:
