@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         results.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "history"}), flush=True)
         Path(args.out).write_text(json.dumps({"dataset": args.dataset, "seed": args.seed,
-                                              "runs": results}, indent=1))
+                                              "git": curves._git_sha(),
+                                              "machine": curves._machine(), "runs": results},
+                                             indent=1))
     return 0
 
 
