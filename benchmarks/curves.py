@@ -84,22 +84,29 @@ def _workspace_params(raw: dict[str, Any], ws: Path, raw_dir: Path, seed: int,
     })
 
 
-def run_seed(cfg: Config, ws: Path, truth: dict[str, np.ndarray] | None) -> dict[str, Any]:
-    """The stages on one seed; returns the report's curves (as JSON) and the oracle's."""
+def build_inputs(cfg: Config, ws: Path):
+    """The data stages of one seed in ``ws`` (prepare, validate, features, tasks); returns the
+    training inputs (metarec.pipeline.inputs.Inputs)."""
     from metarec.data.prepare import prepare_dataset
     from metarec.data.validation import raise_if_failed, validate_tables
     from metarec.features.build import prepare_features
-    from metarec.pipeline.evaluate import evaluate_models
     from metarec.pipeline.inputs import load_inputs
     from metarec.pipeline.tasks import build_task_sets
-    from metarec.pipeline.train import train_baseline_models, train_meta_model
 
-    t0 = time.time()
     tables = prepare_dataset(cfg.data, root=ws)
     raise_if_failed(validate_tables(tables, cfg.validation, cfg.tasks, cfg.validation.out_dir))
     features = prepare_features(cfg.features, cfg.tasks, cfg.seed, tables)
     build_task_sets(cfg, tables, features)
-    inputs = load_inputs(cfg.features, cfg.tasks)
+    return load_inputs(cfg.features, cfg.tasks)
+
+
+def run_seed(cfg: Config, ws: Path, truth: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """The stages on one seed; returns the report's curves (as JSON) and the oracle's."""
+    from metarec.pipeline.evaluate import evaluate_models
+    from metarec.pipeline.train import train_baseline_models, train_meta_model
+
+    t0 = time.time()
+    inputs = build_inputs(cfg, ws)
     t1 = time.time()
     summary = train_meta_model(cfg, inputs, resume=False, track=False)
     baselines = train_baseline_models(cfg, inputs)

@@ -47,11 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    from metarec.data.prepare import prepare_dataset
-    from metarec.data.validation import raise_if_failed, validate_tables
-    from metarec.features.build import prepare_features
-    from metarec.pipeline.inputs import load_inputs
-    from metarec.pipeline.tasks import build_task_sets
     from metarec.pipeline.train import train_meta_model
 
     root = Path(args.work_dir or tempfile.mkdtemp(prefix="metarec-stall-")).resolve()
@@ -59,11 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     base = suite.merge(yaml.safe_load(Path(args.params).read_text()), overrides)
     ws = root / f"seed{args.seed}"
     cfg = config_from_dict(curves._workspace_params(base, ws, raw_dir, args.seed, 0), args.params)
-    tables = prepare_dataset(cfg.data, root=ws)
-    raise_if_failed(validate_tables(tables, cfg.validation, cfg.tasks, cfg.validation.out_dir))
-    features = prepare_features(cfg.features, cfg.tasks, cfg.seed, tables)
-    build_task_sets(cfg, tables, features)
-    inputs = load_inputs(cfg.features, cfg.tasks)
+    inputs = curves.build_inputs(cfg, ws)
     results = []
     for spec in args.tries or [""]:
         raw = suite.merge(base, {})
