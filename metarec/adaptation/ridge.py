@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from metarec.adaptation.spec import Adaptation
 
 ITERATIONS = 40  # Newton-Schulz steps for the inverse
+SIZE_REF = 10.0  # support size at which size-dependent penalties equal ridge_lambda
 REFINEMENTS = 2
 
 
@@ -94,12 +95,24 @@ def _solve(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.solve_ex(a, b, check_errors=False)[0]
 
 
+def size_penalties(lam: Tensor, power: Tensor | None, mask: Tensor) -> Tensor:
+    """The penalties each task's solve uses: ``lam`` (H1,) itself when ``power`` is None, else
+    (N, H1) lam * ((n + 1) / (SIZE_REF + 1)) ** power, n = sum of the task's support ``mask``
+    (N, S): a penalty per dimension that grows (power > 0) or shrinks (power < 0) with the
+    support size, equal to ``lam`` at SIZE_REF ratings."""
+    if power is None:
+        return lam
+    size = torch.log((mask.sum(-1, keepdim=True) + 1.0) / (SIZE_REF + 1.0))  # (N, 1)
+    return lam * torch.exp(power * size)
+
+
 def newton_step(hs: Tensor, w0: Tensor, offset: Tensor, ratings: Tensor, mask: Tensor,
                 lam: Tensor, loss: str = "mse") -> Tensor:
     """dw (N, H1) of one Newton step from w0 on the penalised support loss (module docstring).
 
     Shapes: ``hs`` (N, S, H1) support head features, ``w0`` (H1,), ``offset``/``ratings``/
-    ``mask`` (N, S) (the scores at w0 are offset + hs w0), ``lam`` (H1,) > 0.
+    ``mask`` (N, S) (the scores at w0 are offset + hs w0), ``lam`` (H1,) or per task (N, H1),
+    > 0.
     """
     diag = torch.diag_embed(lam).expand(hs.shape[0], -1, -1)
     if canonical_loss(loss) == "mse":  # the ridge regression of the residuals, as always
@@ -119,12 +132,15 @@ def newton_step(hs: Tensor, w0: Tensor, offset: Tensor, ratings: Tensor, mask: T
 
 def ridge_head(model: nn.Module, support_feats: Tensor, support_items: Tensor,
                support_ratings: Tensor, support_mask: Tensor, query_feats: Tensor,
-               query_items: Tensor, lam: Tensor, loss: str = "mse") -> Tensor:
+               query_items: Tensor, lam: Tensor, loss: str = "mse",
+               power: Tensor | None = None) -> Tensor:
     """Closed-form adaptation of the output layer for N tasks -> (N, Q) scores.
 
     Shapes: ``support_feats`` (N, S, F) tower features, items/ratings/mask (N, S);
     ``query_feats`` (N, Q, F), ``query_items`` (N, Q); ``lam`` (model.head_width + 1,) > 0;
-    ``loss``: the support loss of the Newton step (mse: the ridge regression).
+    ``loss``: the support loss of the Newton step (mse: the ridge regression); ``power``
+    (model.head_width + 1,) or None: the penalties' support-size exponents
+    (:func:`size_penalties`).
     """
     params = model.decision_params()
     n = len(model.decision)
@@ -133,7 +149,9 @@ def ridge_head(model: nn.Module, support_feats: Tensor, support_items: Tensor,
     w0 = prior_weights(params, n, hs.shape[-1] - model.decision[-1].in_features - 1)
     # The linear system in float32 even under bf16 autocast: a bf16 Gram matrix is too coarse.
     with torch.autocast(hs.device.type, enabled=False):
-        hs, hq, w0, lam = hs.float(), hq.float(), w0.float(), lam.float()
+        hs, hq, w0 = hs.float(), hq.float(), w0.float()
+        lam = size_penalties(lam.float(), None if power is None else power.float(),
+                             support_mask.float())
         dw = newton_step(hs, w0, model.offset(support_items).float(), support_ratings.float(),
                          support_mask.float(), lam, loss)
         return model.offset(query_items).float() + hq @ w0 + (hq * dw.unsqueeze(1)).sum(-1)
@@ -145,7 +163,8 @@ def reference_scores(model: nn.Module, adaptation: Adaptation, user_cat: Tensor,
     with torch.no_grad():
         return ridge_head(model, model.embed(user_cat[None], items[None]), items[None],
                           ratings[None], mask[None], model.embed(user_cat[None], candidates[None]),
-                          candidates[None], adaptation.ridge_lambda, adaptation.loss)[0]
+                          candidates[None], adaptation.ridge_lambda, adaptation.loss,
+                          adaptation.ridge_size_power)[0]
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -196,7 +215,18 @@ def emit_head(task: TaskGraph, adaptation: Adaptation) -> str:
     if k != task.n_hidden + task.n_extra + 1 or not np.all(lam > 0):
         raise ValueError(f"ridge_lambda must hold {task.n_hidden + task.n_extra + 1} positive "
                          f"values, got shape {lam.shape}")
-    g.const("ridge_lam", np.diag(lam))
+    if adaptation.ridge_size_power is None:
+        lam_diag = g.const("ridge_lam", np.diag(lam))
+    else:  # size_penalties: lam * ((n + 1) / (SIZE_REF + 1)) ** power, n = sum of the mask
+        power = adaptation.ridge_size_power.detach().float().cpu().numpy().reshape(-1)
+        n = g.op("ReduceSum", "support_mask", keepdims=1)  # (1,)
+        size = g.op("Log", g.op("Div", g.op("Add", n, g.const("ridge_one", np.ones(1, np.float32))),
+                                g.const("ridge_ref", np.full(1, SIZE_REF + 1.0, np.float32))))
+        scaled = g.op("Mul", g.const("ridge_lam_vec", lam.astype(np.float32)),
+                      g.op("Exp", g.op("Mul", g.const("ridge_pow", power.astype(np.float32)),
+                                       size)))  # (H1,)
+        lam_diag = g.op("Mul", g.const("ridge_lam_eye", np.eye(k, dtype=np.float32)),
+                        g.op("Unsqueeze", scaled, "axis_zero"))  # diag(scaled)
     w0 = prior_head(task, task.weights)  # (H1, 1)
     hs = _emit_hidden_features(task, task.features(SUPPORT), task.weights, SUPPORT)
     base_s = g.op("Reshape", g.op("MatMul", hs, w0), "minus_one")  # (S,)
@@ -207,7 +237,7 @@ def emit_head(task: TaskGraph, adaptation: Adaptation) -> str:
         resid = g.op("Mul", g.op("Sub", "support_ratings", base_s), "support_mask")  # (S,)
         hm = g.op("Mul", hs, g.op("Unsqueeze", "support_mask", "axis_one"))  # (S, H1)
         hmt = g.op("Transpose", hm, perm=[1, 0])
-        a = g.op("Add", g.op("MatMul", hmt, hs), "ridge_lam")  # (H1, H1)
+        a = g.op("Add", g.op("MatMul", hmt, hs), lam_diag)  # (H1, H1)
         b = g.op("MatMul", g.op("Transpose", hs, perm=[1, 0]),  # the mask once, as in torch
                  g.op("Unsqueeze", resid, "axis_one"))  # (H1, 1)
         return g.op("Add", w0, _emit_solve(g, a, b, k))
@@ -217,7 +247,7 @@ def emit_head(task: TaskGraph, adaptation: Adaptation) -> str:
     ht = g.op("Transpose", hs, perm=[1, 0])  # (H1, S)
     htc = g.op("Transpose", g.op("Mul", hs, g.op("Unsqueeze", curv, "axis_one")), perm=[1, 0]) \
         if diagonal else g.op("MatMul", ht, curv)
-    a = g.op("Add", g.op("MatMul", htc, hs), "ridge_lam")  # (H1, H1)
+    a = g.op("Add", g.op("MatMul", htc, hs), lam_diag)  # (H1, H1)
     b = g.op("Neg", g.op("MatMul", ht, g.op("Unsqueeze", grad_, "axis_one")))  # (H1, 1)
     return g.op("Add", w0, _emit_solve(g, a, b, k))
 

@@ -45,6 +45,9 @@ class Adaptation:
         per_param_lr: rate per adapted parameter by name, each of that parameter's shape
             (Meta-SGD's learned rates, or fixed output-layer rates), or None: ``lr`` everywhere.
         ridge_lambda: (H + 1,) positive penalties of the ridge kind (the bias's last).
+        ridge_size_power: (H + 1,) exponents of the support size n, or None: the ridge kind
+            then penalises with ridge_lambda * ((n + 1) / 11) ** power
+            (:func:`metarec.adaptation.ridge.size_penalties`).
         not_exportable: why this adaptation has no ONNX graph, or None when it has one.
         loss: the support loss the adaptation minimises (:mod:`metarec.adaptation.losses`):
             ``"mse"`` (ratings), ``"bce"`` or ``"bpr"`` (0/1 labels, scores are logits); the
@@ -60,6 +63,7 @@ class Adaptation:
     adapted: frozenset[str] = field(default_factory=frozenset)
     per_param_lr: Mapping[str, Tensor] | None = None
     ridge_lambda: Tensor | None = None
+    ridge_size_power: Tensor | None = None
     not_exportable: str | None = None
     loss: Loss = "mse"
 
@@ -72,6 +76,11 @@ class Adaptation:
             raise ValueError(f"inner steps must be >= 0, got {self.steps}")
         if (self.ridge_lambda is None) == (self.kind == "ridge"):
             raise ValueError("the ridge kind needs ridge_lambda, other kinds take none")
+        if self.ridge_size_power is not None and (
+                self.ridge_lambda is None
+                or tuple(self.ridge_size_power.shape) != tuple(self.ridge_lambda.shape)):
+            raise ValueError("ridge_size_power needs ridge_lambda and its shape, got "
+                             f"{tuple(self.ridge_size_power.shape)}")
         if self.per_param_lr is not None and set(self.per_param_lr) != set(self.adapted):
             raise ValueError(f"per_param_lr names {sorted(self.per_param_lr)} differ from the "
                              f"adapted parameters {sorted(self.adapted)}")
@@ -85,7 +94,10 @@ class Adaptation:
         rates = None if self.per_param_lr is None else {
             n: float(t.detach().float().mean()) for n, t in sorted(self.per_param_lr.items())}
         lam = None if self.ridge_lambda is None else self.ridge_lambda.detach().float().tolist()
+        power = None if self.ridge_size_power is None else \
+            self.ridge_size_power.detach().float().tolist()
         return {"kind": self.kind, "learner": self.learner, "steps": self.steps,
                 "lr": self.lr, "adapted": sorted(self.adapted),
                 "per_param_lr_mean": rates, "ridge_lambda": lam,
+                "ridge_size_power": power,
                 "not_exportable": self.not_exportable, "loss": self.loss}

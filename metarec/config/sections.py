@@ -271,6 +271,10 @@ class MetaConfig:
     # datasets (CV, pure factor ridge: ~3 on lowrank, 30+ on ML-100K).
     ridge_factor_lambda: float = 100.0
     ridge_factor_lambda_rate: float = 20.0
+    # ridge learner: meta-learn how the penalties scale with the support size n, lam * ((n + 1)
+    # / 11) ** p with one exponent p for the weights and one for the bias (from 0, at
+    # ridge_lambda_rate): the same penalties need not suit one rating and ninety.
+    ridge_size_power: bool = False
     # Drop second-order terms for maml/metasgd ("fomaml" and "reptile" are first-order anyway).
     first_order: bool = False
     # Baseline "global + fine-tune": plain gradient steps on the support set at test time.

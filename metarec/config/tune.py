@@ -51,6 +51,7 @@ def _default_space() -> dict[str, ParamRange]:
         "meta.ridge_lambda": ParamRange("log-float", low=0.1, high=10.0),
         "meta.ridge_bias_lambda": ParamRange("log-float", low=0.3, high=100.0),
         "meta.rank_loss_weight": ParamRange("float", low=0.0, high=2.0),
+        "meta.ridge_size_power": ParamRange("categorical", choices=(False, True)),
         "model.embedding_dim": ParamRange("categorical", choices=(16, 32, 64)),
         "model.hidden": ParamRange("categorical", choices=([32, 32], [64, 64], [128, 128])),
         "model.item_debias": ParamRange("categorical", choices=(0, 5)),

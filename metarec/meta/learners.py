@@ -247,7 +247,7 @@ class RidgeLearner(nn.Module):
     def __init__(self, model: Estimator, *, lam: float, bias_lam: float,
                  rank_loss_weight: float = 0.0, factor_lam: float | None = None,
                  factor_rate: float = 1.0, prior_loss_weight: float = 0.0,
-                 loss: str = "mse", lam_rate: float = 1.0) -> None:
+                 loss: str = "mse", lam_rate: float = 1.0, size_power: bool = False) -> None:
         super().__init__()
         self.loss = canonical_loss(loss)
         factor_lam = lam if factor_lam is None else factor_lam
@@ -268,6 +268,10 @@ class RidgeLearner(nn.Module):
         init[-1] = math.log(bias_lam) / lam_rate
         self.log_lam = nn.Parameter(init)
         self.register_buffer("lam_rate", rate, persistent=False)
+        # meta.ridge_size_power: the exponents of the support size in the penalties, one for
+        # the weights and one for the bias, from 0 (the plain penalties), meta-learned at the
+        # penalties' rate (the parameter is the exponent / lam_rate).
+        self.size_power = nn.Parameter(torch.zeros(2)) if size_power else None
         self.rank_loss_weight = float(rank_loss_weight)
         if prior_loss_weight < 0:
             raise ValueError(f"prior_loss_weight must be >= 0, got {prior_loss_weight}")
@@ -277,15 +281,24 @@ class RidgeLearner(nn.Module):
         """(head_width + 1,) penalties: one per head weight, the bias's last."""
         return (self.log_lam * self.lam_rate).exp()
 
+    def ridge_size_power(self) -> Tensor | None:
+        """(head_width + 1,) support-size exponents of the penalties (the weights' exponent,
+        the bias's last), or None without ``meta.ridge_size_power``."""
+        if self.size_power is None:
+            return None
+        rate = self.lam_rate[-1]
+        weights, bias = self.size_power[0] * rate, self.size_power[1] * rate
+        return torch.cat([weights.expand(self.log_lam.shape[0] - 1), bias[None]])
+
     def adaptation(self) -> Adaptation:
         return Adaptation(kind="ridge", learner="ridge", ridge_lambda=self.ridge_lambda(),
-                          loss=self.loss)
+                          ridge_size_power=self.ridge_size_power(), loss=self.loss)
 
     def scores(self, model: Estimator, batch: TaskBatch) -> Tensor:
         return ridge_head(model, model.embed(batch.user_cat, batch.support_items),
                           batch.support_items, batch.support_ratings, batch.support_mask,
                           model.embed(batch.user_cat, batch.query_items), batch.query_items,
-                          self.ridge_lambda(), self.loss)
+                          self.ridge_lambda(), self.loss, self.ridge_size_power())
 
     def meta_loss(self, model: Estimator, batch: TaskBatch) -> Tensor:
         scores = self.scores(model, batch)
@@ -396,7 +409,7 @@ def _ridge(model: Estimator, cfg: MetaConfig) -> nn.Module:
                         factor_lam=cfg.ridge_factor_lambda,
                         factor_rate=cfg.ridge_factor_lambda_rate,
                         prior_loss_weight=cfg.prior_loss_weight, loss=cfg.loss,
-                        lam_rate=cfg.ridge_lambda_rate)
+                        lam_rate=cfg.ridge_lambda_rate, size_power=cfg.ridge_size_power)
 
 
 @register_learner("global", baseline=True)
