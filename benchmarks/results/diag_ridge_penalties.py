@@ -20,10 +20,7 @@ import ml100k_quality as mq, cv_tune
 from metarec.config import config_from_dict
 from metarec.tuning import cv
 from metarec.data.arrays import limit_support
-from metarec.config.implicit import with_resolved_loss
-from metarec.meta.learners import build_learner
-from metarec.models.estimator import build_model
-from metarec.training.loop import meta_train, predict
+from metarec.training.loop import predict
 from metarec.training.calibration import protocol_kind
 
 mode = sys.argv[1]; nf = int(sys.argv[2]); work = Path(sys.argv[3])
@@ -51,10 +48,7 @@ def eb_lambda(tasks, pred_fn):
 
 agg = {}
 for fold in folds[:nf]:
-    torch.manual_seed(cfg.seed)
-    model = build_model(inputs.features, cfg.model)
-    lr = build_learner(model, with_resolved_loss(cfg.meta, cfg.data))
-    res = meta_train(model, lr, fold.train, fold.stop, cfg.train, cfg.seed)
+    model, lr, res = cv.fit_learner(cfg, inputs.features, fold.train, fold.stop)
     model.eval()
     base = lr.log_lam.detach().clone()
     lam = (base * lr.lam_rate).exp().numpy()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -30,6 +30,13 @@ from metarec.evaluation.metrics import task_scores
 from metarec.evaluation.report import ALL_SHOTS
 from metarec.evaluation.scoring import limit_support
 from metarec.pipeline.inputs import Inputs, concat_tasks
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from metarec.config import ModelConfig
+    from metarec.models.estimator import Estimator
+    from metarec.training.loop import TrainResult
 
 # Folds are drawn with their own seed, apart from the training seed: every setting and every
 # seed is compared on the same held-out users.
@@ -135,29 +142,36 @@ def fold_scores(predict: Predict, fold: Fold, names: list[str]) -> dict[str, np.
     return {m: v.reshape(len(fold.shots), len(fold.held)) for m, v in values.items()}
 
 
+def fit_learner(cfg: Config, features: FeatureArrays, train: TaskArrays, valid: TaskArrays,
+                learner: str | None = None, model_cfg: ModelConfig | None = None
+                ) -> tuple[Estimator, nn.Module, TrainResult]:
+    """Meta-train ``learner`` (default ``meta.learner``) on ``train`` with early stopping on
+    ``valid``, from seed ``cfg.seed``, with ``model_cfg`` (default ``cfg.model``); returns the
+    model, the learner and the training result (no ``head_factors: auto`` choice here)."""
+    from metarec.config.implicit import with_resolved_loss
+    from metarec.meta.learners import build_learner
+    from metarec.models.estimator import build_model
+    from metarec.training.loop import meta_train
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(features, model_cfg or cfg.model)
+    found = build_learner(model, with_resolved_loss(cfg.meta, cfg.data), learner)
+    return model, found, meta_train(model, found, train, valid, cfg.train, cfg.seed)
+
+
 def train_learner(cfg: Config, features: FeatureArrays, train: TaskArrays, valid: TaskArrays,
                   learner: str | None = None) -> tuple[Predict, dict]:
     """Meta-train ``learner`` (default ``meta.learner``) with ``cfg``; returns its predictor
     and a summary (best step, steps, validation MAE, seconds; with ``model.head_factors: auto``
     the choice of :mod:`metarec.training.selection`, made on ``valid``)."""
-    from metarec.config.implicit import with_resolved_loss
-    from metarec.meta.learners import build_learner
-    from metarec.models.estimator import build_model
     from metarec.training import selection
-    from metarec.training.loop import meta_train, predict, task_errors
+    from metarec.training.loop import predict, task_errors
 
     start = time.perf_counter()
     name = learner or cfg.meta.learner
-    meta = with_resolved_loss(cfg.meta, cfg.data)
-
-    def fit(model_cfg):
-        torch.manual_seed(cfg.seed)
-        model = build_model(features, model_cfg)
-        found = build_learner(model, meta, name)
-        return model, found, meta_train(model, found, train, valid, cfg.train, cfg.seed)
-
     (model, found, result), _, choice = selection.select(
-        selection.candidates(cfg.model, name), fit,
+        selection.candidates(cfg.model, name),
+        lambda model_cfg: fit_learner(cfg, features, train, valid, name, model_cfg),
         lambda t: task_errors(t[0], t[1], valid, cfg.train),
         lambda t: task_errors(t[0], t[1], valid, cfg.train, cfg.train.fallback_shots),
         lambda t: t[2].criterion == "fallback_shots", lambda t: t[2].best_step == 0)
