@@ -27,6 +27,10 @@ gradient steps); iterating to convergence would cost one solve per step in the g
 training for a head that is re-learned per user from a handful of labels anyway. A is SPD
 (C is positive semi-definite for all three losses, lam > 0).
 
+With ``meta.ridge_size_power`` a task of n support ratings (n = sum m) is penalised with
+lam ((n + 1) / 11)^p instead, one meta-learned exponent p for the weights and one for the bias
+(:func:`size_penalties`; in the graphs too).
+
 No support rating (all m = 0) gives dw = 0: the unadapted model's scores. With item factors q_i
 among the features, the closed form fits the user's p_u of a rating b_u + b_i + p_u . q_i (and
 the features of an item without training ratings carry zeros there: no collaborative term).
