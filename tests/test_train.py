@@ -259,3 +259,31 @@ def test_resume_is_exact_while_the_fallback_criterion_is_followed(tmp_path, monk
     assert resumed.fallback_valid_mae == full.fallback_valid_mae
     for k, v in full.model_state.items():
         torch.testing.assert_close(resumed.model_state[k], v, rtol=0, atol=0)
+
+
+def test_ranking_criterion_is_one_minus_the_mean_ndcg_and_checked() -> None:
+    """train.valid_metric ndcg_at_<k>: early stopping minimises 1 - the mean over tasks of the
+    query sets' nDCG@k (per task in task_errors, which the head selection compares); any other
+    name is an error naming the setting, before training starts."""
+    from dataclasses import replace
+
+    from metarec.data.arrays import limit_support
+    from metarec.evaluation.metrics import ndcg_at_k
+    from metarec.training.loop import task_errors, valid_mae
+
+    train, valid = tiny_tasks(0, n=40), tiny_tasks(1, n=8)
+    model, learner = _fresh()
+    mask = valid.query_mask.astype(bool)
+    cfg = replace(CFG, valid_metric="ndcg_at_3", valid_shots=(0, "all"))
+    per_shot = [ndcg_at_k(predict(model, learner, t, CFG), valid.query_ratings, mask, 3)
+                for t in (limit_support(valid, 0, 0), valid)]
+    expected = np.mean([1.0 - np.nanmean(n) for n in per_shot])
+    assert valid_mae(model, learner, valid, cfg) == pytest.approx(expected)
+    by_task = task_errors(model, learner, valid, cfg)
+    np.testing.assert_allclose(by_task, 1.0 - (per_shot[0] + per_shot[1]) / 2, rtol=1e-6)
+    assert valid_mae(model, learner, valid, CFG) != pytest.approx(expected)  # mae: another number
+    result = meta_train(*_fresh(), train, valid, replace(cfg, max_steps=6), seed=0)
+    assert 0 <= result.best_valid_mae <= 1 and result.history[0]["valid_mae"] <= 1
+    for bad in ["ndcg", "ndcg_at_0", "precision_at_3", "rmse"]:
+        with pytest.raises(ValueError, match="train.valid_metric"):
+            meta_train(*_fresh(), train, valid, replace(cfg, valid_metric=bad), seed=0)

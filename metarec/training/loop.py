@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from metarec.config import TrainConfig
 from metarec.data.arrays import TaskArrays, limit_support
+from metarec.evaluation.metrics import ndcg_at_k
 from metarec.io import load_state, save_state
 from metarec.meta.inner import make_batch, resplit, sample_support
 from metarec.models.estimator import Estimator
@@ -136,20 +137,37 @@ def _valid_scores(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: 
     return out
 
 
+def _task_error(scores: np.ndarray, tasks: TaskArrays, metric: str) -> np.ndarray:
+    """(N,) each task's validation error at one support size: 1 - its AUC for implicit tasks,
+    else by ``metric`` (``train.valid_metric``): its query MAE, or 1 - its nDCG@k for
+    "ndcg_at_<k>" (NaN for a task with no query rating, or without both labels / any gain)."""
+    mask = tasks.query_mask.astype(bool)
+    if tasks.implicit:
+        return 1.0 - task_auc(scores, tasks)
+    if metric == "mae":
+        err = (np.abs(scores - tasks.query_ratings) * mask).sum(1)
+        return np.where(mask.any(1), err / np.maximum(mask.sum(1), 1), np.nan)
+    return 1.0 - ndcg_at_k(scores, tasks.query_ratings, mask, valid_metric_k(metric))
+
+
+def valid_metric_k(metric: str) -> int:
+    """The cut-off of a ranking ``train.valid_metric`` ("ndcg_at_3" -> 3); an error naming the
+    setting for anything but "mae" or "ndcg_at_<k>", k >= 1."""
+    head, _, k = metric.rpartition("_at_")
+    if head != "ndcg" or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"train.valid_metric: {metric!r} is neither 'mae' nor 'ndcg_at_<k>' "
+                         "(k >= 1)")
+    return int(k)
+
+
 def task_errors(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig,
                 shots: tuple | None = None) -> np.ndarray:
     """(N,) each task's validation error averaged over the support sizes of ``shots``
-    (default ``cfg.valid_shots``), as :func:`valid_mae` cuts them: its query MAE, or 1 - its
-    AUC for implicit tasks (NaN for a task with no query rating, or without both labels)."""
-    mask = tasks.query_mask.astype(bool)
-    out = []
-    for scores in _valid_scores(model, learner, tasks, cfg, shots):
-        if tasks.implicit:
-            out.append(1.0 - task_auc(scores, tasks))
-        else:
-            err = (np.abs(scores - tasks.query_ratings) * mask).sum(1)
-            out.append(np.where(mask.any(1), err / np.maximum(mask.sum(1), 1), np.nan))
-    return np.mean(out, 0)
+    (default ``cfg.valid_shots``), as :func:`valid_mae` cuts them: its query MAE (or 1 - its
+    nDCG@k, ``cfg.valid_metric``), or 1 - its AUC for implicit tasks (NaN for a task with no
+    query rating, or without both labels)."""
+    return np.mean([_task_error(scores, tasks, cfg.valid_metric)
+                    for scores in _valid_scores(model, learner, tasks, cfg, shots)], 0)
 
 
 def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig,
@@ -158,13 +176,19 @@ def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: Trai
     sizes of ``shots`` (default ``cfg.valid_shots``; each a fixed seeded subset of the support;
     "all": all of it).
 
-    Implicit tasks (labels and sampled negatives, scores are logits): 1 - the within-query
-    AUC (:func:`query_auc`) instead, the error early stopping minimises for bce and bpr alike.
+    ``cfg.valid_metric`` "ndcg_at_<k>": 1 - the mean over tasks of their nDCG@k instead (the
+    ranking of each query set). Implicit tasks (labels and sampled negatives, scores are
+    logits): 1 - the within-query AUC (:func:`query_auc`) instead, the error early stopping
+    minimises for bce and bpr alike.
     """
     mask = tasks.query_mask.astype(bool)
     if not mask.any():
         raise ValueError("validation tasks hold no query ratings")
+    ranked = not tasks.implicit and cfg.valid_metric != "mae"
+    if ranked:
+        valid_metric_k(cfg.valid_metric)
     maes = [1.0 - query_auc(scores, tasks) if tasks.implicit else
+            float(np.nanmean(_task_error(scores, tasks, cfg.valid_metric))) if ranked else
             float(np.abs(scores - tasks.query_ratings)[mask].mean())
             for scores in _valid_scores(model, learner, tasks, cfg, shots)]
     return float(np.mean(maes))
@@ -271,6 +295,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
     if len(train_tasks) == 0 or len(valid_tasks) == 0:
         raise ValueError(f"need training and validation tasks, got {len(train_tasks)} and "
                          f"{len(valid_tasks)}")
+    if cfg.valid_metric != "mae":
+        valid_metric_k(cfg.valid_metric)  # a clear error before any training
     device = resolve_device(cfg.device)
     check_mode(cfg.fast_step, device, distributed=world is not None)
     fit_item_stats(model, train_tasks)
@@ -399,7 +425,8 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
         best["model"] = _cpu_state(model)
     model.clear_virtual_rows()
     log.info("meta-training stopped at step %d (best validation %s %.4f at step %d)", step,
-             "1 - AUC" if valid_tasks.implicit else "MAE", best["mae"], best["step"])
+             "1 - AUC" if valid_tasks.implicit else "MAE" if cfg.valid_metric == "mae" else
+             f"1 - {cfg.valid_metric}", best["mae"], best["step"])
     return TrainResult(model_state=copy.deepcopy(best["model"]),
                        learner_state=copy.deepcopy(best["learner"]), history=history,
                        steps=step, best_step=int(best["step"]), best_valid_mae=float(best["mae"]),
