@@ -86,6 +86,40 @@ def variant_params(raw: dict[str, Any], name: str, prepared: Path, work: Path,
     return out
 
 
+def fold_arguments(ap: argparse.ArgumentParser, work_dir: str, folds: int = 3) -> None:
+    """The diagnostics' common options, read back by :func:`fold_setup`: --dataset, --folds,
+    --set, --params, --prepared, --work-dir and --out."""
+    ap.add_argument("--dataset", default="ml100k", choices=["ml100k", *suite.VARIANTS])
+    ap.add_argument("--folds", type=int, default=folds)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--prepared", default="artifacts/prepared")
+    ap.add_argument("--work-dir", default=work_dir)
+    ap.add_argument("--out", required=True)
+
+
+def fold_setup(dataset: str, work: Path, sets: list[str], folds: int, shots: tuple | None = None,
+               params: str = "params.yaml", prepared: str = "artifacts/prepared",
+               overrides: dict[str, Any] | None = None):
+    """The diagnostics' common start: ``params`` (no progress bar, user-split) on ``dataset``
+    ("ml100k" or a suite variant, generated under ``work``/<variant>), merged with ``overrides``
+    and then the ``--set`` strings ``sets``; builds the features and tasks under ``work`` and
+    splits the training + validation users into ``folds`` CV folds scored at ``shots`` (default:
+    ``evaluation.curve_shots`` and all). Returns (config, inputs, folds); the test users are never read."""
+    raw = yaml.safe_load(Path(params).read_text())
+    raw.setdefault("train", {})["progress"] = False
+    raw.setdefault("tasks", {})["protocol"] = "user-split"
+    work = Path(work).resolve()
+    if dataset != "ml100k":
+        work = work / dataset
+        raw = variant_params(raw, dataset, Path(prepared), work, "user-split")
+    raw = suite.merge(raw, overrides or {})
+    mq._override(raw, sets)
+    cfg, inputs = mq._inputs(config_from_dict(raw, params), work)
+    shots = (*cfg.evaluation.curve_shots, ALL_SHOTS) if shots is None else shots
+    return cfg, inputs, cv.make_folds(cv.pool_tasks(inputs), folds, shots, cfg.seed)
+
+
 def average_over_seeds(per_seed: list[dict[str, list[dict[str, np.ndarray]]]]
                        ) -> dict[str, dict[str, np.ndarray]]:
     """``[{method: [per fold {metric: (shots, held)}]}]`` per training seed -> ``{method:

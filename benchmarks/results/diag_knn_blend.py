@@ -24,16 +24,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import cv_tune  # noqa: E402
-import ml100k_quality as mq  # noqa: E402
 
-from metarec.config import config_from_dict  # noqa: E402
 from metarec.data.arrays import TaskArrays  # noqa: E402
-from metarec.evaluation.report import ALL_SHOTS  # noqa: E402
 from metarec.tuning import cv  # noqa: E402
 
 METRICS = ["mae", "ndcg_at_3", "ndcg_at_5", "precision_at_5"]
@@ -85,19 +81,8 @@ def main() -> int:
     ap.add_argument("--work-dir", default="artifacts/bench_knn")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    raw = yaml.safe_load(Path("params.yaml").read_text())
-    raw.setdefault("train", {})["progress"] = False
-    raw.setdefault("tasks", {})["protocol"] = "user-split"
-    work = Path(args.work_dir)
-    if args.dataset != "ml100k":
-        work = work.resolve() / "suite" / args.dataset
-        raw = cv_tune.variant_params(raw, args.dataset, Path("artifacts/prepared"), work,
-                                     "user-split")
-    raw = cv_tune.suite.merge(raw, {})
-    mq._override(raw, args.set)
-    cfg, inputs = mq._inputs(config_from_dict(raw, "params.yaml"), work)
-    layout = cv.make_folds(cv.pool_tasks(inputs), args.folds,
-                           (*cfg.evaluation.curve_shots, ALL_SHOTS), cfg.seed)
+    cfg, inputs, layout = cv_tune.fold_setup(args.dataset, Path(args.work_dir), args.set,
+                                             args.folds)
     per_fold: dict[str, list[dict[str, np.ndarray]]] = {}
     for fold in layout:
         ridge, info = cv.train_learner(cfg, inputs.features, fold.train, fold.stop, "ridge")

@@ -30,16 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 import cv_tune  # noqa: E402
-import ml100k_quality as mq  # noqa: E402
-import suite  # noqa: E402
 
-from metarec.config import config_from_dict  # noqa: E402
 from metarec.data.arrays import limit_support  # noqa: E402
 from metarec.training.loop import predict  # noqa: E402
 from metarec.tuning import cv  # noqa: E402
@@ -66,25 +62,12 @@ def _curve(model, learner, tasks, cfg, seed: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="ml100k", choices=["ml100k", *suite.VARIANTS])
-    ap.add_argument("--folds", type=int, default=3)
+    cv_tune.fold_arguments(ap, "artifacts/bench_posthoc_power")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--set", action="append", default=[])
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--prepared", default="artifacts/prepared")
-    ap.add_argument("--work-dir", default="artifacts/bench_posthoc_power")
-    ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    raw = yaml.safe_load(Path(args.params).read_text())
-    raw["train"]["progress"] = False
-    work = Path(args.work_dir).resolve()
-    if args.dataset != "ml100k":
-        work = work / args.dataset
-        raw = cv_tune.variant_params(raw, args.dataset, Path(args.prepared), work, "user-split")
-    raw = suite.merge(raw, {"model": {"head_factors": False}})
-    mq._override(raw, args.set)
-    cfg, inputs = mq._inputs(config_from_dict(raw, args.params), work)
-    layout = cv.make_folds(cv.pool_tasks(inputs), args.folds, (0, "all"), cfg.seed)
+    cfg, inputs, layout = cv_tune.fold_setup(
+        args.dataset, Path(args.work_dir), args.set, args.folds, (0, "all"), args.params,
+        args.prepared, {"model": {"head_factors": False}})
     diffs: dict = {}  # (k, metric) -> list of per-task (chosen - plain)
     fits = []
     for seed, fold in itertools.product(args.seeds, layout):
