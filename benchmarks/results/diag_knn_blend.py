@@ -7,7 +7,10 @@ means m (5 pseudo-ratings), user-centred cosine similarities w shrunk by co-rati
 (n / (n + 20)). For each held-out task at each support size the correction
 c_j = sum_i w_ij d_i / (sum_i |w_ij| + 1) over the support, d_i = r_i - m_i - b (b: the
 support's mean residual; ``knnU``: without b), is added to ridge's score with weight a; ``knn``
-alone is m + b + c. Prints MAE / nDCG@3 / nDCG@5 / P@5 per method and support size, with the
+alone is m + b + c. ``ridge+<a>choice`` adds a times the "which items were rated" signal
+(:func:`choice_parts`; SVD++'s implicit feedback, ratings ignored) instead, ``ridge+<b>item``
+b times the item mean centred over the query (more or less of the item effect in each user's
+order). Prints MAE / nDCG@3 / nDCG@5 / P@5 per method and support size, with the
 paired difference to ridge (mean ± standard error over held-out users). Not part of metarec.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/results/diag_knn_blend.py \
@@ -34,6 +37,8 @@ from metarec.tuning import cv  # noqa: E402
 
 METRICS = ["mae", "ndcg_at_3", "ndcg_at_5", "precision_at_5"]
 WEIGHTS = (0.5, 1.0, 1.5)
+CHOICE_WEIGHTS = (-1.0, -0.3, 0.3, 1.0)
+ITEM_WEIGHTS = (-0.25, 0.25, 0.5)
 
 
 def knn_model(train: TaskArrays, n_items: int, shrink_co: float = 20.0,
@@ -73,6 +78,28 @@ def knn_parts(tasks: TaskArrays, item_mean: np.ndarray, sim: np.ndarray,
     return item_mean[tasks.query_items] + b[:, None], corr
 
 
+def choice_parts(tasks: TaskArrays, train: TaskArrays, n_items: int) -> np.ndarray:
+    """(N, Q) the "which items did the user rate" signal (SVD++'s implicit feedback): each
+    query item's mean co-occurrence cosine (rated by the same training users, ratings
+    ignored) with the task's support items, centred over the task's query items so that only
+    the order within a user moves; 0 without support."""
+    seen = np.zeros((len(train), n_items))
+    rows = np.arange(len(train))[:, None]
+    for items, mask in ((train.support_items, train.support_mask),
+                        (train.query_items, train.query_mask)):
+        seen[np.broadcast_to(rows, items.shape)[mask], items[mask]] = 1
+    co = seen.T @ seen
+    count = np.sqrt(np.diag(co)) + 1e-9
+    occ = co / np.outer(count, count)
+    np.fill_diagonal(occ, 0.0)
+    mask = tasks.support_mask
+    w = occ[tasks.query_items[:, :, None], tasks.support_items[:, None, :]] * mask[:, None, :]
+    c = w.sum(2) / np.maximum(mask.sum(1), 1)[:, None]
+    qm = tasks.query_mask
+    centre = (c * qm).sum(1, keepdims=True) / np.maximum(qm.sum(1, keepdims=True), 1)
+    return np.where(qm, c - centre, 0.0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="ml100k")
@@ -92,6 +119,15 @@ def main() -> int:
         _, corr_u = knn_parts(fold.curve, item_mean, sim, centred=False)
         pred = ridge(fold.curve)
         preds = {"ridge": pred, "knn": base + corr}
+        choice = choice_parts(fold.curve, fold.train, len(inputs.features.item_ids))
+        for a in CHOICE_WEIGHTS:
+            preds[f"ridge+{a}choice"] = pred + a * choice
+        # the item effect's weight in each user's order: + b (m_j - the query's mean m)
+        m, qm = item_mean[fold.curve.query_items], fold.curve.query_mask
+        centre = (m * qm).sum(1, keepdims=True) / np.maximum(qm.sum(1, keepdims=True), 1)
+        m = np.where(qm, m - centre, 0.0)
+        for b in ITEM_WEIGHTS:
+            preds[f"ridge+{b}item"] = pred + b * m
         for a in WEIGHTS:
             preds[f"ridge+{a}knn"] = pred + a * corr
             preds[f"ridge+{a}knnU"] = pred + a * corr_u
