@@ -42,6 +42,7 @@ def meta_model(context: dg.AssetExecutionContext, metarec: MetarecConfig,
         "learner": summary["learner"], "device": str(resolve_device(cfg.train.device)),
         "steps": summary["steps"], "best_step": summary["best_step"],
         "best_valid_mae": float(summary["best_valid_mae"]),
+        "valid_error": summary.get("valid_error", "MAE"),  # what best_valid_mae measures
         "train_tasks": summary["train_tasks"], "valid_tasks": summary["valid_tasks"],
         **({"prior_shift": float(summary["prior_shift"])}
            if summary.get("prior_shift") is not None else {}),

@@ -87,6 +87,11 @@ def _curve_report(**kw) -> Report:
      ["meta_training_gain: true (best validation MAE 0.8300 at step 250 of 600)",
       "**Early stopping fell back** (train.fallback_shots)", "step 250", "(error 0.7900)"],
      ["false"]),
+    ({"meta_training_gain": True,  # train.valid_metric: the error named as it was measured
+      "training": {"best_step": 300, "steps": 550, "best_valid_mae": 0.2074,
+                   "valid_error": "1 - ndcg_at_3"}},
+     ["meta_training_gain: true (best validation 1 - ndcg_at_3 0.2074 at step 300 of 550)"],
+     ["validation MAE"]),
     ({"meta_training_gain": True,
       "training": {"best_step": 550, "steps": 800, "best_valid_mae": 0.846,
                    "head_factors_choice": {

@@ -29,8 +29,9 @@ def train_cmd(ctx: click.Context, no_resume: bool, baselines: bool) -> None:
     cfg = config_of(ctx)
     with reported(), _holding("metarec train"):
         summary = train_meta_model(cfg, resume=not no_resume)
-        click.echo(f"{summary['learner']}: {summary['steps']} steps, best validation MAE "
-                   f"{summary['best_valid_mae']:.4f} at step {summary['best_step']}")
+        click.echo(f"{summary['learner']}: {summary['steps']} steps, best validation "
+                   f"{summary.get('valid_error', 'MAE')} {summary['best_valid_mae']:.4f} at step "
+                   f"{summary['best_step']}")
         choice = summary.get("head_factors_choice")
         if choice:
             click.echo(f"model.head_factors auto: {'with' if choice['head_factors'] else 'without'}"

@@ -279,18 +279,19 @@ def _notes(report: Report) -> list[str]:
     lines: list[str] = []
     if report.meta_training_gain is not None:
         t = report.training
-        detail = (f"best validation MAE {t.get('best_valid_mae', float('nan')):.4f} at step "
+        error = t.get("valid_error", "MAE")  # train.valid_metric (1 - AUC on implicit data)
+        detail = (f"best validation {error} {t.get('best_valid_mae', float('nan')):.4f} at step "
                   f"{t.get('best_step')} of {t.get('steps')}")
         lines += ["## Meta-training", "",
                   (f"meta_training_gain: true ({detail})." if report.meta_training_gain else
                    f"**meta_training_gain: false**: meta-training never beat its starting point "
                    f"({detail}); the gate refuses it unless gate.allow_no_training_gain."), ""]
         if t.get("criterion") == "fallback_shots":
-            lines += [f"**Early stopping fell back** (train.fallback_shots): the validation MAE at "
-                      f"train.valid_shots never beat step 0, so the weights kept are those of step "
+            lines += [f"**Early stopping fell back** (train.fallback_shots): the validation "
+                      f"{error} at train.valid_shots never beat step 0, so the weights kept are those of step "
                       f"{t.get('best_step')}, best at the fallback support sizes (error "
                       f"{float(t.get('fallback_valid_mae') or float('nan')):.4f}); the "
-                      f"valid_shots MAE above is theirs.", ""]
+                      f"valid_shots error above is theirs.", ""]
         if t.get("prior_shift") is not None:
             lines += [f"Prior calibrated after training (train.calibrate_prior): output bias "
                       f"{float(t['prior_shift']):+.4f}, the mean 0-shot residual of the training "

@@ -36,13 +36,13 @@ def training_gain(summary: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
     ``best_step == 0``: the validated step-0 weights were never bettered, so the learner is
     what meta-training started from (with ``train.fallback_shots``, a best step above 0 may
     come from the fallback criterion: ``criterion`` says which). The figures: best step, steps,
-    best validation MAE and the step-0 validation MAE (the first entry of ``history`` at step 0,
-    when logged).
+    best validation error (MAE unless ``valid_error`` names another) and the step-0 validation
+    error (the first entry of ``history`` at step 0, when logged).
     """
     start = [h["valid_mae"] for h in summary.get("history", [])
              if h.get("step") == 0 and "valid_mae" in h]
-    figures = {k: summary[k] for k in ("best_step", "steps", "best_valid_mae", "prior_shift",
-                                       "head_factors_choice", "criterion",
+    figures = {k: summary[k] for k in ("best_step", "steps", "best_valid_mae", "valid_error",
+                                       "prior_shift", "head_factors_choice", "criterion",
                                        "fallback_valid_mae") if k in summary}
     if "model" in summary:
         figures["head_factors"] = summary["model"].get("head_factors")

@@ -68,7 +68,7 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
                          f"data.feedback is {cfg.data.feedback!r}: run `metarec features build` "
                          f"and `metarec tasks build` again")
     from metarec.training import selection
-    from metarec.training.loop import task_errors
+    from metarec.training.loop import task_errors, valid_error_name
 
     out = Path(cfg.train.out_dir)
     # Resume only a checkpoint of this very training: same tasks, model, learner, loop and
@@ -104,6 +104,8 @@ def train_meta_model(cfg: Config, inputs: Inputs | None = None,
     save_state(out / META_FILE, {"model": result.model_state, "learner": result.learner_state})
     summary = {"learner": cfg.meta.learner, "steps": result.steps, "best_step": result.best_step,
                "best_valid_mae": result.best_valid_mae, "stopped_early": result.stopped_early,
+               # what that validation error is (train.valid_metric; 1 - AUC on implicit data)
+               "valid_error": valid_error_name(cfg.train, inputs.valid.implicit),
                "prior_shift": result.prior_shift,
                # which early-stopping criterion chose the weights (train.fallback_shots)
                "criterion": result.criterion, "fallback_valid_mae": result.fallback_valid_mae,

@@ -160,6 +160,13 @@ def valid_metric_k(metric: str) -> int:
     return int(k)
 
 
+def valid_error_name(cfg: TrainConfig, implicit: bool) -> str:
+    """What the validation error of early stopping is, for logs and reports: "MAE",
+    "1 - ndcg_at_<k>" (``cfg.valid_metric``) or, on implicit data, "1 - AUC"."""
+    return "1 - AUC" if implicit else "MAE" if cfg.valid_metric == "mae" else \
+        f"1 - {cfg.valid_metric}"
+
+
 def task_errors(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: TrainConfig,
                 shots: tuple | None = None) -> np.ndarray:
     """(N,) each task's validation error averaged over the support sizes of ``shots``
@@ -185,8 +192,6 @@ def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: Trai
     if not mask.any():
         raise ValueError("validation tasks hold no query ratings")
     ranked = not tasks.implicit and cfg.valid_metric != "mae"
-    if ranked:
-        valid_metric_k(cfg.valid_metric)
     maes = [1.0 - query_auc(scores, tasks) if tasks.implicit else
             float(np.nanmean(_task_error(scores, tasks, cfg.valid_metric))) if ranked else
             float(np.abs(scores - tasks.query_ratings)[mask].mean())
@@ -425,8 +430,7 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
         best["model"] = _cpu_state(model)
     model.clear_virtual_rows()
     log.info("meta-training stopped at step %d (best validation %s %.4f at step %d)", step,
-             "1 - AUC" if valid_tasks.implicit else "MAE" if cfg.valid_metric == "mae" else
-             f"1 - {cfg.valid_metric}", best["mae"], best["step"])
+             valid_error_name(cfg, valid_tasks.implicit), best["mae"], best["step"])
     return TrainResult(model_state=copy.deepcopy(best["model"]),
                        learner_state=copy.deepcopy(best["learner"]), history=history,
                        steps=step, best_step=int(best["step"]), best_valid_mae=float(best["mae"]),
