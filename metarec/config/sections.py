@@ -322,8 +322,7 @@ class TrainConfig:
     # Early stopping on the validation MAE averaged over these support sizes (seeded subsets as
     # in the evaluation curves; "all": the whole support; ["all"]: the former behaviour).
     valid_shots: tuple[int | Literal["all"], ...] = ("all",)
-    # What early stopping minimises at those sizes: "mae", or "ndcg_at_<k>" (1 - the mean nDCG@k
-    # of the query sets, MeLU's graded gain). Implicit data always use 1 - AUC.
+    # Minimised there: "mae" | "ndcg_at_<k>" (1 - mean nDCG@k of the queries); implicit: 1 - AUC.
     valid_metric: str = "mae"
     # Followed as well while the valid_shots error has never beaten step 0; when that error
     # ends at step 0, the weights kept are the best at these sizes (training/loop.py). (): off.
