@@ -191,12 +191,15 @@ def valid_mae(model: Estimator, learner: nn.Module, tasks: TaskArrays, cfg: Trai
     mask = tasks.query_mask.astype(bool)
     if not mask.any():
         raise ValueError("validation tasks hold no query ratings")
-    ranked = not tasks.implicit and cfg.valid_metric != "mae"
-    maes = [1.0 - query_auc(scores, tasks) if tasks.implicit else
-            float(np.nanmean(_task_error(scores, tasks, cfg.valid_metric))) if ranked else
-            float(np.abs(scores - tasks.query_ratings)[mask].mean())
-            for scores in _valid_scores(model, learner, tasks, cfg, shots)]
-    return float(np.mean(maes))
+
+    def error(scores: np.ndarray) -> float:
+        if tasks.implicit:
+            return 1.0 - query_auc(scores, tasks)
+        if cfg.valid_metric == "mae":  # pooled over every query rating
+            return float(np.abs(scores - tasks.query_ratings)[mask].mean())
+        return float(np.nanmean(_task_error(scores, tasks, cfg.valid_metric)))
+
+    return float(np.mean([error(s) for s in _valid_scores(model, learner, tasks, cfg, shots)]))
 
 
 def fit_item_stats(model: Estimator, train_tasks: TaskArrays) -> None:
