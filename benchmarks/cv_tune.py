@@ -120,6 +120,39 @@ def fold_setup(dataset: str, work: Path, sets: list[str], folds: int, shots: tup
     return cfg, inputs, cv.make_folds(cv.pool_tasks(inputs), folds, shots, cfg.seed)
 
 
+def fold_scores(pred: np.ndarray, fold: cv.Fold, metrics: list[str]) -> dict[str, np.ndarray]:
+    """``{metric: (shots, held)}``: a fold curve's per-task scores, one row per support size."""
+    values = cv.per_task_metrics(pred, fold.curve, metrics)
+    return {k: v.reshape(len(fold.shots), len(fold.held)) for k, v in values.items()}
+
+
+def paired_to(per_fold: dict[str, list[dict[str, np.ndarray]]], shots: list[str],
+              metrics: list[str], base: str = "ridge") -> dict[str, dict]:
+    """The diagnostics' table: ``{shot: {method: {metric: mean, "minus <base>": {metric:
+    "diff ± se"}}}}`` over the folds' held-out users side by side (``per_fold``: ``{method:
+    [per fold {metric: (shots, held)}]}``), each difference paired with ``base``."""
+    stacked = {m: {k: np.concatenate([f[k] for f in folds], 1) for k in metrics}
+               for m, folds in per_fold.items()}
+    out: dict[str, dict] = {}
+    for i, shot in enumerate(shots):
+        out[shot] = {}
+        for method, values in stacked.items():
+            out[shot][method] = {k: round(float(np.nanmean(values[k][i])), 4) for k in metrics}
+            if method != base:
+                out[shot][method][f"minus {base}"] = {
+                    k: "%+.4f ± %.4f" % cv.paired(values[k][i], stacked[base][k][i])
+                    for k in metrics}
+    return out
+
+
+def emit(out: dict[str, Any], path: str | None) -> None:
+    """Print a diagnostic's JSON result and write it to ``path`` when given."""
+    text = json.dumps(out, indent=1)
+    print(text)
+    if path:
+        Path(path).write_text(text + "\n")
+
+
 def average_over_seeds(per_seed: list[dict[str, list[dict[str, np.ndarray]]]]
                        ) -> dict[str, dict[str, np.ndarray]]:
     """``[{method: [per fold {metric: (shots, held)}]}]`` per training seed -> ``{method:

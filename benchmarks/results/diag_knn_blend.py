@@ -132,24 +132,8 @@ def main() -> int:
             preds[f"ridge+{a}knn"] = pred + a * corr
             preds[f"ridge+{a}knnU"] = pred + a * corr_u
         for method, p in preds.items():
-            values = cv.per_task_metrics(p, fold.curve, METRICS)
-            per_fold.setdefault(method, []).append(
-                {k: v.reshape(len(fold.shots), len(fold.held)) for k, v in values.items()})
-    stacked = {m: {k: np.concatenate([f[k] for f in folds], 1) for k in METRICS}
-               for m, folds in per_fold.items()}
-    out: dict[str, dict] = {}
-    for i, shot in enumerate(layout[0].shots):
-        out[shot] = {}
-        for method, values in stacked.items():
-            out[shot][method] = {k: round(float(values[k][i].mean()), 4) for k in METRICS}
-            if method != "ridge":
-                out[shot][method]["minus ridge"] = {
-                    k: "%+.4f ± %.4f" % cv.paired(values[k][i], stacked["ridge"][k][i])
-                    for k in METRICS}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+            per_fold.setdefault(method, []).append(cv_tune.fold_scores(p, fold, METRICS))
+    cv_tune.emit(cv_tune.paired_to(per_fold, layout[0].shots, METRICS), args.out)
     return 0
 
 

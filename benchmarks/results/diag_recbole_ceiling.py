@@ -103,6 +103,7 @@ def main() -> int:
                                              args.folds)
     n_items = len(inputs.features.item_ids)
     per_fold: dict[str, list[dict[str, np.ndarray]]] = {}
+    raw: list[dict[str, np.ndarray]] = []
     for fold in layout:
         ridge, info = cv.train_learner(cfg, inputs.features, fold.train, fold.stop, "ridge")
         print(f"fold {fold.index}: {json.dumps(info)}", file=sys.stderr)
@@ -124,34 +125,15 @@ def main() -> int:
             preds[f"mf{f}_lam{lam:g}"] = fold_in(fold.curve, mu_f, bi, q, lam)
             print(f"  mf f={f} lam={lam}", file=sys.stderr)
         for method, p in preds.items():
-            values = cv.per_task_metrics(p, fold.curve, METRICS)
-            per_fold.setdefault(method, []).append(
-                {k: v.reshape(len(fold.shots), len(fold.held)) for k, v in values.items()})
-        per_fold.setdefault("_raw", []).append(preds)
-    raw = per_fold.pop("_raw")
-    stacked = {m: {k: np.concatenate([f[k] for f in folds], 1) for k in METRICS}
-               for m, folds in per_fold.items()}
+            per_fold.setdefault(method, []).append(cv_tune.fold_scores(p, fold, METRICS))
+        raw.append(preds)
     # the grid point with the best full-support P@5 over the held-out users (optimistic)
-    best = max((m for m in stacked if m.startswith("mf")),
-               key=lambda m: stacked[m]["precision_at_5"][-1].mean())
-    blend = []
-    for fold, preds in zip(layout, raw):
-        values = cv.per_task_metrics(0.5 * (preds["ridge"] + preds[best]), fold.curve, METRICS)
-        blend.append({k: v.reshape(len(fold.shots), len(fold.held)) for k, v in values.items()})
-    stacked[f"ridge+{best}"] = {k: np.concatenate([f[k] for f in blend], 1) for k in METRICS}
-    out: dict[str, dict] = {"best_mf": best}
-    for i, shot in enumerate(layout[0].shots):
-        out[shot] = {}
-        for method, values in stacked.items():
-            out[shot][method] = {k: round(float(np.nanmean(values[k][i])), 4) for k in METRICS}
-            if method != "ridge":
-                out[shot][method]["minus ridge"] = {
-                    k: "%+.4f ± %.4f" % cv.paired(values[k][i], stacked["ridge"][k][i])
-                    for k in METRICS}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    best = max((m for m in per_fold if m.startswith("mf")),
+               key=lambda m: np.concatenate([f["precision_at_5"][-1] for f in per_fold[m]]).mean())
+    per_fold[f"ridge+{best}"] = [cv_tune.fold_scores(0.5 * (preds["ridge"] + preds[best]), fold,
+                                                     METRICS) for fold, preds in zip(layout, raw)]
+    cv_tune.emit({"best_mf": best, **cv_tune.paired_to(per_fold, layout[0].shots, METRICS)},
+                 args.out)
     return 0
 
 
