@@ -93,14 +93,10 @@ def fold_in(tasks: TaskArrays, mu: float, bi: np.ndarray, q: np.ndarray, lam: fl
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", default="ml100k")
-    ap.add_argument("--folds", type=int, default=4)
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    ap.add_argument("--work-dir", default="artifacts/bench_knn")
-    ap.add_argument("--out", default=None)
+    cv_tune.fold_arguments(ap, "artifacts/bench_knn", folds=4)
     args = ap.parse_args()
     cfg, inputs, layout = cv_tune.fold_setup(args.dataset, Path(args.work_dir), args.set,
-                                             args.folds)
+                                             args.folds, None, args.params, args.prepared)
     n_items = len(inputs.features.item_ids)
     per_fold: dict[str, list[dict[str, np.ndarray]]] = {}
     raw: list[dict[str, np.ndarray]] = []
