@@ -15,6 +15,11 @@ from a third more users than any fold trains on. Prints
 MAE / nDCG@3 / nDCG@5 / RecBole nDCG@5 / P@5 per method and support size, with the paired
 difference to ridge (mean ± standard error over held-out users). Not part of metarec.
 
+The factor model is fitted here rather than with :mod:`metarec.models.fitting`'s ALS on
+purpose: that one fits the factor head's input (user-mean-centred ratings, no biases, factors
+rescaled to unit scale), while the reference wanted here is the textbook biased MF with its
+user bias fitted jointly, folded in the same way for every support size.
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/results/diag_recbole_ceiling.py \
         --out benchmarks/results/diag_recbole_ceiling_ml100k.json
 """
@@ -104,7 +109,7 @@ def main() -> int:
         ridge, info = cv.train_learner(cfg, inputs.features, fold.train, fold.stop, "ridge")
         print(f"fold {fold.index}: {json.dumps(info)}", file=sys.stderr)
         preds = {"ridge": ridge(fold.curve)}
-        rows, items, vals = triples(fold.train)
+        _, items, vals = triples(fold.train)
         mu = vals.mean()
         count = np.bincount(items, minlength=n_items)
         total = np.bincount(items, weights=vals, minlength=n_items)
