@@ -290,8 +290,8 @@ def test_reload_from_the_registry_leaves_no_temporary_copies(exported, tmp_path:
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7"])
-def test_serve_refuses_a_public_bind_without_a_token(exported, tmp_path: Path, monkeypatch,
-                                                     host: str) -> None:  # noqa: F811
+def test_serve_refuses_a_public_bind_without_a_token(exported, tmp_path: Path, monkeypatch,  # noqa: F811
+                                                     host: str) -> None:
     monkeypatch.delenv("METAREC_SERVE_TOKEN", raising=False)
     params = tmp_path / "params.yaml"
     params.write_text("{}\n")

@@ -26,7 +26,10 @@ _LAZY = {"export_onnx": "artifacts", "ExportResult": "artifacts", "DEFAULT_OPSET
          "parity_check": "parity", "ParityReport": "parity",
          "METADATA_FILE": "runtime", "MODEL_FILE": "runtime", "SCORER_FILE": "runtime",
          "PARITY_FILE": "runtime", "ADAPT_INPUTS": "runtime", "SCORER_INPUTS": "runtime"}
-__all__ = list(_LAZY)
+__all__ = ["export_onnx", "ExportResult", "DEFAULT_OPSET", "parity_check", "ParityReport",
+           "METADATA_FILE", "MODEL_FILE", "SCORER_FILE", "PARITY_FILE", "ADAPT_INPUTS",
+           "SCORER_INPUTS"]  # literal, so that linters see the lazy names as exported
+assert sorted(__all__) == sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
