@@ -6,7 +6,9 @@ nothing (``diag_k0_ranking.py``). This script asks the question without any netw
 the most direct use of the features there is: rank a user's query items by their mean rating
 among users of the same group (gender, age bucket, occupation, gender x age), shrunk toward the
 item's overall mean by ``s`` pseudo-ratings, itself shrunk toward the global mean as the
-``item_mean`` order is (5 pseudo-ratings). Statistics leave the scored user out, over the
+``item_mean`` order is (5 pseudo-ratings). And, at the level the network could learn from its
+inputs, ``gender x genre``: the item mean plus the user's gender group's mean residual (rating
+minus item mean) on the item's genres, shrunk by ``s``. Statistics leave the scored user out, over the
 default pipeline's training and validation users (``artifacts/tasks/{train,valid}.npz``; test
 users are not read).
 
@@ -67,6 +69,32 @@ def group_means(d: dict[str, np.ndarray], group: np.ndarray, base: np.ndarray,
     return out
 
 
+def genre_group_order(d: dict[str, np.ndarray], group: np.ndarray, genres: np.ndarray,
+                      base: np.ndarray, shrinkage: float) -> np.ndarray:
+    """(N, Q) ``base`` plus the mean over each query item's genres of the user's group's mean
+    residual on that genre (rating minus the item's shrunk mean), leaving the user out."""
+    items, mask, r = d["items"], d["mask"], d["ratings"]
+    n_items, n_genres = genres.shape[0], int(genres.max()) + 1
+    onehot = np.zeros((n_items, n_genres))
+    for j in range(genres.shape[1]):
+        onehot[np.arange(n_items), genres[:, j]] = 1.0
+    onehot[:, 0] = 0.0  # padding
+    count = np.bincount(items[mask], minlength=n_items)
+    total = np.bincount(items[mask], r[mask], minlength=n_items)
+    item_mean = (total + ITEM_SHRINKAGE * r[mask].mean()) / (count + ITEM_SHRINKAGE)
+    resid = np.where(mask, r - item_mean[items], 0.0)
+    own = [(onehot[items[u][mask[u]]].T @ resid[u][mask[u]], onehot[items[u][mask[u]]].sum(0))
+           for u in range(len(items))]
+    sums = {g: sum(own[u][0] for u in np.flatnonzero(group == g)) for g in np.unique(group)}
+    counts = {g: sum(own[u][1] for u in np.flatnonzero(group == g)) for g in np.unique(group)}
+    out = np.zeros_like(base)
+    for u in range(len(items)):
+        dev = (sums[group[u]] - own[u][0]) / (counts[group[u]] - own[u][1] + shrinkage)
+        oh = onehot[d["q_items"][u]]
+        out[u] = base[u] + (oh @ dev) / np.maximum(oh.sum(1), 1.0)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="artifacts/tasks", help="the default pipeline's tasks")
@@ -80,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, group in groups.items():
         for s in GROUP_SHRINKAGE:
             orders[f"{name} s={s:g}"] = group_means(d, group, base, s)
+    if "gender" in groups:
+        genres = np.load(args.features)["item_multi.genres"]
+        for s in GROUP_SHRINKAGE:
+            orders[f"gender x genre s={s:g}"] = genre_group_order(d, groups["gender"], genres,
+                                                                  base, s)
     per = {name: scores(pred, d) for name, pred in orders.items()}
     ref = per["item mean"]["ndcg_at_3"]
     out: dict[str, dict[str, float | str]] = {}
