@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from diag_gain_order import leave_user_out, load, scores  # noqa: E402
+from diag_gain_order import leave_user_out, load, summarise, write  # noqa: E402
 
 ITEM_SHRINKAGE = 5.0       # item_mean's order (diag_gain_order's reference)
 GROUP_SHRINKAGE = (2.0, 10.0, 50.0, 200.0)
@@ -113,22 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         for s in GROUP_SHRINKAGE:
             orders[f"gender x genre s={s:g}"] = genre_group_order(d, groups["gender"], genres,
                                                                   base, s)
-    per = {name: scores(pred, d) for name, pred in orders.items()}
-    ref = per["item mean"]["ndcg_at_3"]
-    out: dict[str, dict[str, float | str]] = {}
-    for name, sc in per.items():
-        row: dict[str, float | str] = {k: round(float(np.nanmean(v)), 4) for k, v in sc.items()}
-        diff = sc["ndcg_at_3"] - ref
-        ok = np.isfinite(diff)
-        row["ndcg_at_3 - item mean"] = (f"{diff[ok].mean():+.4f} ± "
-                                        f"{diff[ok].std(ddof=1) / np.sqrt(ok.sum()):.4f}")
-        out[name] = row
     result = {"users": int(len(d["q_items"])), "groups": {k: int(len(np.unique(v)))
                                                           for k, v in groups.items()},
-              "tasks": args.tasks, "orders": out}
-    text = json.dumps(result, indent=1)
-    print(text)
-    Path(args.out).write_text(text + "\n")
+              "tasks": args.tasks, "orders": summarise(orders, d, "item mean")}
+    write(result, Path(args.out))
     return 0
 
 
