@@ -294,3 +294,13 @@ def test_the_adaptation_reference_is_what_the_learner_predicts(name: str) -> Non
                               torch.ones(int(sm.sum())), torch.as_tensor(tasks.query_items[n]))
         torch.testing.assert_close(batch_scores[n][torch.as_tensor(qm)], want[qm],
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_lazy_export_names_match_all_and_resolve() -> None:
+    import metarec.export as export
+
+    assert sorted(export.__all__) == sorted(export._LAZY)
+    for name in export.__all__:
+        assert getattr(export, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        export.nope  # noqa: B018

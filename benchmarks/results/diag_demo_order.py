@@ -8,8 +8,9 @@ among users of the same group (gender, age bucket, occupation, gender x age), sh
 item's overall mean by ``s`` pseudo-ratings, itself shrunk toward the global mean as the
 ``item_mean`` order is (5 pseudo-ratings). And, at the level the network could learn from its
 inputs, ``gender x genre``: the item mean plus the user's gender group's mean residual (rating
-minus item mean) on the item's genres, shrunk by ``s``. Statistics leave the scored user out, over the
-default pipeline's training and validation users (``artifacts/tasks/{train,valid}.npz``; test
+minus item mean) on the item's genres, shrunk by ``s``. Statistics leave the scored user out
+(but for the item means inside those residuals, where one user's rating is one of dozens), over
+the default pipeline's training and validation users (``artifacts/tasks/{train,valid}.npz``; test
 users are not read).
 
 If no group order beats the plain item mean on nDCG@3, the features hold no order a learner
