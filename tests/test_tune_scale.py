@@ -113,6 +113,39 @@ def test_two_workers_share_one_study_on_postgres(postgres, tmp_path):  # noqa: F
     assert (tmp_path / "params.tuned.yaml").exists()
 
 
+OPENER = """
+import sys, time
+from metarec.config import config_from_dict
+from metarec.tuning.study import storage
+from tests.synth import SYNTH_PARAMS
+cfg = config_from_dict(SYNTH_PARAMS)
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start at one instant
+store = storage(cfg, sys.argv[1])
+print(store.create_new_study([], None))
+"""
+
+
+@pytest.mark.integration
+def test_workers_opening_an_empty_database_together_all_get_the_storage(postgres):  # noqa: F811
+    """Workers started at once on an empty database race to create Optuna's tables; every one
+    must come away with a working storage (PostgreSQL once raised "type studydirection already
+    exists" in the loser, failing the worker). Processes, as workers are, on fresh databases."""
+    pytest.importorskip("psycopg2", reason="needs the `scale` extra (psycopg2)")
+    pg = postgres.replace("postgresql://", "postgresql+psycopg2://")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    openers, databases = 4, 4
+    for i in range(databases):
+        _run(["psql", f"{postgres}/postgres", "-q", "-c", f"CREATE DATABASE race{i}"])
+        at = time.time() + 8.0  # time enough for every process to import
+        procs = [subprocess.Popen([sys.executable, "-c", OPENER, f"{pg}/race{i}", str(at)],
+                                  env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(openers)]
+        outs = [p.communicate(timeout=WORKER_BOUND_S) for p in procs]
+        for p, (out, err) in zip(procs, outs):
+            assert p.returncode == 0, f"race{i}: {err[-2000:]}"
+        assert len({out.strip() for out, _ in outs}) == openers  # one new study each
+
+
 @pytest.mark.integration
 def test_a_dead_workers_trial_is_run_again(tmp_path):
     """A worker killed mid-trial stops its heartbeat; the next worker fails that trial and runs

@@ -91,6 +91,26 @@ def test_sampler_and_pruner_follow_the_settings():
     assert direction(ranking) == "maximize" and direction(Config()) == "minimize"
 
 
+def test_only_another_worker_creating_the_tables_is_retried():
+    """Opening a storage retries the schema race (PostgreSQL says "already exists", as a
+    ProgrammingError or a unique violation) and nothing else: a wrong table or a denied
+    permission is raised at once. The race itself: tests/test_tune_scale.py (integration)."""
+    import sqlalchemy.exc
+
+    from metarec.tuning.study import _schema_race
+
+    def err(kind, text):
+        return kind("CREATE TABLE studies ...", {}, Exception(text))
+
+    assert _schema_race(err(sqlalchemy.exc.ProgrammingError,
+                            'type "studydirection" already exists'))
+    assert _schema_race(err(sqlalchemy.exc.ProgrammingError, 'relation "studies" already exists'))
+    assert _schema_race(err(sqlalchemy.exc.IntegrityError, "duplicate key value violates unique "
+                            'constraint "pg_type_typname_nsp_index"'))
+    assert not _schema_race(err(sqlalchemy.exc.ProgrammingError,
+                                "permission denied for schema public"))
+
+
 # --------------------------------------------------------------------------- overrides (fast)
 
 

@@ -14,6 +14,7 @@ a worker adds its host and process id so that parallel workers do not draw alike
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,7 +23,7 @@ import socket
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from metarec.config import Config
 from metarec.evaluation.metrics import lower_is_better
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")  # trial states that use up n_trials
 SCHEMA_ATTEMPTS = 5  # tries to open a storage whose tables another worker is creating
+SCHEMA_LOCK = zlib.crc32(b"metarec.tune.optuna-schema")  # PostgreSQL advisory lock key
 
 
 @dataclass
@@ -53,7 +55,11 @@ class WorkerResult:
 
 def storage(cfg: Config, url: str | None = None):
     """Optuna's RDB storage at ``url`` (default ``tune.storage``), with worker heartbeats; a
-    SQLite file's folder is created."""
+    SQLite file's folder is created.
+
+    Workers started together on an empty database race to create Optuna's tables. On
+    PostgreSQL they take turns under an advisory lock; elsewhere (and should the lock not be
+    had) the loser of the race, which sees "already exists", retries and finds the tables."""
     import time
     import warnings
 
@@ -67,20 +73,54 @@ def storage(cfg: Config, url: str | None = None):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
-            with warnings.catch_warnings():  # heartbeats: "experimental" since Optuna 2.8
+            with warnings.catch_warnings(), _schema_lock(url):
+                # heartbeats: "experimental" since Optuna 2.8
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, heartbeat_interval=cfg.tune.heartbeat_s,
                                   grace_period=2 * cfg.tune.heartbeat_s,
                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                                       max_retry=1))
-        except sqlalchemy.exc.IntegrityError:
-            # Workers started together on an empty database race to create Optuna's tables
-            # (PostgreSQL: "studydirection already exists"); the loser finds them next time.
-            if attempt == SCHEMA_ATTEMPTS - 1:
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # PostgreSQL: DuplicateTable / DuplicateObject ("studydirection already exists",
+            # a ProgrammingError) or a unique violation on its catalog (an IntegrityError).
+            if not _schema_race(exc) or attempt == SCHEMA_ATTEMPTS - 1:
                 raise
             log.info("storage schema being created by another worker; retrying")
             time.sleep(1.0 + attempt)
     raise AssertionError("unreachable")
+
+
+def _schema_race(exc: Exception) -> bool:
+    """Whether ``exc`` is another worker having created Optuna's tables first."""
+    import sqlalchemy.exc
+
+    text = str(getattr(exc, "orig", exc)).lower()
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in text
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """On PostgreSQL, hold a session advisory lock (one key for every metarec worker) while
+    Optuna checks and creates its tables, so workers opening an empty database take turns;
+    elsewhere, nothing. The lock ends with its connection, so a killed worker leaves none."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
+                             {"key": SCHEMA_LOCK})
+                conn.commit()
+    finally:
+        engine.dispose()
 
 
 def _seed(cfg: Config, existing: int, worker: bool) -> int:
