@@ -53,14 +53,21 @@ def open_study_run(cfg: TrackingConfig, study_name: str, params: Mapping[str, st
     return run.info.run_id
 
 
-def study_run_id(study, wait_s: float = 30.0) -> str | None:
+def study_run_id(study, wait_s: float = 180.0) -> str | None:
     """The study's MLflow run id; a worker that joined a study its creator is still setting
-    up waits up to ``wait_s`` for it."""
+    up waits up to ``wait_s`` for it (on a fresh PostgreSQL store the creator first builds
+    MLflow's tables, which takes a while on a busy machine). Without it, the worker's trial
+    runs are logged unnested, and a warning says so."""
     deadline = time.monotonic() + wait_s
     while True:
         found = study.user_attrs.get(STUDY_RUN_ATTR)
-        if found or time.monotonic() > deadline:
+        if found:
             return found
+        if time.monotonic() > deadline:
+            log.warning("study %r has no MLflow run after %.0f s (its creator died while "
+                        "setting it up?); this worker's trials are logged without a parent",
+                        study.study_name, wait_s)
+            return None
         time.sleep(0.5)
 
 
