@@ -11,7 +11,8 @@ import pytest
 
 from metarec.config import Config
 from metarec.data.splits import melu_split
-from metarec.data.tasks import build_split_tasks, build_tasks, dropped_by_width, kshot, load_tasks
+from metarec.data.tasks import (build_split_tasks, build_tasks, dropped_by_width, kshot,
+                                load_tasks, rotate_queries)
 from metarec.pipeline.tasks import build_task_sets
 from metarec.features.build import build_features, prepare_features
 from tests.test_encoders import fake_encoder
@@ -81,6 +82,34 @@ def test_kshot_caps_support_with_a_subset(features):
         np.testing.assert_array_equal(sub.query_items, tasks.query_items)
     np.testing.assert_array_equal(kshot(tasks, 3, 4).support_items,
                                   kshot(tasks, 3, 4).support_items)
+
+
+def test_rotated_queries_read_more_of_each_users_ratings_and_lose_none(features):
+    """train.valid_rotations: each copy of a task queries another disjoint block of its support
+    (the original query moves into the support), the user's ratings stay the same set, a task
+    rotates only as often as its support holds full blocks, and 1 is the tasks as they are."""
+    inter = make_tables().interactions
+    inter = inter[inter.user_id.isin([2, 12])]
+    tasks = build_tasks(inter, features, query_size=4, support_width=90, seed=0)
+    assert tasks.support_mask.sum(1).tolist() == [23, 10]  # 5 and 2 blocks of 4
+    assert rotate_queries(tasks, 1) is tasks
+    rot = rotate_queries(tasks, 5, seed=3)  # the original and up to 4 rotations
+    assert rot.user_ids.tolist() == [2, 12, 2, 12, 2, 12, 2, 2]
+    assert rot.support_mask.shape[1:] == tasks.support_mask.shape[1:] and rot.query_mask.all()
+    queried = {2: [], 12: []}
+    for t, user in enumerate(rot.user_ids.tolist()):
+        row = tasks.user_ids.tolist().index(user)
+        both = ratings_of(rot, t, features, "query") | ratings_of(rot, t, features, "support")
+        assert both == (ratings_of(tasks, row, features, "query")
+                        | ratings_of(tasks, row, features, "support"))
+        assert not ratings_of(rot, t, features, "query") & ratings_of(rot, t, features, "support")
+        queried[user] += sorted(ratings_of(rot, t, features, "query"))
+    assert len(set(queried[2])) == len(queried[2]) == 20  # disjoint blocks
+    assert len(set(queried[12])) == len(queried[12]) == 12
+    np.testing.assert_array_equal(rotate_queries(tasks, 5, seed=3).query_items, rot.query_items)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="valid_rotations"):
+            rotate_queries(tasks, bad)
 
 
 def test_support_width_drops_are_counted(features):

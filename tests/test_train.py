@@ -287,3 +287,23 @@ def test_ranking_criterion_is_one_minus_the_mean_ndcg_and_checked() -> None:
     for bad in ["ndcg", "ndcg_at_0", "precision_at_3", "rmse"]:
         with pytest.raises(ValueError, match="train.valid_metric"):
             meta_train(*_fresh(), train, valid, replace(cfg, valid_metric=bad), seed=0)
+
+
+def test_rotated_validation_is_the_stopping_set_and_checked() -> None:
+    """train.valid_rotations: meta_train stops on the validation tasks with their rotations
+    added (metarec.data.tasks.rotate_queries, the training seed's order), which is the same as
+    handing it those tasks; a bad value is an error naming the setting."""
+    from dataclasses import replace
+
+    from metarec.data.tasks import rotate_queries
+
+    train, valid = tiny_tasks(0, n=40), tiny_tasks(1, n=8, support=12, query=3)
+    cfg = replace(CFG, max_steps=4)
+    rotated = meta_train(*_fresh(), train, valid, replace(cfg, valid_rotations=3), seed=0)
+    given = meta_train(*_fresh(), train, rotate_queries(valid, 3, 0), cfg, seed=0)
+    plain = meta_train(*_fresh(), train, valid, cfg, seed=0)
+    assert len(rotate_queries(valid, 3, 0)) > len(valid)
+    assert [h["valid_mae"] for h in rotated.history] == [h["valid_mae"] for h in given.history]
+    assert rotated.history[0]["valid_mae"] != plain.history[0]["valid_mae"]
+    with pytest.raises(ValueError, match="train.valid_rotations"):
+        meta_train(*_fresh(), train, valid, replace(cfg, valid_rotations=0), seed=0)

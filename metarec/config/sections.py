@@ -1,9 +1,7 @@
 """The sections of params.yaml as frozen dataclasses, one per section.
 
-The defaults here ARE the shipped params.yaml (tests/test_config.py asserts
-``load_config("params.yaml") == Config()``), so ``Config()`` in a test is the model the
-pipeline trains. Code reads typed attributes (``cfg.tasks.query_size``), never string-keyed
-dictionaries, and each library step takes the section it uses.
+The defaults ARE the shipped params.yaml (tests/test_config.py: ``load_config("params.yaml")
+== Config()``); code reads typed attributes, and each library step takes its section.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from metarec.config.serving import ServeConfig
 from metarec.config.tune import TuneConfig
 
 # --------------------------------------------------------------------------- sections
-
 
 @dataclass(frozen=True)
 class ColumnMap:
@@ -324,6 +321,9 @@ class TrainConfig:
     valid_shots: tuple[int | Literal["all"], ...] = ("all",)
     # Minimised there: "mae" | "ndcg_at_<k>" (1 - mean nDCG@k of the queries); implicit: 1 - AUC.
     valid_metric: str = "mae"
+    # Early stopping also reads each validation user's support ratings as queries, in up to
+    # this many disjoint query-sized blocks (metarec.data.tasks.rotate_queries); 1: off.
+    valid_rotations: int = 1
     # Followed as well while the valid_shots error has never beaten step 0; when that error
     # ends at step 0, the weights kept are the best at these sizes (training/loop.py). (): off.
     # CV on ML-100K 5..500 (benchmarks/RESULTS.md): where a fold stalls, 1-shot MAE -0.016.
@@ -335,8 +335,7 @@ class TrainConfig:
     # does (metarec.training.holdout): "stats" the item statistics (mean, count) and id flags,
     # "all" the collaborative item factors too, "none" everything as fitted on every rating.
     hold_out: Literal["none", "stats", "all"] = "none"
-    # Show a progress bar (only on a terminal).
-    progress: bool = True
+    progress: bool = True  # a progress bar (only on a terminal)
     out_dir: str = "artifacts/train"
     # "champion": start from the registry champion's meta-parameters (training/warmstart.py).
     init_from: Literal["none", "champion"] = "none"

@@ -210,3 +210,45 @@ def load_tasks(src: str | Path, names: list[str] | None = None) -> dict[str, Tas
     if unknown:
         raise KeyError(f"no task set(s) {unknown} in {src}; available: {sorted(available)}")
     return {n: TaskArrays(**read_npz(src / f"{n}.npz")) for n in (names or sorted(available))}
+
+
+def rotate_queries(tasks: TaskArrays, rotations: int, seed: int = 0) -> TaskArrays:
+    """``tasks`` and, for each task, up to ``rotations - 1`` copies that query another block of
+    its support ratings (the original query joins the support in the block's slots), so a
+    validation user with many ratings is read on up to ``rotations`` times as many query
+    ratings. Blocks are disjoint, the query width long, in a seeded random order; a task gets
+    rotation j only when its support holds j such blocks. Shapes are unchanged; explicit tasks
+    only (``train.valid_rotations``: early stopping on more of each validation user's ratings)."""
+    if isinstance(rotations, bool) or not isinstance(rotations, int) or rotations < 1:
+        raise ValueError(f"train.valid_rotations must be an int >= 1, got {rotations!r}")
+    if rotations == 1 or len(tasks) == 0:
+        return tasks
+    if tasks.implicit:
+        raise ValueError("train.valid_rotations > 1 needs explicit ratings (implicit tasks hold "
+                         "sampled negatives); set it to 1")
+    n, width = tasks.support_mask.shape
+    q = tasks.query_mask.shape[1]
+    keys = np.random.default_rng(seed).random((n, width))
+    keys[~tasks.support_mask] = np.inf  # real ratings first
+    order = np.argsort(keys, axis=1, kind="stable")
+    count = tasks.support_mask.sum(1)
+    parts = [tasks]
+    for j in range(1, min(rotations, width // q + 1)):
+        rows = np.nonzero(count >= j * q)[0]
+        if len(rows) == 0:
+            break
+        block = order[rows, (j - 1) * q:j * q]  # (R, Q) support slots that become the query
+        arrays = {}
+        for s_name, q_name in (("support_items", "query_items"),
+                               ("support_ratings", "query_ratings"),
+                               ("support_mask", "query_mask")):
+            sup, qry = getattr(tasks, s_name)[rows].copy(), getattr(tasks, q_name)[rows]
+            arrays[q_name] = np.take_along_axis(sup, block, axis=1)
+            np.put_along_axis(sup, block, qry, axis=1)
+            arrays[s_name] = sup
+        parts.append(TaskArrays(user_ids=tasks.user_ids[rows], user_row=tasks.user_row[rows],
+                                **arrays))
+    return TaskArrays(**{f: np.concatenate([getattr(p, f) for p in parts])
+                         for f in ("user_ids", "user_row", "support_items", "support_ratings",
+                                   "support_mask", "query_items", "query_ratings",
+                                   "query_mask")})

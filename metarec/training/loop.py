@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from metarec.config import TrainConfig
 from metarec.data.arrays import TaskArrays, limit_support
+from metarec.data.tasks import rotate_queries
 from metarec.evaluation.metrics import ndcg_at_k
 from metarec.io import load_state, save_state
 from metarec.meta.inner import make_batch, resplit, sample_support
@@ -305,6 +306,7 @@ def meta_train(model: Estimator, learner: nn.Module, train_tasks: TaskArrays,
                          f"{len(valid_tasks)}")
     if cfg.valid_metric != "mae":
         valid_metric_k(cfg.valid_metric)  # a clear error before any training
+    valid_tasks = rotate_queries(valid_tasks, cfg.valid_rotations, seed)
     device = resolve_device(cfg.device)
     check_mode(cfg.fast_step, device, distributed=world is not None)
     fit_item_stats(model, train_tasks)
