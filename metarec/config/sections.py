@@ -322,7 +322,7 @@ class TrainConfig:
     # Minimised there: "mae" | "ndcg_at_<k>" (1 - mean nDCG@k of the queries); implicit: 1 - AUC.
     valid_metric: str = "mae"
     # Early stopping also reads each validation user's support ratings as queries, in up to
-    # this many disjoint query-sized blocks (metarec.data.tasks.rotate_queries); 1: off.
+    # this many disjoint query-sized blocks (metarec.data.tasks.rotate_queries); 1: off (suite CV).
     valid_rotations: int = 1
     # Followed as well while the valid_shots error has never beaten step 0; when that error
     # ends at step 0, the weights kept are the best at these sizes (training/loop.py). (): off.
