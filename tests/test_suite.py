@@ -318,3 +318,68 @@ def test_cv_compare_scores_pairs_two_settings_task_by_task(tmp_path: Path):
     np.savez(tmp_path / "c.npz", shots=shots, **{k: v[:, :2] for k, v in base.items()})
     with pytest.raises(SystemExit, match="different tasks"):
         cv_tune.compare_scores(tmp_path / "c.npz", tmp_path / "b.npz")
+
+
+def test_acceptance_classifies_each_cell_against_its_worst_baseline(tmp_path: Path, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import acceptance
+
+    # MAE: lower is better; nDCG: higher is better
+    assert acceptance.standing("mae", -0.02, [-0.03, -0.01]) == "ahead"
+    assert acceptance.standing("mae", -0.01, [-0.03, 0.01]) == "ahead~"
+    assert acceptance.standing("mae", 0.01, [-0.01, 0.03]) == "behind~"
+    assert acceptance.standing("mae", 0.02, [0.01, 0.03]) == "behind"
+    assert acceptance.standing("ndcg_at_3", 0.02, [0.01, 0.03]) == "ahead"
+    assert acceptance.standing("ndcg_at_3", -0.02, [-0.03, -0.01]) == "behind"
+    assert acceptance.standing("ndcg_at_3", 0.0, [-0.01, 0.01]) == "behind~"  # a tie is not ahead
+    with pytest.raises(ValueError, match="reversed"):
+        acceptance.standing("mae", 0.0, [0.1, -0.1])
+
+    def vs(**diffs):  # baseline -> (diff, half-width)
+        return {"vs": {b: {"diff": d, "interval": [d - w, d + w]} for b, (d, w) in diffs.items()}}
+
+    # 0 ratings: behind global within its interval, level with item_mean: the clause holds
+    c0 = acceptance.cell("ndcg_at_3", "0", vs(item_mean=(0.001, 0.004), glob=(-0.003, 0.004)),
+                         strict=False)
+    assert (c0["standing"], c0["against"], c0["holds"]) == ("behind~", "glob", True)
+    # ... and fails once item_mean is ahead beyond the interval
+    assert not acceptance.cell("ndcg_at_3", "0", vs(item_mean=(-0.01, 0.004)), False)["holds"]
+    # from 1 rating: the worst baseline decides; a point lead holds unless --strict
+    c1 = acceptance.cell("mae", "1", vs(item_mean=(-0.05, 0.01), glob=(-0.004, 0.006)), False)
+    assert (c1["standing"], c1["against"], c1["holds"]) == ("ahead~", "glob", True)
+    assert not acceptance.cell("mae", "1", vs(item_mean=(-0.05, 0.01), glob=(-0.004, 0.006)),
+                               True)["holds"]
+    # among baselines of one standing, the closest one is named
+    c2 = acceptance.cell("mae", "3", vs(item_mean=(-0.05, 0.01), glob=(-0.02, 0.01)), False)
+    assert (c2["standing"], c2["against"]) == ("ahead", "glob")
+    with pytest.raises(ValueError, match="bootstrap 0"):
+        acceptance.cell("mae", "1", {"vs": {"glob": {"diff": 0.1, "interval": None}}}, False)
+
+    record = {"dataset": "d", "protocol": "user-split", "seeds": [0, 1], "candidate": "ridge",
+              "curves": {"test": {"ridge": {"all": {"gap_closed": {"mean": 0.6, "min": 0.5,
+                                                                   "max": 0.7}}}}},
+              "differences": {"test": {
+                  "0": {"mae": vs(item_mean=(0.0, 0.01))},
+                  "1": {"mae": vs(item_mean=(0.01, 0.005))},
+                  "all": {"mae": vs(item_mean=(-0.1, 0.01))}}}}
+    path = tmp_path / "curves_d.json"
+    path.write_text(json.dumps(record))
+    assert acceptance.main([str(path), "--json", str(tmp_path / "cells.json")]) == 0
+    out = capsys.readouterr().out
+    assert "Cells that hold: 2 of 3" in out and "**behind +0.0100" in out and "60.0%" in out
+    cells = json.loads((tmp_path / "cells.json").read_text())
+    assert cells["lines"][0]["holds"] is False and cells["gap_closed"]["d"]["mean"] == 0.6
+    path.write_text("{}")
+    with pytest.raises(SystemExit):
+        acceptance.main([str(path)])
+    assert "cannot be read as curves.py's result" in capsys.readouterr().err
+
+
+def test_acceptance_record_files_exist_and_read():
+    """The record acceptance.py reads by default is in the repository (RESULTS.md cites it)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import acceptance
+
+    for path in acceptance.RECORD:
+        lines = acceptance.read(json.loads(path.read_text()), str(path))
+        assert lines and all(line["cells"] for line in lines)
