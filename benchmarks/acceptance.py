@@ -31,6 +31,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from metarec.evaluation.metrics import lower_is_better
+from metarec.io import atomic_file
+
 HERE = Path(__file__).resolve().parent
 POOLED = HERE / "results" / "pooled"
 # the record at the current defaults (RESULTS.md names each: issue 14's pooled sections)
@@ -43,8 +46,17 @@ RECORD = (
     POOLED / "curves_lowrank.json",
 )
 RANK = {"behind": 0, "behind~": 1, "ahead~": 2, "ahead": 3}
-LOWER = {"mae", "rmse"}
 ZERO_SHOT_BASELINE = "item_mean"
+
+
+def _sign(metric: str) -> float:
+    """+1 where a larger value is better, -1 for error metrics: sign x difference > 0 is a gain."""
+    return -1.0 if lower_is_better(metric) else 1.0
+
+
+def _shots_order(k: str) -> tuple[bool, int]:
+    """Support sizes in increasing order, "all" last (JSON keys sort as text)."""
+    return (not k.isdigit(), int(k) if k.isdigit() else 0)
 
 
 def standing(metric: str, diff: float, interval: list[float] | tuple[float, float]) -> str:
@@ -52,7 +64,7 @@ def standing(metric: str, diff: float, interval: list[float] | tuple[float, floa
     lo, hi = float(interval[0]), float(interval[1])
     if lo > hi:
         raise ValueError(f"interval [{lo}, {hi}] of {metric} is reversed")
-    sign = -1.0 if metric in LOWER else 1.0  # >0: better
+    sign = _sign(metric)
     gain, worst, best = sign * diff, min(sign * lo, sign * hi), max(sign * lo, sign * hi)
     if worst > 0:
         return "ahead"
@@ -72,8 +84,7 @@ def cell(metric: str, k: str, entry: dict[str, Any], strict: bool) -> dict[str, 
         raise ValueError(f"{metric}@{k}: no interval against {', '.join(missing)} "
                          "(the record was made with curves.py --bootstrap 0)")
     each = {b: standing(metric, d["diff"], d["interval"]) for b, d in vs.items()}
-    sign = -1.0 if metric in LOWER else 1.0
-    worst_b = min(each, key=lambda b: (RANK[each[b]], sign * vs[b]["diff"]))
+    worst_b = min(each, key=lambda b: (RANK[each[b]], _sign(metric) * vs[b]["diff"]))
     if k == "0":
         if ZERO_SHOT_BASELINE not in each:
             raise ValueError(f"{metric}@0: no difference to {ZERO_SHOT_BASELINE} in the record")
@@ -95,7 +106,7 @@ def read(result: dict[str, Any], source: str, strict: bool = False) -> list[dict
     """Every (scenario, metric) line of one record."""
     lines = []
     for scenario, by_k in result["differences"].items():
-        ks = sorted(by_k, key=lambda k: (k == "all", int(k) if k.isdigit() else 0))
+        ks = sorted(by_k, key=_shots_order)
         metrics = sorted({m for k in ks for m in by_k[k]})
         for metric in metrics:
             cells = {k: cell(metric, k, by_k[k][metric], strict) for k in ks if metric in by_k[k]}
@@ -113,8 +124,7 @@ def _fmt(c: dict[str, Any]) -> str:
 
 
 def to_markdown(lines: list[dict[str, Any]], gaps: dict[str, dict[str, float]]) -> str:
-    ks = sorted({k for line in lines for k in line["cells"]},
-                key=lambda k: (k == "all", int(k) if k.isdigit() else 0))
+    ks = sorted({k for line in lines for k in line["cells"]}, key=_shots_order)
     out = ["| dataset, scenario (seeds) | metric | " + " | ".join(f"k={k}" for k in ks) + " |",
            "|---|---|" + "---|" * len(ks)]
     for line in lines:
@@ -155,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             gaps[str(result.get("dataset"))] = gap
     sys.stdout.write(to_markdown(lines, gaps))
     if args.json:
-        args.json.write_text(json.dumps({"lines": lines, "gap_closed": gaps}, indent=1) + "\n")
+        with atomic_file(args.json) as out:
+            out.write(json.dumps({"lines": lines, "gap_closed": gaps}, indent=1) + "\n")
     return 0
 
 
