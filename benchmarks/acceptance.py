@@ -15,12 +15,19 @@ A cell against one baseline is
 
 A cell's standing is its worst against any baseline. The issue asks the candidate to beat every
 baseline at every k; at 0 ratings to be at least equal to item_mean within its interval, so a
-0-shot cell holds unless it is ``behind`` item_mean. ``--strict`` counts only ``ahead`` as a
-win from 1 rating on; by default a cell from 1 rating on holds when its point estimate is ahead
-of every baseline (``ahead`` or ``ahead~``), the issue's words read on a point.
+0-shot cell holds unless it is ``behind`` item_mean. From 1 rating on, ``--reading`` says what
+holds:
+
+- ``point`` (default): the point estimate ahead of every baseline (``ahead`` or ``ahead~``),
+  the issue's words read on a point;
+- ``strict`` (also ``--strict``): ``ahead`` of every baseline, the whole interval better;
+- ``gate``: the pipeline's own rule (``gate.rule: paired_bootstrap``,
+  metarec/evaluation/gate.py): not ``behind`` any baseline, and at full support ("all") also
+  ahead on the point. At 0 ratings it asks the same of every baseline, not only item_mean.
 
     .venv/bin/python benchmarks/acceptance.py                 # the record files named in RECORD
     .venv/bin/python benchmarks/acceptance.py A.json B.json --json out.json
+    .venv/bin/python benchmarks/acceptance.py --reading gate
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ RECORD = (
     POOLED / "curves_lowrank.json",
 )
 RANK = {"behind": 0, "behind~": 1, "ahead~": 2, "ahead": 3}
+READINGS = ("point", "strict", "gate")
 ZERO_SHOT_BASELINE = "item_mean"
 
 
@@ -73,9 +81,22 @@ def standing(metric: str, diff: float, interval: list[float] | tuple[float, floa
     return "ahead~" if gain > 0 else "behind~"
 
 
-def cell(metric: str, k: str, entry: dict[str, Any], strict: bool) -> dict[str, Any]:
+def _holds(k: str, each: dict[str, str], worst: str, reading: str) -> bool:
+    """Whether a cell holds under ``reading`` (module docstring)."""
+    if reading == "gate":
+        return RANK[worst] >= RANK["ahead~" if k == "all" else "behind~"]
+    if k == "0":
+        if ZERO_SHOT_BASELINE not in each:
+            raise ValueError(f"0 ratings: no difference to {ZERO_SHOT_BASELINE} in the record")
+        return each[ZERO_SHOT_BASELINE] != "behind"
+    return RANK[worst] >= RANK["ahead" if reading == "strict" else "ahead~"]
+
+
+def cell(metric: str, k: str, entry: dict[str, Any], reading: str = "point") -> dict[str, Any]:
     """One (scenario, metric, k) of a pooled record: the standing against each baseline, the
-    worst of them and whether the issue's clause for this k holds."""
+    worst of them and whether the cell holds under ``reading``."""
+    if reading not in READINGS:
+        raise ValueError(f"reading {reading!r} is none of {', '.join(READINGS)}")
     vs = entry.get("vs")
     if not vs:
         raise ValueError(f"{metric}@{k}: no per-baseline differences ('vs') in the record")
@@ -85,12 +106,10 @@ def cell(metric: str, k: str, entry: dict[str, Any], strict: bool) -> dict[str, 
                          "(the record was made with curves.py --bootstrap 0)")
     each = {b: standing(metric, d["diff"], d["interval"]) for b, d in vs.items()}
     worst_b = min(each, key=lambda b: (RANK[each[b]], _sign(metric) * vs[b]["diff"]))
-    if k == "0":
-        if ZERO_SHOT_BASELINE not in each:
-            raise ValueError(f"{metric}@0: no difference to {ZERO_SHOT_BASELINE} in the record")
-        holds = each[ZERO_SHOT_BASELINE] != "behind"
-    else:
-        holds = RANK[each[worst_b]] >= RANK["ahead" if strict else "ahead~"]
+    try:
+        holds = _holds(k, each, each[worst_b], reading)
+    except ValueError as exc:
+        raise ValueError(f"{metric}@{k}: {exc}") from None
     return {"standing": each[worst_b], "against": worst_b, "diff": vs[worst_b]["diff"],
             "interval": list(vs[worst_b]["interval"]), "holds": holds, "each": each}
 
@@ -102,14 +121,14 @@ def _gap_closed(result: dict[str, Any]) -> dict[str, float] | None:
     return gap if isinstance(gap, dict) else None
 
 
-def read(result: dict[str, Any], source: str, strict: bool = False) -> list[dict[str, Any]]:
+def read(result: dict[str, Any], source: str, reading: str = "point") -> list[dict[str, Any]]:
     """Every (scenario, metric) line of one record."""
     lines = []
     for scenario, by_k in result["differences"].items():
         ks = sorted(by_k, key=_shots_order)
         metrics = sorted({m for k in ks for m in by_k[k]})
         for metric in metrics:
-            cells = {k: cell(metric, k, by_k[k][metric], strict) for k in ks if metric in by_k[k]}
+            cells = {k: cell(metric, k, by_k[k][metric], reading) for k in ks if metric in by_k[k]}
             lines.append({"dataset": result.get("dataset"), "protocol": result.get("protocol"),
                           "scenario": scenario, "metric": metric, "seeds": len(result["seeds"]),
                           "source": source, "cells": cells,
@@ -123,7 +142,8 @@ def _fmt(c: dict[str, Any]) -> str:
     return text if c["holds"] else f"**{text}**"
 
 
-def to_markdown(lines: list[dict[str, Any]], gaps: dict[str, dict[str, float]]) -> str:
+def to_markdown(lines: list[dict[str, Any]], gaps: dict[str, dict[str, float]],
+                reading: str = "point") -> str:
     ks = sorted({k for line in lines for k in line["cells"]}, key=_shots_order)
     out = ["| dataset, scenario (seeds) | metric | " + " | ".join(f"k={k}" for k in ks) + " |",
            "|---|---|" + "---|" * len(ks)]
@@ -134,7 +154,7 @@ def to_markdown(lines: list[dict[str, Any]], gaps: dict[str, dict[str, float]]) 
                    + " |")
     held = sum(c["holds"] for line in lines for c in line["cells"].values())
     total = sum(len(line["cells"]) for line in lines)
-    out += ["", f"Cells that hold: {held} of {total} (bold: the clause does not hold; "
+    out += ["", f"Cells that hold: {held} of {total}, reading {reading} (bold: it does not hold; "
             "each cell: standing, candidate minus the baseline it stands worst against, "
             "95% interval, that baseline)."]
     for name, gap in gaps.items():
@@ -147,9 +167,15 @@ def to_markdown(lines: list[dict[str, Any]], gaps: dict[str, dict[str, float]]) 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("records", nargs="*", type=Path, help="curves.py result files (default: RECORD)")
-    ap.add_argument("--strict", action="store_true", help="from 1 rating on, only 'ahead' holds")
+    ap.add_argument("--reading", choices=READINGS, default="point",
+                    help="what holds from 1 rating on: the point estimate ahead (point), the "
+                         "interval ahead (strict), or the pipeline gate's paired_bootstrap rule")
+    ap.add_argument("--strict", action="store_true", help="the same as --reading strict")
     ap.add_argument("--json", type=Path, help="also write the cells here")
     args = ap.parse_args(argv)
+    if args.strict and args.reading not in ("point", "strict"):
+        ap.error(f"--strict contradicts --reading {args.reading}")
+    reading = "strict" if args.strict else args.reading
     lines, gaps = [], {}
     for path in args.records or RECORD:
         try:
@@ -157,16 +183,17 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, json.JSONDecodeError) as exc:
             ap.error(f"cannot read the record {path}: {exc}")
         try:
-            lines += read(result, str(path), args.strict)
+            lines += read(result, str(path), reading)
         except (KeyError, ValueError) as exc:
             ap.error(f"the record {path} cannot be read as curves.py's result: {exc}")
         gap = _gap_closed(result)
         if gap is not None:
             gaps[str(result.get("dataset"))] = gap
-    sys.stdout.write(to_markdown(lines, gaps))
+    sys.stdout.write(to_markdown(lines, gaps, reading))
     if args.json:
         with atomic_file(args.json) as out:
-            out.write(json.dumps({"lines": lines, "gap_closed": gaps}, indent=1) + "\n")
+            out.write(json.dumps({"reading": reading, "lines": lines, "gap_closed": gaps},
+                                 indent=1) + "\n")
     return 0
 
 

@@ -339,21 +339,33 @@ def test_acceptance_classifies_each_cell_against_its_worst_baseline(tmp_path: Pa
         return {"vs": {b: {"diff": d, "interval": [d - w, d + w]} for b, (d, w) in diffs.items()}}
 
     # 0 ratings: behind global within its interval, level with item_mean: the clause holds
-    c0 = acceptance.cell("ndcg_at_3", "0", vs(item_mean=(0.001, 0.004), glob=(-0.003, 0.004)),
-                         strict=False)
+    c0 = acceptance.cell("ndcg_at_3", "0", vs(item_mean=(0.001, 0.004), glob=(-0.003, 0.004)))
     assert (c0["standing"], c0["against"], c0["holds"]) == ("behind~", "glob", True)
     # ... and fails once item_mean is ahead beyond the interval
-    assert not acceptance.cell("ndcg_at_3", "0", vs(item_mean=(-0.01, 0.004)), False)["holds"]
+    assert not acceptance.cell("ndcg_at_3", "0", vs(item_mean=(-0.01, 0.004)))["holds"]
     # from 1 rating: the worst baseline decides; a point lead holds unless --strict
-    c1 = acceptance.cell("mae", "1", vs(item_mean=(-0.05, 0.01), glob=(-0.004, 0.006)), False)
+    c1 = acceptance.cell("mae", "1", vs(item_mean=(-0.05, 0.01), glob=(-0.004, 0.006)))
     assert (c1["standing"], c1["against"], c1["holds"]) == ("ahead~", "glob", True)
     assert not acceptance.cell("mae", "1", vs(item_mean=(-0.05, 0.01), glob=(-0.004, 0.006)),
-                               True)["holds"]
+                               "strict")["holds"]
     # among baselines of one standing, the closest one is named
-    c2 = acceptance.cell("mae", "3", vs(item_mean=(-0.05, 0.01), glob=(-0.02, 0.01)), False)
+    c2 = acceptance.cell("mae", "3", vs(item_mean=(-0.05, 0.01), glob=(-0.02, 0.01)))
     assert (c2["standing"], c2["against"]) == ("ahead", "glob")
     with pytest.raises(ValueError, match="bootstrap 0"):
-        acceptance.cell("mae", "1", {"vs": {"glob": {"diff": 0.1, "interval": None}}}, False)
+        acceptance.cell("mae", "1", {"vs": {"glob": {"diff": 0.1, "interval": None}}})
+    with pytest.raises(ValueError, match="none of point, strict, gate"):
+        acceptance.cell("mae", "1", vs(glob=(0.0, 0.01)), "lenient")
+    # the gate's reading: behind within the interval holds from 1 rating on, behind beyond it
+    # fails; at full support the point estimate must also be ahead; at 0 every baseline counts
+    behind_within = vs(item_mean=(-0.05, 0.01), glob=(0.003, 0.006))
+    assert not acceptance.cell("mae", "3", behind_within)["holds"]
+    assert acceptance.cell("mae", "3", behind_within, "gate")["holds"]
+    assert not acceptance.cell("mae", "3", vs(glob=(0.008, 0.006)), "gate")["holds"]
+    assert not acceptance.cell("mae", "all", behind_within, "gate")["holds"]
+    assert acceptance.cell("mae", "all", vs(glob=(-0.003, 0.006)), "gate")["holds"]
+    zero = vs(item_mean=(0.0, 0.004), glob=(0.01, 0.004))
+    assert acceptance.cell("mae", "0", zero)["holds"]
+    assert not acceptance.cell("mae", "0", zero, "gate")["holds"]
 
     record = {"dataset": "d", "protocol": "user-split", "seeds": [0, 1], "candidate": "ridge",
               "curves": {"test": {"ridge": {"all": {"gap_closed": {"mean": 0.6, "min": 0.5,
@@ -369,6 +381,13 @@ def test_acceptance_classifies_each_cell_against_its_worst_baseline(tmp_path: Pa
     assert "Cells that hold: 2 of 3" in out and "**behind +0.0100" in out and "60.0%" in out
     cells = json.loads((tmp_path / "cells.json").read_text())
     assert cells["lines"][0]["holds"] is False and cells["gap_closed"]["d"]["mean"] == 0.6
+    assert cells["reading"] == "point"
+    # the same record under the gate's rule: k=1 is behind beyond its interval, still a failure
+    assert acceptance.main([str(path), "--reading", "gate"]) == 0
+    assert "Cells that hold: 2 of 3, reading gate" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        acceptance.main([str(path), "--strict", "--reading", "gate"])
+    assert "--strict contradicts" in capsys.readouterr().err
     path.write_text("{}")
     with pytest.raises(SystemExit):
         acceptance.main([str(path)])
